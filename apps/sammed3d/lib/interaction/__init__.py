@@ -1,0 +1,1 @@
+"""Click simulation and interactive evaluation, shared by trainer, scoring and benchmarks."""
