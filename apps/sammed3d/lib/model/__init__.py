@@ -1,0 +1,13 @@
+"""SAM-Med3D (arXiv 2310.15161), ported so the released weights load and compute what the public code computes.
+
+Pure torch: no MONAI Label imports, usable from a notebook, a batch job or the server.
+"""
+from .build import RELEASED_CONFIG, RELEASED_NUM_PARAMETERS, ConfigError, build_sam_med3d, count_parameters, resolve_config
+from .checkpoint import CheckpointError, extract_state_dict, infer_config, load_checkpoint, load_state_dict_strict, read_checkpoint, save_checkpoint
+from .sam3d import Sam3D
+
+__all__ = [
+    "RELEASED_CONFIG", "RELEASED_NUM_PARAMETERS", "ConfigError", "build_sam_med3d", "count_parameters", "resolve_config",
+    "CheckpointError", "extract_state_dict", "infer_config", "load_checkpoint", "load_state_dict_strict",
+    "read_checkpoint", "save_checkpoint", "Sam3D",
+]
