@@ -1,0 +1,22 @@
+"""Interactive SAM-Med3D session: the one place where geometry lives.
+
+Clicks given as voxel indices of the volume as stored in the file become a mask on exactly
+that grid. Loading, RAS/1.5 mm preprocessing, cropping, click mapping, model calls, paste-back,
+the embedding/volume LRU cache, multi-crop growth and per-label undo/reset all live here.
+Never imports MONAI Label (usable from notebooks, batch jobs, the trainer and the server).
+"""
+from .engine import CLICK_MODES, DEFAULT_CLICK_MODE, SegmentationEngine
+from .errors import SessionError
+from .result import SegmentationResult, write_mask
+from .volume import LoadedVolume, load_volume
+
+__all__ = [
+    "CLICK_MODES",
+    "DEFAULT_CLICK_MODE",
+    "LoadedVolume",
+    "SegmentationEngine",
+    "SegmentationResult",
+    "SessionError",
+    "load_volume",
+    "write_mask",
+]

@@ -1,0 +1,316 @@
+"""SegmentationEngine: clicks on a stored volume in, a mask on the same grid out.
+
+Flow of one request (segment):
+  load (LRU-cached) -> validate clicks -> diff against the label's state -> for each new click:
+  find/create the crop(s) containing it -> embedding (LRU-cached: preprocess + encode on a miss)
+  -> decode with the mapped clicks and the previous logits -> grow to neighbour crops while the
+  mask reaches a border -> paste every crop's logits back onto the stored grid (union).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .cache import LRUCache
+from .errors import SessionError
+from .geometry import ModelGrid, model_grid
+from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shift_logits, touching_faces
+from .pasteback import paste_logits
+from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
+from .preprocess import crop_origin_for, normalise, resample_crop
+from .result import SegmentationResult
+from .runner import ModelRunner
+from .state import CropState, LabelState
+from .volume import LoadedVolume, file_key, is_ct, load_volume
+
+logger = logging.getLogger(__name__)
+
+CLICK_MODES = ("all", "newest")
+# "all": every click so far inside the crop is sent each time (the official inference);
+# "newest": only the new click plus the previous logits (how the model was trained).
+# Default "all" until the evaluation on trained weights says otherwise (docs/session.md).
+DEFAULT_CLICK_MODE = "all"
+
+
+class _Request:
+    """Per-request context: the volume, its model grid, CT flag, timings, encoder use."""
+
+    def __init__(self, image_id: str, volume: LoadedVolume, grid: ModelGrid, ct: bool, timings: Dict[str, float]):
+        self.image_id, self.volume, self.grid, self.ct, self.timings = image_id, volume, grid, ct, timings
+        self.encoded = False
+
+
+class SegmentationEngine:
+    """Interactive SAM-Med3D segmentation with an embedding/volume cache and per-label state."""
+
+    def __init__(
+        self,
+        model,
+        model_version: str,
+        device="cpu",
+        cache_bytes: int = 2 << 30,
+        modality: Optional[str] = None,
+        click_mode: str = DEFAULT_CLICK_MODE,
+        precision: Optional[str] = None,
+        max_crops: int = 8,
+    ):
+        if click_mode not in CLICK_MODES:
+            raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
+        if max_crops < 1:
+            raise ValueError(f"max_crops must be >= 1, got {max_crops}")
+        self.runner = ModelRunner(model, device, precision)
+        self.model_version = str(model_version)
+        self.encoder_version = self.model_version  # embeddings stay valid while this is unchanged
+        self.modality = modality
+        self.click_mode = click_mode
+        self.max_crops = int(max_crops)
+        self.cache = LRUCache(cache_bytes)
+        self._states: Dict[Tuple[str, str], LabelState] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ public API
+    def set_model(self, model, model_version: str, encoder_changed: bool = True) -> None:
+        """Hot-swap the model. Cached embeddings survive when the encoder did not change; label
+        states restart from their clicks on their next request (their logits came from the old
+        decoder)."""
+        with self._lock:
+            self.runner = ModelRunner(model, self.runner.device, _precision_name(self.runner))
+            self.model_version = str(model_version)
+            if encoder_changed:
+                old = self.encoder_version
+                self.encoder_version = self.model_version
+                self.cache.discard(lambda k: k[0] == "emb" and k[-1] == old)
+
+    def segment(
+        self,
+        image_id: str,
+        image_path: str,
+        label: str,
+        foreground,
+        background,
+        reset: bool = False,
+        modality: Optional[str] = None,
+    ) -> SegmentationResult:
+        """All clicks so far for `label` (stored voxel indices) -> the label's mask."""
+        t0 = time.perf_counter()
+        fg = parse_points(foreground, "foreground")
+        bg = parse_points(background, "background")
+        with self._lock:
+            timings = dict.fromkeys(("load", "preprocess", "encode", "decode", "paste"), 0.0)
+            req = self._request(image_id, image_path, modality, timings)
+            validate_request(fg, bg, req.volume.shape)
+            key = (str(image_id), str(label))
+            prev = self._states.get(key)
+            saved = prev.checkpoint() if prev is not None else None
+            try:
+                state = self._update(req, key, prev, fg, bg, reset, image_path)
+                return self._result(req, state, t0)
+            except BaseException:
+                # A failed request (model error, interrupt) leaves the label as it was.
+                if prev is None:
+                    self._states.pop(key, None)
+                else:
+                    prev.restore(saved)
+                    self._states[key] = prev
+                raise
+
+    def _update(self, req: _Request, key, state: Optional[LabelState], fg, bg, reset, image_path) -> LabelState:
+        """Apply what is new in (fg, bg) to the label, restarting it when it cannot be diffed."""
+        new: Optional[List[Click]] = None
+        if state is not None and not reset and state.volume_key == req.volume.file_key and state.model_version == self.model_version:
+            new = diff_clicks(state.fg, state.bg, fg, bg)
+        if new is None:  # first request, reset, changed file/model, or clicks removed/edited
+            state = LabelState(volume_key=req.volume.file_key, model_version=self.model_version, image_path=image_path)
+            self._states[key] = state
+            new = ordered_clicks(fg, bg)
+        for click in new:
+            state.snapshot()
+            self._apply_click(req, state, click)
+        return state
+
+    def undo(self, image_id: str, label: str) -> Optional[SegmentationResult]:
+        """Step the label back by one click; None when it has nothing to undo."""
+        t0 = time.perf_counter()
+        with self._lock:
+            state = self._states.get((str(image_id), str(label)))
+            if state is None or not state.undo():
+                return None
+            timings = dict.fromkeys(("load", "preprocess", "encode", "decode", "paste"), 0.0)
+            req = self._request(image_id, state.image_path, None, timings)
+            return self._result(req, state, t0)
+
+    def reset(self, image_id: str, label: Optional[str] = None) -> None:
+        """Forget one label's state, or every label of the image (cached embeddings stay)."""
+        with self._lock:
+            for key in [k for k in self._states if k[0] == str(image_id) and (label is None or k[1] == str(label))]:
+                del self._states[key]
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+    # ------------------------------------------------------------------ loading
+    def _request(self, image_id, image_path, modality, timings) -> _Request:
+        t = time.perf_counter()
+        if not isinstance(image_path, str) or not image_path:
+            raise SessionError(f"image path must be a non-empty string, got {image_path!r}")
+        fkey = file_key(image_path)
+        vkey = ("vol",) + fkey
+        volume = self.cache.get(vkey)
+        if volume is None:
+            volume = load_volume(image_path)
+            self.cache.put(vkey, volume)
+        gkey = ("grid",) + fkey
+        grid = self.cache.get(gkey)
+        if grid is None:
+            grid = _Sized(model_grid(volume.image))
+            self.cache.put(gkey, grid)
+        timings["load"] += time.perf_counter() - t
+        ct = is_ct(volume, modality or self.modality)
+        return _Request(str(image_id), volume, grid.value, ct, timings)
+
+    def _embedding(self, req: _Request, origin) -> torch.Tensor:
+        key = ("emb", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.encoder_version)
+        emb = self.cache.get(key)
+        if emb is not None:
+            return emb
+        t = time.perf_counter()
+        image = normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct)
+        t1 = time.perf_counter()
+        emb = self.runner.encode(image)
+        self.runner.sync()
+        req.timings["preprocess"] += t1 - t
+        req.timings["encode"] += time.perf_counter() - t1
+        req.encoded = True
+        self.cache.put(key, emb)
+        return emb
+
+    # ------------------------------------------------------------------ clicks
+    def _apply_click(self, req: _Request, state: LabelState, click: Click) -> None:
+        crop = self.runner.crop
+        point, lab = click
+        u = req.grid.stored_to_grid(np.array(point))[0]
+        if not state.crops:
+            if lab != 1:  # cannot happen through segment(): includes are replayed first
+                raise SessionError("the first click of a label must be an include (foreground) point")
+            origin = crop_origin_for(u, crop)
+            state.anchor = origin
+            state.crops[origin] = _fresh_crop(origin, self._zeros())
+        state.record(click)
+        hit = [o for o in state.crops if inside_crop(u - np.array(o), crop)]
+        if not hit:
+            if lab == 0:
+                return  # an exclude outside every crop: the mask is already empty there
+            origin = lattice_origin_for(u, state.anchor, crop)
+            if len(state.crops) >= self.max_crops:
+                logger.warning("label already uses %d crops (max_crops); click %s not segmented", len(state.crops), point)
+                return
+            state.crops[origin] = self._crop_from_neighbours(state, origin)
+            hit = [origin]
+        for origin in hit:
+            self._decode(req, state, origin, newest=(point, lab))
+        self._grow(req, state, hit)
+
+    def _prompts(self, req: _Request, state: LabelState, cs: CropState, newest: Optional[Click]):
+        """Points (crop coords) and labels for a decode of crop `cs`, per click mode."""
+        pts = list(cs.seeds) if (self.click_mode == "all" or not cs.decoded) else []
+        if self.click_mode == "all":
+            clicks = state.applied
+        else:
+            clicks = [newest] if newest is not None else []
+        if clicks:
+            mapped = req.grid.stored_to_grid(np.array([p for p, _ in clicks])) - np.array(cs.origin)
+            for a, (_, lab) in zip(mapped, clicks):
+                if inside_crop(a, self.runner.crop):
+                    pts.append((tuple(float(x) for x in a), lab))
+        return pts
+
+    def _decode(self, req: _Request, state: LabelState, origin, newest: Optional[Click]) -> None:
+        cs = state.crops[origin]
+        emb = self._embedding(req, origin)
+        pts = self._prompts(req, state, cs, newest)
+        if not pts:
+            return
+        t = time.perf_counter()
+        logits = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
+        self.runner.sync()
+        req.timings["decode"] += time.perf_counter() - t
+        state.crops[origin] = CropState(origin, logits, cs.seeds, True)
+
+    def _grow(self, req: _Request, state: LabelState, queue: List) -> None:
+        """Add 50 %-overlap neighbour crops while a crop's mask reaches its border."""
+        crop = self.runner.crop
+        queue = list(queue)
+        while queue and len(state.crops) < self.max_crops:
+            cs = state.crops[queue.pop(0)]
+            for axis, direction in touching_faces(cs.logits, cs.origin, req.grid.size, crop):
+                nb = neighbour(cs.origin, axis, direction, crop)
+                if nb in state.crops or len(state.crops) >= self.max_crops:
+                    continue
+                mask_input = shift_logits(cs.logits, axis, direction)
+                seed = seed_point(mask_input, crop)
+                if seed is None:
+                    continue
+                state.crops[nb] = CropState(nb, mask_input, ((seed, 1),), False)
+                self._decode(req, state, nb, newest=None)
+                queue.append(nb)
+
+    def _crop_from_neighbours(self, state: LabelState, origin) -> CropState:
+        """A crop for an include click outside every crop: starts from a face neighbour's
+        logits when there is one (continuity), else from zeros."""
+        for axis in range(3):
+            for direction in (-1, 1):
+                src = neighbour(origin, axis, -direction, self.runner.crop)
+                if src in state.crops:
+                    return CropState(origin, shift_logits(state.crops[src].logits, axis, direction), (), False)
+        return _fresh_crop(origin, self._zeros())
+
+    def _zeros(self) -> torch.Tensor:
+        n = self.runner.crop // 4
+        return torch.zeros((1, 1, n, n, n), dtype=torch.float32, device=self.runner.device)
+
+    # ------------------------------------------------------------------ output
+    def _result(self, req: _Request, state: LabelState, t0: float) -> SegmentationResult:
+        t = time.perf_counter()
+        shape = req.volume.shape
+        mask = np.zeros(shape, dtype=np.uint8)
+        for cs in state.crops.values():
+            if not cs.decoded:
+                continue
+            pasted = paste_logits(cs.logits, req.grid, cs.origin, shape, self.runner.crop)
+            if pasted is None:
+                continue
+            slices, box = pasted
+            region = mask[slices]
+            np.maximum(region, (box > 0).numpy().astype(np.uint8), out=region)
+        req.timings["paste"] += time.perf_counter() - t
+        req.timings["total"] = time.perf_counter() - t0
+        return SegmentationResult(
+            mask=mask,
+            affine=req.volume.affine.copy(),
+            timings=dict(req.timings),
+            cache_hit=not req.encoded,
+            model_version=self.model_version,
+            num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
+        )
+
+
+class _Sized:
+    """Wraps a small value (the model grid) so the byte-bounded cache can hold it."""
+
+    nbytes = 1024
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _fresh_crop(origin, zeros: torch.Tensor) -> CropState:
+    return CropState(tuple(int(x) for x in origin), zeros, (), False)
+
+
+def _precision_name(runner: ModelRunner) -> Optional[str]:
+    return {None: None, torch.bfloat16: "bf16", torch.float16: "fp16"}[runner.autocast_dtype]

@@ -1,0 +1,133 @@
+"""Load a volume (NIfTI, NRRD or DICOM series) with SimpleITK and describe its stored grid.
+
+Index conventions used throughout the session:
+* "stored index" (i, j, k): the index of the array as stored in the file, i.e. what nibabel's
+  `get_fdata()[i, j, k]` and ITK's `image[i, j, k]` address, and what 3D Slicer / OHIF send.
+* SimpleITK's `GetArrayFromImage` returns the array as [k, j, i]; we transpose to (i, j, k) only
+  where an array leaves the session (masks), never for the image itself (it stays an sitk.Image).
+* World coordinates are LPS inside ITK; the affine we hand out is RAS (nibabel's convention):
+  affine_ras = diag(-1, -1, 1, 1) @ [direction * spacing | origin].
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import SessionError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class LoadedVolume:
+    """A volume on its original grid, kept in its stored pixel type (resampling casts per crop)."""
+
+    image: sitk.Image  # 3D scalar image, original pixel type
+    shape: Tuple[int, int, int]  # stored (ni, nj, nk) == image.GetSize()
+    affine: np.ndarray  # (4, 4) stored index -> RAS world (mm)
+    modality: Optional[str]  # DICOM (0008,0060) when read from a series, else None
+    intensity_min: float
+    intensity_max: float
+    file_key: Tuple  # (path, mtime_ns, size): changes when the file is rewritten
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.image.GetSizeOfPixelComponent()
+
+
+def file_key(path: str) -> Tuple:
+    """(absolute path, mtime_ns, size); for a DICOM folder the newest file and the summed size."""
+    path = os.path.abspath(path)
+    try:
+        if os.path.isdir(path):
+            stats = [os.stat(e.path) for e in os.scandir(path) if e.is_file()]
+            return (path, max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats))
+        st = os.stat(path)
+    except OSError as e:
+        raise SessionError(f"image file not accessible: {path} ({e.strerror})") from None
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
+    """(4, 4) RAS affine of a 3D sitk image: stored index (i, j, k, 1) -> RAS mm."""
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=np.float64)[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ lps
+
+
+def _read_dicom_series(path: str) -> Tuple[sitk.Image, Optional[str]]:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+    if not series_ids:
+        raise SessionError(f"no DICOM series found in folder {path}")
+    # Several series in one folder: take the one with most slices (the volume, not a scout).
+    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series_ids), key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
+    return image, (modality or None)
+
+
+def read_image(path: str) -> Tuple[sitk.Image, Optional[str]]:
+    """Read a NIfTI/NRRD/... file or a DICOM series folder; SessionError when unreadable."""
+    if not os.path.exists(path):
+        raise SessionError(f"image not found: {path}")
+    try:
+        if os.path.isdir(path):
+            return _read_dicom_series(path)
+        return sitk.ReadImage(path), None
+    except SessionError:
+        raise
+    except RuntimeError as e:  # SimpleITK reports every read failure as RuntimeError
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
+        raise SessionError(f"cannot read image {path}: {first}") from None
+
+
+def load_volume(path: str) -> LoadedVolume:
+    """Load and validate a 3D scalar volume. 2D, 4D and multi-component images are rejected."""
+    key = file_key(path)
+    image, modality = read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise SessionError(
+            f"image {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar (grey-level) 3D volume is required"
+        )
+    if image.GetDimension() != 3:
+        raise SessionError(
+            f"image {path} is {image.GetDimension()}D with size {list(image.GetSize())}; "
+            "a 3D volume is required"
+        )
+    size = tuple(int(s) for s in image.GetSize())
+    if min(size) < 2:
+        raise SessionError(f"image {path} has size {list(size)}: a single slice is 2D, a 3D volume is required")
+    stats = sitk.MinimumMaximumImageFilter()
+    stats.Execute(image)
+    return LoadedVolume(
+        image=image,
+        shape=size,
+        affine=sitk_affine_ras(image),
+        modality=modality,
+        intensity_min=float(stats.GetMinimum()),
+        intensity_max=float(stats.GetMaximum()),
+        file_key=key,
+    )
+
+
+def is_ct(volume: LoadedVolume, modality: Optional[str]) -> bool:
+    """Whether to apply the CT clamp [-1000, 1000].
+
+    Order of evidence: an explicit modality (request, then app config), then the DICOM modality
+    tag, then the intensity range -- Hounsfield units reach far below zero (air is -1000, the area
+    outside the scan field -1024..-3024), which MR/PET intensities never do.
+    """
+    for m in (modality, volume.modality):
+        if m and m.strip().lower() not in ("", "auto"):
+            return m.strip().upper() == "CT"
+    return volume.intensity_min <= -500.0
