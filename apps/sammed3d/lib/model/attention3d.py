@@ -1,4 +1,5 @@
 """Multi-head self-attention of the 3D encoder, with the reference path and an exact fast path."""
+import math
 from typing import Optional
 
 import torch
@@ -63,14 +64,14 @@ class Attention3D(nn.Module):
             extra_v = vb.to(v.dtype)[None, :, None, :].expand(b, nh, 1, hd)
         attn_bias = None
         if self.use_rel_pos:
-            # Rel-pos terms in fp32 even under autocast: they feed a log-sum-exp.
-            q32 = q.float().reshape(b * nh, s, s, s, hd)
+            # Rel-pos terms in at least fp32 even under autocast: they feed a log-sum-exp.
+            acc = torch.promote_types(q.dtype, torch.float32)
+            q_acc = q.to(acc).reshape(b * nh, s, s, s, hd)
             if p > s:
-                qb32 = qb.float()[None, :, None, None, None, :].expand(b, nh, s, s, p - s, hd)
-                q_ext = torch.cat([q32, qb32.reshape(b * nh, s, s, p - s, hd)], dim=3)
-            else:
-                q_ext = q32
-            t1, t2, t3 = quirk_terms(q_ext, self.rel_pos_d.float(), self.rel_pos_h.float(), self.rel_pos_w.float(), s, p)
+                qb_acc = qb.to(acc)[None, :, None, None, None, :].expand(b, nh, s, s, p - s, hd)
+                q_acc = torch.cat([q_acc, qb_acc.reshape(b * nh, s, s, p - s, hd)], dim=3)
+            tables = (self.rel_pos_d.to(acc), self.rel_pos_h.to(acc), self.rel_pos_w.to(acc))
+            t1, t2, t3 = quirk_terms(q_acc, *tables, s, p)
             attn_bias = quirk_bias(t1, t2, t3, s)
             if p > s:
                 lse = padded_key_logsumexp(t1, t2, t3, s)
@@ -78,9 +79,8 @@ class Attention3D(nn.Module):
             attn_bias = attn_bias.reshape(b, nh, n_tok, -1).to(q.dtype)
         elif p > s:
             # Without rel-pos every padded key has the same logit: log(count) accounts for all of them.
-            count = float(p**3 - s**3)
             attn_bias = q.new_zeros(b, nh, n_tok, n_tok + 1)
-            attn_bias[..., -1] = torch.log(torch.tensor(count))
+            attn_bias[..., -1] = math.log(p**3 - s**3)
         if extra_k is not None:
             k = torch.cat([k, extra_k], dim=2)
             v = torch.cat([v, extra_v], dim=2)

@@ -32,7 +32,7 @@ def read_checkpoint(path: str, map_location="cpu") -> Any:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, OSError) as e:
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError, AttributeError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: not a complete PyTorch checkpoint ({msg})") from e
 
