@@ -76,7 +76,8 @@ def model_grid(image: sitk.Image, spacing: float = TARGET_SPACING) -> ModelGrid:
     # the high edge of a flipped one.
     corner_idx = np.array([-0.5 if flip[r_of(i, src)] > 0 else n[i] - 0.5 for i in range(3)])
     corner = np.array(image.GetOrigin()) + d @ (sp * corner_idx)
-    size = [max(1, int(np.ceil(n[src[r]] * sp[src[r]] / spacing - 1e-6))) for r in range(3)]
+    # -1e-3: float32 header spacings (0.6 -> 0.60000002) must not add a voxel of padding.
+    size = [max(1, int(np.ceil(n[src[r]] * sp[src[r]] / spacing - 1e-3))) for r in range(3)]
     origin = corner + new_dir @ np.full(3, spacing / 2.0)
     # stored index -> LPS -> grid index; all linear, computed with full matrices then split
     # into the per-axis form (the off-axis terms vanish up to rounding by construction).
