@@ -1,0 +1,104 @@
+"""The interactive infer task: MONAI Label request <-> SegmentationEngine call <-> label file.
+
+Type `deepgrow`, dimension 3, so the 3D Slicer plugin and the OHIF v3 plugin bundled with
+MONAI Label send point prompts to it unchanged (foreground/background voxel indices of the image
+as stored, `label` = segment name). Every click request carries all clicks so far; the engine
+works out which are new, so one session exists per (image, label).
+
+User errors come back as fastapi HTTPException 4xx with the session's message; MONAI Label passes
+an HTTPException raised inside a task through to the client as is.
+"""
+import logging
+import os
+import tempfile
+import time
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from lib.infers.request import DTYPES, apply_roi, parse_request
+from lib.session import SegmentationEngine, SegmentationResult, SessionError, write_mask
+
+logger = logging.getLogger(__name__)
+
+
+class SAMMed3DInfer(InferTask):
+    def __init__(self, engine: SegmentationEngine, weights: Dict[str, Any], description: str):
+        super().__init__(
+            type=InferType.DEEPGROW,
+            labels=None,  # class-agnostic: any segment name the client sends is a label
+            dimension=3,
+            description=description,
+            config={"reset_state": False},
+        )
+        self.engine = engine
+        self.weights = weights  # what /info shows about the live checkpoint
+
+    def is_valid(self) -> bool:
+        return self.engine is not None
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        info["model_version"] = self.engine.model_version
+        info["weights"] = dict(self.weights)
+        return info
+
+    def __call__(self, request) -> Tuple[str, Dict[str, Any]]:
+        t0 = time.perf_counter()
+        try:
+            opts = parse_request(request)
+            image_path = opts.image_path
+            res = self.engine.segment(
+                os.path.abspath(image_path),
+                image_path,
+                opts.label,
+                request.get("foreground"),
+                request.get("background"),
+                reset=opts.reset,
+                modality=opts.modality,
+            )
+            res.mask = apply_roi(res.mask, opts.roi)
+            t_write = time.perf_counter()
+            out = self._write(res, opts, image_path)
+        except SessionError as e:
+            logger.info(f"infer rejected: {e}")
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        write = time.perf_counter() - t_write
+        latencies = {k: round(float(v), 4) for k, v in res.timings.items() if k != "total"}
+        latencies["write"] = round(write, 4)
+        latencies["total"] = round(time.perf_counter() - t0, 4)
+        result = {
+            "label": opts.label,
+            "label_names": {opts.label: 1},
+            "latencies": latencies,
+            "cache_hit": bool(res.cache_hit),
+            "model_version": res.model_version,
+            "num_crops": int(res.num_crops),
+            "voxels": int(np.count_nonzero(res.mask)),
+            "random_weights": bool(self.weights.get("source") == "random"),
+        }
+        logger.info(
+            f"infer {opts.label!r} on {os.path.basename(image_path)}: {result['voxels']} voxels, "
+            f"cache_hit={result['cache_hit']}, total {latencies['total']:.3f} s"
+        )
+        return out, result
+
+    @staticmethod
+    def _write(res: SegmentationResult, opts, image_path: str) -> str:
+        fd, out = tempfile.mkstemp(suffix=opts.extension, prefix="sammed3d-")
+        os.close(fd)
+        try:
+            write_mask(res, out, image_path, compress=opts.compress)
+            if opts.dtype != "uint8":  # rare: write_mask writes uint8; cast keeping the geometry
+                img = sitk.ReadImage(out)
+                arr = sitk.GetArrayFromImage(img).astype(DTYPES[opts.dtype])
+                cast = sitk.GetImageFromArray(arr)
+                cast.CopyInformation(img)
+                sitk.WriteImage(cast, out, opts.compress and not out.endswith(".nii"))
+        except BaseException:
+            os.remove(out)
+            raise
+        return out

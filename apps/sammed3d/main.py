@@ -1,0 +1,139 @@
+"""MONAI Label app serving SAM-Med3D (promptable 3D segmentation) to 3D Slicer and OHIF.
+
+    monailabel start_server --app apps/sammed3d --studies sample-data/studies [--conf KEY VALUE ...]
+
+--conf options (all optional; see docs/app.md):
+  checkpoint PATH          weights to serve (released sam_med3d_turbo.pth or one of the app's own)
+  checkpoint_sha256 HEX    refuse the checkpoint (or download) unless its SHA-256 matches
+  weights_url URL          where to download the released file from (default: its Hugging Face URL)
+  download true|false      allow that download (default true; it is skipped quickly when offline)
+  download_timeout S       network timeout of the download in seconds (default 10)
+  allow_random_weights     serve random weights when nothing is found (testing only; /info says so)
+  device auto|cpu|cuda[:N] where the model runs (default auto: cuda if present)
+  precision fp32|bf16|fp16 encoder precision (default fp32; reduced precision is meant for CUDA)
+  cache_mb N               memory bound of the volume/embedding cache (default 2048)
+  modality auto|CT|MR|...  CT gets the [-1000, 1000] clamp; auto decides per image (default auto)
+  click_mode all|newest    clicks sent to the decoder (default: the session's measured best)
+  max_crops N              crops one label may grow to for large structures (default 8)
+
+Kept thin on purpose: weights choice lives in lib/weights.py, geometry and caching in lib/session,
+request handling in lib/infers.
+"""
+import logging
+import os
+from typing import Dict
+
+import torch
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+
+from lib.infers import SAMMed3DInfer
+from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
+from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
+from lib.weights import WeightsError, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "sammed3d"
+
+
+class SAMMed3DApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        conf = conf or {}
+        # The engine must exist before super().__init__, which calls init_infers().
+        self.weights_info, self.engine = _build_engine(conf, os.path.join(app_dir, "model"))
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="SAM-Med3D",
+            description="Promptable 3D segmentation (SAM-Med3D): click on any structure, in any 3D volume",
+            version="1.0",
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        w = self.weights_info
+        loud = " -- RANDOM WEIGHTS, masks are meaningless (allow_random_weights)" if w["source"] == "random" else ""
+        desc = f"SAM-Med3D interactive 3D segmentation; weights: {w['source']} {w['model_version']}{loud}"
+        return {MODEL_NAME: SAMMed3DInfer(self.engine, w, desc)}
+
+    def info(self):
+        meta = super().info()
+        meta["weights"] = dict(self.weights_info)
+        return meta
+
+    def infer(self, request, datastore=None):
+        # MONAI Label 0.8.5 answers an unknown model or image id with a plain 500; clients need a 404.
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            try:
+                uri = (datastore or self.datastore()).get_image_uri(image)
+            except Exception as e:  # e.g. a DICOMweb lookup of a series that does not exist
+                logger.info(f"image {image!r} lookup failed: {e}")
+                uri = None
+            if not uri:
+                raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore")
+        return super().infer(request, datastore)
+
+
+def _build_engine(conf: Dict[str, str], model_dir: str):
+    """Resolve, load and wrap the weights; any failure stops start-up with a clear message."""
+    try:
+        choice = resolve_weights(conf, model_dir)
+        if choice.is_random:
+            torch.manual_seed(0)  # reproducible, but still meaningless
+            model, version = build_sam_med3d(None), "random-seed0"
+        else:
+            model, ckpt = load_checkpoint(choice.path, map_location="cpu")
+            # the file's hash makes the version unique even when two checkpoints share a name
+            version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
+        device = _device(conf.get("device", "auto"))
+        precision = conf.get("precision", "fp32").strip().lower()
+        engine = SegmentationEngine(
+            model,
+            version,
+            device=device,
+            cache_bytes=int(float(conf.get("cache_mb", 2048)) * (1 << 20)),
+            modality=_none_if_auto(conf.get("modality")),
+            click_mode=conf.get("click_mode", DEFAULT_CLICK_MODE),
+            precision=None if precision in ("fp32", "float32", "") else precision,
+            max_crops=int(conf.get("max_crops", 8)),
+        )
+    except (WeightsError, CheckpointError, ValueError) as e:
+        msg = f"SAM-Med3D app cannot start: {e}"
+        logger.error(msg)
+        raise RuntimeError(msg) from None
+    info = {
+        "source": choice.source,
+        "path": choice.path,
+        "sha256": choice.sha256,
+        "model_version": version,
+        "device": str(device),
+        "precision": precision,
+        "click_mode": engine.click_mode,
+        "tried": choice.tried,
+    }
+    logger.info(f"SAM-Med3D weights live: {choice.describe()}; version {version}; device {device}")
+    if choice.is_random:
+        logger.warning("=" * 20 + " SERVING RANDOM WEIGHTS (allow_random_weights): masks are meaningless " + "=" * 20)
+    return info, engine
+
+
+def _device(value: str) -> str:
+    value = (value or "auto").strip().lower()
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--conf device {value}: CUDA is not available on this machine")
+    if value != "cpu" and not value.startswith("cuda"):
+        raise ValueError(f"--conf device must be auto, cpu or cuda[:N], got {value!r}")
+    return value
+
+
+def _none_if_auto(value):
+    return None if value is None or value.strip().lower() in ("", "auto") else value.strip()
+
