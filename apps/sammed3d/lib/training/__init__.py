@@ -1,0 +1,1 @@
+"""Training of SAM-Med3D: synthetic phantoms, crops, click-simulation loop, checkpoints (pure torch/numpy/scipy)."""
