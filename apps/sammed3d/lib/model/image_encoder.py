@@ -6,6 +6,7 @@ from torch import nn
 
 from .attention3d import Attention3D
 from .common import LayerNorm3d, MLPBlock
+from .patch_ops import conv3d_patchify
 
 
 def window_partition3d(x: torch.Tensor, window: int) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
@@ -68,7 +69,8 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 4, 1)
+        # kernel == stride: a reshape and one matmul (see patch_ops), already channels-last.
+        return conv3d_patchify(x.permute(0, 2, 3, 4, 1), self.proj)
 
 
 class ImageEncoderViT3D(nn.Module):

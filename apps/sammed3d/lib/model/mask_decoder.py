@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .common import MLP, LayerNorm3d
+from .patch_ops import conv_transpose3d_unpatchify, layer_norm_channels_last
 from .transformer import TwoWayTransformer3D
 
 
@@ -56,11 +57,15 @@ class MaskDecoder3D(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        src = src.transpose(1, 2).reshape(b, c, x, y, z)
-        upscaled = self.output_upscaling(src)
+        upscaled = self._upscale(src.reshape(b, x, y, z, c))  # (B, 4X, 4Y, 4Z, C/8) channels-last
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, x, y, z = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(b, c, x * y * z)).reshape(b, -1, x, y, z)
-        return masks, self.iou_prediction_head(iou_token_out)
+        masks = (upscaled.reshape(b, -1, upscaled.shape[-1]) @ hyper_in.transpose(1, 2)).transpose(1, 2)
+        return masks.reshape(b, -1, 4 * x, 4 * y, 4 * z), self.iou_prediction_head(iou_token_out)
+
+    def _upscale(self, src: torch.Tensor) -> torch.Tensor:
+        """output_upscaling on channels-last (B, X, Y, Z, C), its k=s=2 transposed convs as matmuls."""
+        deconv1, ln, act1, deconv2, act2 = self.output_upscaling
+        x = act1(layer_norm_channels_last(conv_transpose3d_unpatchify(src, deconv1), ln))
+        return act2(conv_transpose3d_unpatchify(x, deconv2))

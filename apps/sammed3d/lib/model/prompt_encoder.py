@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .common import LayerNorm3d
+from .patch_ops import conv3d_patchify, layer_norm_channels_last
 
 
 class PositionEmbeddingRandom3D(nn.Module):
@@ -87,6 +88,15 @@ class PromptEncoder3D(nn.Module):
         emb = emb + (lab == 0) * self.point_embeddings[0].weight + (lab == 1) * self.point_embeddings[1].weight
         return emb
 
+    def _embed_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 32, 32, 32) logits -> (B, C, 8, 8, 8): mask_downscaling, with its k=s=2 convs as matmuls."""
+        conv1, ln1, act1, conv2, ln2, act2, conv3 = self.mask_downscaling
+        x = masks.permute(0, 2, 3, 4, 1)
+        x = act1(layer_norm_channels_last(conv3d_patchify(x, conv1), ln1))
+        x = act2(layer_norm_channels_last(conv3d_patchify(x, conv2), ln2))
+        x = nn.functional.linear(x, conv3.weight.flatten(1), conv3.bias)  # the 1x1x1 conv
+        return x.permute(0, 4, 1, 2, 3)
+
     def forward(
         self,
         points: Optional[Tuple[torch.Tensor, torch.Tensor]],
@@ -108,7 +118,7 @@ class PromptEncoder3D(nn.Module):
             coords, labels = points
             sparse = torch.cat([sparse, self._embed_points(coords, labels, pad=boxes is None)], dim=1)
         if masks is not None:
-            dense = self.mask_downscaling(masks)
+            dense = self._embed_masks(masks)
         else:
             dense = self.no_mask_embed.weight.reshape(1, -1, 1, 1, 1).expand(bs, -1, *self.image_embedding_size)
         return sparse, dense
