@@ -97,11 +97,11 @@ def _build_engine(conf: Dict[str, str], model_dir: str):
             model,
             version,
             device=device,
-            cache_bytes=int(float(conf.get("cache_mb", 2048)) * (1 << 20)),
+            cache_bytes=int(_number(conf, "cache_mb", 2048) * (1 << 20)),
             modality=_none_if_auto(conf.get("modality")),
             click_mode=conf.get("click_mode", DEFAULT_CLICK_MODE),
             precision=None if precision in ("fp32", "float32", "") else precision,
-            max_crops=int(conf.get("max_crops", 8)),
+            max_crops=int(_number(conf, "max_crops", 8)),
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         msg = f"SAM-Med3D app cannot start: {e}"
@@ -132,6 +132,17 @@ def _device(value: str) -> str:
     if value != "cpu" and not value.startswith("cuda"):
         raise ValueError(f"--conf device must be auto, cpu or cuda[:N], got {value!r}")
     return value
+
+
+def _number(conf: Dict[str, str], key: str, default: float) -> float:
+    value = conf.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--conf {key} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"--conf {key} must be positive, got {value!r}")
+    return number
 
 
 def _none_if_auto(value):
