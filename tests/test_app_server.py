@@ -220,6 +220,7 @@ ERRORS = [
     ("synth_ras_ct", "sammed3d", {"foreground": [[-1, 5, 5]]}, 400, "outside the volume"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, "x", 5]]}, 400, "non-numeric"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, None, 5]]}, 400, "non-numeric"),
+    ("synth_ras_ct", "sammed3d", {"foreground": [[5, float("nan"), 5]]}, 400, "non-finite"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5]]}, 400, "3 numbers"),
     ("synth_ras_ct", "sammed3d", {"foreground": "5,5,5"}, 400, "list"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "roi": [1, 2, 3]}, 400, "roi"),
