@@ -132,3 +132,23 @@ def test_paste_back_equals_upsampled_crop_mask_on_model_grid(tmp_path):
     expect = crop_mask[0:128, 20:128, 0:100]
     assert [s.start for s in slices] == [10, 0, 30] and (box > 0).shape == expect.shape
     np.testing.assert_array_equal((box > 0).numpy(), expect)
+
+
+@pytest.mark.parametrize("name", ["RAS", "LPS", "LAS", "permuted_SRA", "aniso_0.6x0.6x5", "oblique"])
+def test_model_input_is_ras_at_1p5mm(tmp_path, name):
+    """The crop handed to the encoder runs along +R, +A, +S (tensor axes 2, 3, 4) at 1.5 mm,
+    whatever the stored orientation: a world-space ramp 1000 + 3R + 2A + 1S must appear as
+    steps of 4.5, 3.0, 1.5 per crop voxel along the three axes. (The ball tests cannot see an
+    orientation error that click mapping and paste-back share; this one can.)"""
+    shape, spacing, dirs, a, _ = CASES[name]
+    affine = ras_affine(spacing, dirs, origin=(12.0, -30.0, 7.5))
+    world = nib.affines.apply_affine(affine, np.indices(shape).reshape(3, -1).T)
+    ramp = (1000 + world @ np.array([3.0, 2.0, 1.0])).reshape(shape).astype(np.float32)
+    img = sitk.ReadImage(write_nifti(tmp_path / "ramp.nii.gz", ramp, affine))
+    grid = model_grid(img)
+    centre = np.floor(grid.stored_to_grid(np.array(a))[0] + 0.5).astype(int)
+    crop = resample_crop(img, grid, tuple(centre - 64))
+    inner = crop[60:68, 60:68, 60:68]  # around the click, inside the volume
+    steps = [float(np.median(np.diff(inner, axis=ax))) for ax in range(3)]
+    tol = 0.35 if name == "oblique" else 0.05  # oblique: RAS axes are only the closest ones
+    np.testing.assert_allclose(steps, [4.5, 3.0, 1.5], atol=tol * 4.5)
