@@ -53,3 +53,23 @@ def test_precision_validation():
         check_precision("bf16", "cpu")
     with pytest.raises(ValueError, match="must be one of"):
         check_precision("fp8", "cuda")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_runner_matches_eager(cuda_model, fixture, precision):
+    from lib.model.cuda_graphs import CudaGraphRunner
+
+    inputs = fixture["inputs"]
+    runner = CudaGraphRunner(cuda_model, precision)
+    image = inputs["image"].float().cuda()
+    coords, labels = inputs["case2_point_coords"].cuda(), inputs["case2_point_labels"].cuda()
+    with torch.inference_mode(), autocast(precision, "cuda"):
+        emb = cuda_model.encode(image)
+        eager = cuda_model.decode(emb, coords, labels, None)
+    g_emb = runner.encode(image)
+    g_logits = runner.decode(g_emb, coords, labels, None)
+    again = runner.decode(g_emb, coords[:, :1], labels[:, :1], None)  # another signature, another graph
+    tol = 1e-4 if precision == "fp32" else 5e-2
+    assert (g_emb.float() - emb.float()).abs().max().item() <= tol * 10
+    assert (g_logits.float() - eager.float()).abs().max().item() <= tol * 10
+    assert again.shape == g_logits.shape and not torch.equal(again, g_logits)

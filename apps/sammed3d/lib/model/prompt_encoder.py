@@ -39,8 +39,10 @@ class PositionEmbeddingRandom3D(nn.Module):
 
     def forward_with_coords(self, coords_input: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
         """Points (B, N, 3) in voxels of the crop -> (B, N, C)."""
-        scale = torch.tensor([image_size[1], image_size[0], image_size[2]], dtype=torch.float32, device=coords_input.device)
-        return self._pe_encoding(coords_input.float() / scale)
+        c = coords_input.float()
+        # Python scalars, not a tensor: no host-to-device copy (keeps the call CUDA-graph capturable).
+        coords = torch.stack([c[..., 0] / image_size[1], c[..., 1] / image_size[0], c[..., 2] / image_size[2]], dim=-1)
+        return self._pe_encoding(coords)
 
 
 class PromptEncoder3D(nn.Module):
