@@ -227,7 +227,7 @@ def main(argv=None):
     training = {"steps": step, "seconds": round(time.time() - t0, 1), "args": vars(args),
                 "train_config": cfg.__dict__, "n_params": n_params, "device": str(device),
                 "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                "torch": torch.__version__, "crops_seen": step * args.batch}
+                "torch": str(torch.__version__), "crops_seen": step * args.batch}
     path = os.path.join(args.out, "model.pt")
     size = save_model(model, path, version=VERSION, metrics=final, training=training)
     if size > MAX_BYTES:
