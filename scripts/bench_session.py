@@ -99,7 +99,10 @@ def main():
     p.add_argument("--repeat-warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--max-clicks", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t = time.time()
     cold, warm_vol, repeat, engine = run(args)
     dev = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
@@ -110,7 +113,9 @@ def main():
     print("|---" * (len(STAGES) + 1) + "|")
     for name, rows in (("first click (cold: load+encode)", cold), ("first click (volume cached)", warm_vol), ("repeat click (cached crop)", repeat)):
         print(f"| {name} | " + " | ".join(f"{med(rows, k):.1f}" for k in STAGES) + " |")
-    print(f"\ncache: {engine.cache.bytes_used / 2**20:.1f} MiB in {len(engine.cache)} entries (bound {engine.cache.max_bytes / 2**30:.1f} GiB); wall {time.time() - t:.0f}s")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\ncache: {engine.cache.bytes_used / 2**20:.1f} MiB in {len(engine.cache)} entries (bound {engine.cache.max_bytes / 2**30:.1f} GiB); "
+          f"wall {time.time() - t:.0f}s; {os.cpu_count()} CPUs, 1-min load average at the end {load:.2f}")
 
 
 if __name__ == "__main__":

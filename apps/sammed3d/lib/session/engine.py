@@ -286,7 +286,7 @@ class SegmentationEngine:
                 continue
             slices, box = pasted
             region = mask[slices]
-            np.maximum(region, (box > 0).numpy().astype(np.uint8), out=region)
+            np.maximum(region, (box > 0).numpy().view(np.uint8), out=region)  # bool -> 0/1 bytes, no copy
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(

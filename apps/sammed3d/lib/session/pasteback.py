@@ -47,8 +47,8 @@ def _axis_weights(
     frac = p - lo
     w = np.zeros((idx.size, n_low), dtype=np.float32)
     rows = np.arange(idx.size)
-    np.add.at(w, (rows, lo), 1.0 - frac)
-    np.add.at(w, (rows, hi), frac)
+    w[rows, lo] = 1.0 - frac
+    w[rows, hi] += frac  # hi == lo at the clamped border: weights still sum to 1
     return slice(int(idx[0]), int(idx[-1]) + 1), torch.from_numpy(w)
 
 
@@ -70,10 +70,12 @@ def paste_logits(
             return None
         per_axis.append(res)
     w0, w1, w2 = (w for _, w in per_axis)
-    # out[a, b, c] = sum_xyz w0[a, x] w1[b, y] w2[c, z] low[x, y, z]; contract the smallest first.
-    t = torch.matmul(w0, low.reshape(n_low, -1)).reshape(-1, n_low, n_low)  # (A, Ly, Lz)
-    t = torch.matmul(w1, t)  # (A, B, Lz)  (batched over A)
-    t = torch.matmul(t, w2.T)  # (A, B, C)
+    # out[a, b, c] = sum_xyz w0[a, x] w1[b, y] w2[c, z] low[x, y, z], as three contiguous
+    # matmuls. Expanding axis 2 (S: the few-slices axis of a thick-slice CT) first keeps the
+    # intermediates small; the last product (A*B*C*L) dominates whatever the order.
+    t = torch.matmul(low.reshape(-1, n_low), w2.T).reshape(n_low, n_low, -1)  # (Lx, Ly, C)
+    t = torch.matmul(w1, t)  # (Lx, B, C), batched over Lx
+    t = torch.matmul(w0, t.reshape(n_low, -1)).reshape(w0.shape[0], w1.shape[0], w2.shape[0])  # (A, B, C)
     # Model axes -> stored axes: stored axis s is model axis r with src_axis[r] == s.
     perm = [list(grid.src_axis).index(s) for s in range(3)]
     box = t.permute(*perm)
