@@ -224,6 +224,8 @@ ERRORS = [
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5]]}, 400, "3 numbers"),
     ("synth_ras_ct", "sammed3d", {"foreground": "5,5,5"}, 400, "list"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "roi": [1, 2, 3]}, 400, "roi"),
+    ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "roi": [200, 300, 0, 5, 0, 5]}, 400, "does not overlap"),
+    ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "roi": [9, 3, 0, 5, 0, 5]}, 400, "min > max"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "result_extension": ".png"}, 400, "result_extension"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "result_dtype": "complex"}, 400, "result_dtype"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "label": ["a"]}, 400, "label"),

@@ -6,10 +6,12 @@ the volume's shape), so there is one place that decides what a valid click is.
 """
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 
 from lib.session import SessionError
 
@@ -107,13 +109,34 @@ def parse_request(request: dict) -> InferOptions:
     )
 
 
+def roi_box(roi, shape) -> Tuple[slice, slice, slice]:
+    """The ROI clamped to the volume as slices; SessionError when it misses the volume entirely."""
+    box = tuple(slice(max(0, roi[2 * a]), min(shape[a], roi[2 * a + 1] + 1)) for a in range(3))
+    if any(s.start >= s.stop for s in box):
+        raise SessionError(f"roi {list(roi)} does not overlap the volume of size {list(shape)}")
+    return box
+
+
+def stored_shape(path: str) -> Optional[Tuple[int, int, int]]:
+    """Size of a 3D image file from its header only (None for a DICOM folder or unreadable file:
+    the session then reports the problem with its own message)."""
+    if not os.path.isfile(path):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = tuple(int(s) for s in reader.GetSize())
+    return size if len(size) == 3 else None
+
+
 def apply_roi(mask: np.ndarray, roi) -> np.ndarray:
     """Zero the mask outside the ROI (the user's region hint bounds what is returned)."""
     if roi is None:
         return mask
-    box = tuple(slice(max(0, roi[2 * a]), min(mask.shape[a], roi[2 * a + 1] + 1)) for a in range(3))
-    if any(s.start >= s.stop for s in box):
-        raise SessionError(f"roi {list(roi)} does not overlap the volume of size {list(mask.shape)}")
+    box = roi_box(roi, mask.shape)
     out = np.zeros_like(mask)
     out[box] = mask[box]
     return out

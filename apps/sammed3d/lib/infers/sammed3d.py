@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.infers.request import DTYPES, apply_roi, parse_request
+from lib.infers.request import DTYPES, apply_roi, parse_request, roi_box, stored_shape
 from lib.session import SegmentationEngine, SegmentationResult, SessionError, write_mask
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class SAMMed3DInfer(InferTask):
         try:
             opts = parse_request(request)
             image_path = opts.image_path
+            shape = stored_shape(image_path) if opts.roi is not None else None
+            if shape is not None:
+                roi_box(opts.roi, shape)  # reject before the label's state changes
             res = self.engine.segment(
                 os.path.abspath(image_path),
                 image_path,
