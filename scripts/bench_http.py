@@ -69,7 +69,9 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, torch {torch.__version__}, "
+            f"load average {load} at the end (other jobs on the machine inflate the numbers)")
 
 
 def run(args) -> dict:
@@ -140,8 +142,8 @@ def report(r: dict) -> str:
         "",
         f"Server-side medians (s), first click: {stage_medians(r['server_first'])}.",
         f"Repeat click: {stage_medians(r['server_repeat'])}.",
-        f"Mask size (median voxels): {statistics.median(r['voxels']):.0f}. Random weights give speckled masks,",
-        "which compress slowly: `write` (gzip of the .nii.gz label) is larger than with trained weights.",
+        f"Mask size, median: {statistics.median(r['voxels']):.0f} voxels (random weights fill much of the crop);",
+        "`write` is mostly the gzip of the .nii.gz label, which grows with how irregular the mask is.",
         "",
     ])
 
