@@ -10,17 +10,16 @@ an HTTPException raised inside a task through to the client as is.
 """
 import logging
 import os
-import tempfile
 import time
 from typing import Any, Dict, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.infers.request import DTYPES, apply_roi, parse_request, roi_box, stored_shape
-from lib.session import SegmentationEngine, SegmentationResult, SessionError, write_mask
+from lib.infers.output import write_label
+from lib.infers.request import apply_roi, parse_request, roi_box, stored_shape
+from lib.session import SegmentationEngine, SessionError
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +64,7 @@ class SAMMed3DInfer(InferTask):
             )
             res.mask = apply_roi(res.mask, opts.roi)
             t_write = time.perf_counter()
-            out = self._write(res, opts, image_path)
+            out = write_label(res, opts, image_path)
         except SessionError as e:
             logger.info(f"infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None
@@ -89,19 +88,5 @@ class SAMMed3DInfer(InferTask):
         )
         return out, result
 
-    @staticmethod
-    def _write(res: SegmentationResult, opts, image_path: str) -> str:
-        fd, out = tempfile.mkstemp(suffix=opts.extension, prefix="sammed3d-")
-        os.close(fd)
-        try:
-            write_mask(res, out, image_path, compress=opts.compress)
-            if opts.dtype != "uint8":  # rare: write_mask writes uint8; cast keeping the geometry
-                img = sitk.ReadImage(out)
-                arr = sitk.GetArrayFromImage(img).astype(DTYPES[opts.dtype])
-                cast = sitk.GetImageFromArray(arr)
-                cast.CopyInformation(img)
-                sitk.WriteImage(cast, out, opts.compress and not out.endswith(".nii"))
-        except BaseException:
-            os.remove(out)
-            raise
-        return out
+    # lib/infers/medsam_box.py calls the writer through this name
+    _write = staticmethod(write_label)

@@ -1,0 +1,30 @@
+"""Write a mask as the label file a client asked for (format, dtype, compression).
+
+Shared by every infer task of the app, so all of them honour result_extension / result_dtype /
+result_compress the same way; the geometry itself is the session's write_mask.
+"""
+import os
+import tempfile
+
+import SimpleITK as sitk
+
+from lib.infers.request import DTYPES, InferOptions
+from lib.session import SegmentationResult, write_mask
+
+
+def write_label(res: SegmentationResult, opts: InferOptions, image_path: str) -> str:
+    """-> path of a temp label file (MONAI Label's endpoint deletes it after sending)."""
+    fd, out = tempfile.mkstemp(suffix=opts.extension, prefix="sammed3d-")
+    os.close(fd)
+    try:
+        write_mask(res, out, image_path, compress=opts.compress)
+        if opts.dtype != "uint8":  # rare: write_mask writes uint8; cast keeping the geometry
+            img = sitk.ReadImage(out)
+            arr = sitk.GetArrayFromImage(img).astype(DTYPES[opts.dtype])
+            cast = sitk.GetImageFromArray(arr)
+            cast.CopyInformation(img)
+            sitk.WriteImage(cast, out, opts.compress and not out.endswith(".nii"))
+    except BaseException:
+        os.remove(out)
+        raise
+    return out
