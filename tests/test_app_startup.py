@@ -5,7 +5,6 @@ what matters is what a user sees: the process exits with a clear message, or /in
 default model.
 """
 import os
-import socket
 import sys
 
 import pytest
@@ -15,23 +14,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP_DIR = os.path.join(REPO, "apps", "sammed3d")
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from local_server import LocalServer  # noqa: E402
+from local_server import LocalServer, free_port  # noqa: E402
 from prepare_sample_data import prepare_synthetic  # noqa: E402
+from test_app_server import SMALL_CONFIG, small_checkpoint  # noqa: E402
 
-from lib.model import build_sam_med3d, save_checkpoint  # noqa: E402
+from lib.model import build_sam_med3d  # noqa: E402
 from lib.weights import find_default_checkpoint  # noqa: E402
-
-SMALL_CONFIG = {"encoder_embed_dim": 96, "encoder_depth": 4, "encoder_num_heads": 4,
-                "encoder_global_attn_indexes": [1, 3], "prompt_embed_dim": 96}
 
 
 @pytest.fixture
 def closed_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/sam_med3d_turbo.pth"
+    """Nothing listens on a port just released: connection refused, as when offline."""
+    return f"http://127.0.0.1:{free_port()}/sam_med3d_turbo.pth"
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +78,14 @@ def test_released_file_in_model_dir_is_picked_up(tmp_path, studies):
     ({"precision": "fp8"}, "precision"),
 ])
 def test_bad_conf_values_stop_startup(tmp_path, studies, conf, words):
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(build_sam_med3d(SMALL_CONFIG), str(tmp_path / "s.pt"))
+    ckpt = small_checkpoint(str(tmp_path / "s.pt"))
     with pytest.raises(RuntimeError, match="cannot start") as e:
         make_app(tmp_path, studies, {"checkpoint": ckpt, **conf})
     assert words in str(e.value)
 
 
 def test_server_with_corrupt_checkpoint_exits_with_a_clear_message(tmp_path, studies):
-    torch.manual_seed(0)
-    good = save_checkpoint(build_sam_med3d(SMALL_CONFIG), str(tmp_path / "good.pt"))
+    good = small_checkpoint(str(tmp_path / "good.pt"))
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(open(good, "rb").read()[:4096])
     server = LocalServer(studies, {"checkpoint": str(bad)})
