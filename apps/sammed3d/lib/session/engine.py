@@ -79,7 +79,7 @@ class SegmentationEngine:
         states restart from their clicks on their next request (their logits came from the old
         decoder)."""
         with self._lock:
-            self.runner = ModelRunner(model, self.runner.device, _precision_name(self.runner))
+            self.runner = ModelRunner(model, self.runner.device, self.runner.precision_name)
             self.model_version = str(model_version)
             if encoder_changed:
                 old = self.encoder_version
@@ -311,6 +311,3 @@ class _Sized:
 def _fresh_crop(origin, zeros: torch.Tensor) -> CropState:
     return CropState(tuple(int(x) for x in origin), zeros, (), False)
 
-
-def _precision_name(runner: ModelRunner) -> Optional[str]:
-    return {None: None, torch.bfloat16: "bf16", torch.float16: "fp16"}[runner.autocast_dtype]

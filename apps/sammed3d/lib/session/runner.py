@@ -9,47 +9,47 @@ Model contract (lib.model's Sam3D, or the test stand-in):
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-_PRECISIONS = {
-    None: None,
-    "fp32": None,
-    "float32": None,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
+from ..model.cuda_graphs import CudaGraphRunner
+from ..model.precision import autocast, check_precision
+from ..model.sam3d import Sam3D
+
+_ALIASES = {None: "fp32", "": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class ModelRunner:
-    """Holds the model on its device; autocast (bf16/fp16) for the encoder when asked.
+    """Holds the model on its device; reduced precision (bf16/fp16, CUDA only) for the encoder.
 
     The decoder always runs in float32: it is cheap, and its logits are fed back as the next
-    click's mask input, where reduced precision would accumulate.
+    click's mask input, where reduced precision would accumulate. On CUDA the real model runs
+    through CUDA-graph replay (lib.model.cuda_graphs): the released model is launch-bound there.
     """
 
     def __init__(self, model: torch.nn.Module, device="cpu", precision: Optional[str] = None):
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(k for k in _PRECISIONS if k)} or None, got {precision!r}")
         self.device = torch.device(device)
-        self.autocast_dtype = _PRECISIONS[precision]
+        self.precision = check_precision(_ALIASES.get(precision, precision), self.device)
         self.model = model.to(self.device).eval()
         self.crop = int(getattr(model, "image_size", 128))
+        self._graph_encoder = self._graph_decoder = None
+        if self.device.type == "cuda" and isinstance(model, Sam3D):
+            self._graph_encoder = CudaGraphRunner(self.model, self.precision)
+            self._graph_decoder = CudaGraphRunner(self.model, "fp32")
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+    @property
+    def precision_name(self) -> Optional[str]:
+        return None if self.precision == "fp32" else self.precision
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 1, S, S, S) float32 (CPU ok) -> (1, C, s, s, s) float32 embedding on the device."""
-        with self._autocast():
-            emb = self.model.encode(image.to(self.device, non_blocking=True))
+        image = image.to(self.device, non_blocking=True)
+        if self._graph_encoder is not None:
+            return self._graph_encoder.encode(image).float()
+        with autocast(self.precision, self.device):
+            emb = self.model.encode(image)
         return emb.float()
 
     @torch.inference_mode()
@@ -65,7 +65,8 @@ class ModelRunner:
         labs = torch.tensor(list(labels), dtype=torch.int64, device=self.device)[None]
         if mask_input is not None:
             mask_input = mask_input.to(self.device, dtype=torch.float32)
-        return self.model.decode(embedding, coords, labs, mask_input).float()
+        model = self._graph_decoder if self._graph_decoder is not None else self.model
+        return model.decode(embedding, coords, labs, mask_input).float()
 
     def sync(self) -> None:
         """Wait for queued GPU work so timings measure it (no-op on CPU)."""
