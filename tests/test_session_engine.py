@@ -36,7 +36,7 @@ def test_repeat_click_reuses_embedding_and_decodes_once(volume):
 
 def test_edited_click_list_restarts_the_label(volume):
     m = BallModel()
-    eng = SegmentationEngine(m, "v1")
+    eng = SegmentationEngine(m, "v1", click_mode="all")  # asserts the all-clicks replay
     eng.segment("img", volume, "a", [[40, 40, 20], [44, 38, 21]], [[30, 30, 20]])
     assert len(m.decode_calls) == 3  # replayed one by one: includes first, then the exclude
     assert m.decode_calls[0][1] == [1] and m.decode_calls[-1][1] == [1, 1, 0]

@@ -44,7 +44,10 @@ class BallModel(nn.Module):
         g = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1)
         inc = pts[labs == 1]
         if len(inc) == 0:
-            logits = torch.full((n, n, n), -1.0)
+            # No include click in this step ("newest" mode, an exclude): keep the fed-back mask,
+            # as a real model given its previous logits does.
+            prev = mask_input[0, 0].float().cpu()
+            logits = prev.clone() if prev.abs().sum() > 0 else torch.full((n, n, n), -1.0)
         else:
             logits = self.radius - (g - torch.tensor(inc[-1])).norm(dim=-1)
         for p in pts[labs == 0]:

@@ -34,7 +34,7 @@ CLICK_MODES = ("all", "newest")
 # "all": every click so far inside the crop is sent each time (the official inference);
 # "newest": only the new click plus the previous logits (how the model was trained).
 # Default "all" until the evaluation on trained weights says otherwise (docs/session.md).
-DEFAULT_CLICK_MODE = "all"
+DEFAULT_CLICK_MODE = "newest"  # measured better with default-v1: docs/session.md, "Click modes"
 
 
 class _Request:
@@ -152,6 +152,36 @@ class SegmentationEngine:
 
     def clear_cache(self) -> None:
         self.cache.clear()
+
+    # ------------------------------------------------------------------ embeddings for scoring
+    def point_embedding(self, image_id: str, image_path: str, point, modality: Optional[str] = None) -> "CropEmbedding":
+        """The crop a first include click at `point` (stored voxel index) would use, encoded.
+
+        For active-learning scoring: same preprocessing, crop placement and embedding cache as
+        `segment`, but no label state is read or changed."""
+        with self._lock:
+            req = self._request(image_id, image_path, modality, dict.fromkeys(("load", "preprocess", "encode"), 0.0))
+            u = req.grid.stored_to_grid(np.array(point, dtype=np.float64))[0]
+            origin = crop_origin_for(u, self.runner.crop)
+            return CropEmbedding(origin, self._embedding(req, origin), req.grid, self.runner.crop)
+
+    def volume_embeddings(self, image_id: str, image_path: str, max_crops: int = 4,
+                          modality: Optional[str] = None) -> List["CropEmbedding"]:
+        """Encoded crops tiling the volume's model grid (no overlap, centred on the grid); when
+        more than `max_crops` are needed, the ones nearest the grid centre. For volume features
+        (active-learning diversity); uses and fills the embedding cache."""
+        with self._lock:
+            req = self._request(image_id, image_path, modality, dict.fromkeys(("load", "preprocess", "encode"), 0.0))
+            crop = self.runner.crop
+            axes = []
+            for n in req.grid.size:
+                count = max(1, -(-int(n) // crop))
+                start = (int(n) - count * crop) // 2
+                axes.append([start + i * crop for i in range(count)])
+            centre = np.array(req.grid.size, dtype=np.float64) / 2.0
+            origins = sorted(((a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]),
+                             key=lambda o: (float(np.sum((np.array(o) + crop / 2.0 - centre) ** 2)), o))
+            return [CropEmbedding(o, self._embedding(req, o), req.grid, crop) for o in origins[: max(1, int(max_crops))]]
 
     # ------------------------------------------------------------------ loading
     def _request(self, image_id, image_path, modality, timings) -> _Request:
@@ -297,6 +327,22 @@ class SegmentationEngine:
             model_version=self.model_version,
             num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
         )
+
+
+class CropEmbedding:
+    """One encoded 128^3 crop of the model grid: `embedding` (1, C, s, s, s) on the engine's
+    device, the crop's first grid voxel `origin`, and `to_crop` mapping stored voxel indices to
+    the crop's continuous coordinates (tensor-axis order, what the decoder takes)."""
+
+    def __init__(self, origin, embedding: torch.Tensor, grid: ModelGrid, crop: int):
+        self.origin = tuple(int(x) for x in origin)
+        self.embedding = embedding
+        self.grid = grid
+        self.crop = int(crop)
+
+    def to_crop(self, points) -> np.ndarray:
+        """(N, 3) stored indices -> (N, 3) crop coordinates."""
+        return self.grid.stored_to_grid(np.asarray(points, dtype=np.float64)) - np.array(self.origin, dtype=np.float64)
 
 
 class _Sized:
