@@ -41,7 +41,8 @@ class ServerFailed(RuntimeError):
 class LocalServer:
     def __init__(self, studies: str, conf: Optional[Dict[str, str]] = None, app_dir: str = APP_DIR,
                  env: Optional[Dict[str, str]] = None):
-        self.studies = os.path.abspath(studies)
+        # A DICOMweb URL is passed through; a folder is made absolute (the server's cwd differs).
+        self.studies = studies if str(studies).startswith(("http://", "https://")) else os.path.abspath(studies)
         self.conf = dict(conf or {})
         self.app_dir = app_dir
         self.port = free_port()

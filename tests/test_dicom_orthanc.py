@@ -79,7 +79,7 @@ def server(pacs):
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_sam_med3d(SMALL_CONFIG), str(pacs["root"] / "small.pt"), version="test-small")
-    srv = LocalServer(pacs["dicom"], {"checkpoint": ckpt, "max_crops": "1", "cache_mb": "512", "download": "false"},
+    srv = LocalServer(pacs["url"] + "/dicom-web", {"checkpoint": ckpt, "max_crops": "1", "cache_mb": "512", "download": "false"},
                       env={
                           # dcmqi's itkimage2segimage must be on PATH, or the datastore tries to download it
                           "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
@@ -90,7 +90,6 @@ def server(pacs):
                           # saved SEG would not count as labeled for two hours
                           "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "1",
                       })
-    srv.studies = pacs["url"] + "/dicom-web"  # LocalServer takes a folder; a DICOMweb URL is passed as is
     srv.start()
     yield srv
     srv.stop()

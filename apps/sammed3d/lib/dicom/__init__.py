@@ -1,7 +1,6 @@
 """DICOMweb / OHIF glue for the SAM-Med3D app (see docs/dicom.md).
 
-Nothing here is imported by the app yet; docs/dicom.md lists the exact lines the app's main.py
-needs. tests/e2e/app/main.py applies the same calls to the unchanged app for the OHIF test.
+Used by apps/sammed3d/main.py: segment names in /info for OHIF, and the /ohif/ asset route.
 """
 from lib.dicom.ohif import (
     DEFAULT_OHIF_SEGMENTS,
