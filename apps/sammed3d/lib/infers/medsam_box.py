@@ -1,0 +1,155 @@
+"""The box infer task: MONAI Label request (ROI or clicks) -> LiteMedSAM 3D box protocol -> label file.
+
+Type `deepgrow`, dimension 3, like the SAM-Med3D task, so 3D Slicer and OHIF send it their ROI and
+clicks unchanged. The 3D box is, in this order:
+  * `roi`: Slicer's ROI, [i_min, i_max, j_min, j_max, k_min, k_max] in voxel indices of the image as
+    stored (inclusive; clamped to the volume), or
+  * the extent of the `foreground` clicks (two or more, e.g. opposite corners; clicks on one slice
+    give a one-slice box).
+Options: `window` (auto | soft_tissue | lung | bone | brain | percentile | [level, width]),
+`modality`, and the SAM-Med3D task's result options (`result_extension`, `result_dtype`,
+`result_compress`, `label`). The mask is zero outside the box and lies on the image's stored grid.
+User errors are fastapi HTTPException 400 with a message; the request parsing and the label writer
+are the SAM-Med3D task's own (lib.infers.request, SAMMed3DInfer._write).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from lib.infers.request import parse_request
+from lib.infers.sammed3d import SAMMed3DInfer
+from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
+from lib.medsam.preprocess import CT_WINDOWS
+from lib.session import SegmentationResult, SessionError
+
+logger = logging.getLogger(__name__)
+
+WINDOWS = ("auto", "percentile") + tuple(CT_WINDOWS)
+
+
+def _clicks(value, name: str) -> List[Tuple[float, float, float]]:
+    if value in (None, ""):
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise SessionError(f"{name} must be a list of [i, j, k] voxel indices, got {value!r:.60}")
+    out = []
+    for p in value:
+        if not isinstance(p, (list, tuple)) or len(p) != 3:
+            raise SessionError(f"{name} click {p!r:.40} is not [i, j, k]")
+        for c in p:
+            if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(float(c)):
+                raise SessionError(f"{name} click {list(p)!r:.60} has a non-numeric or non-finite index")
+        out.append(tuple(float(c) for c in p))
+    return out
+
+
+def box_from_request(request: dict, roi) -> Tuple[int, ...]:
+    """The stored 3D box: the parsed ROI, else the extent of >= 2 foreground clicks."""
+    if roi is not None:
+        return tuple(roi)
+    fg = _clicks(request.get("foreground"), "foreground")
+    if len(fg) < 2:
+        raise SessionError(
+            "the MedSAM box task needs a box: send roi [i_min, i_max, j_min, j_max, k_min, k_max] "
+            f"or at least two foreground clicks at opposite corners (got {len(fg)} click(s))")
+    pts = np.round(np.array(fg)).astype(int)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return (int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1]), int(lo[2]), int(hi[2]))
+
+
+def _window(value):
+    if value in (None, "", "auto"):
+        return None
+    if isinstance(value, str) and value.strip().lower() in WINDOWS:
+        return value.strip().lower()
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v)) for v in value):
+        if float(value[1]) <= 0:
+            raise SessionError(f"window width must be positive, got {value!r}")
+        return (float(value[0]), float(value[1]))
+    raise SessionError(f"window must be one of {list(WINDOWS)} or [level, width], got {value!r:.40}")
+
+
+class MedSAMBoxInfer(InferTask):
+    def __init__(self, engine: MedSAMEngine, weights: Dict[str, Any], description: str):
+        super().__init__(type=InferType.DEEPGROW, labels=None, dimension=3, description=description,
+                         config={"window": "auto"})
+        self.engine = engine
+        self.weights = weights
+
+    def is_valid(self) -> bool:
+        return self.engine is not None
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        info["model_version"] = self.engine.model_version
+        info["weights"] = dict(self.weights)
+        info["prompt"] = "box: roi [i_min, i_max, j_min, j_max, k_min, k_max] or >= 2 foreground clicks"
+        return info
+
+    def __call__(self, request) -> Tuple[str, Dict[str, Any]]:
+        t0 = time.perf_counter()
+        try:
+            opts = parse_request(request)
+            roi = box_from_request(request, opts.roi)
+            window = _window(request.get("window"))
+            res = self.engine.segment_box(os.path.abspath(opts.image_path), roi, modality=opts.modality,
+                                          window=window, clip_to_roi=True)
+            t_write = time.perf_counter()
+            out = SAMMed3DInfer._write(SegmentationResult(mask=res.mask, affine=res.affine), opts, opts.image_path)
+        except (SessionError, BoxError) as e:
+            logger.info(f"medsam infer rejected: {e}")
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        latencies = {k: round(float(v), 4) for k, v in res.timings.items() if k != "total"}
+        latencies["write"] = round(time.perf_counter() - t_write, 4)
+        latencies["total"] = round(time.perf_counter() - t0, 4)
+        result = {
+            "label": opts.label,
+            "label_names": {opts.label: 1},
+            "latencies": latencies,
+            "cache_hit": bool(res.cache_hit),
+            "slices_encoded": int(res.encoded),
+            "slices": [int(s) for s in res.slices],
+            "slice_axis": int(res.slice_axis),
+            "roi": [int(v) for v in res.roi],
+            "window": res.window,
+            "model_version": res.model_version,
+            "voxels": int(np.count_nonzero(res.mask)),
+        }
+        logger.info(f"medsam box {list(res.roi)} on {os.path.basename(opts.image_path)}: {result['voxels']} voxels, "
+                    f"{len(res.slices)} slices, {res.encoded} encoded, total {latencies['total']:.3f} s")
+        return out, result
+
+
+def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[MedSAMBoxInfer]:
+    """The task for MONAILabelApp.init_infers, or None when the weights are absent and not required.
+
+    conf: `medsam` auto (default: serve when the weights are found) | true (required: missing
+    weights stop start-up) | false; `medsam_checkpoint PATH`; `medsam_cache_mb N` (default 1024).
+    """
+    mode = str(conf.get("medsam", "auto")).strip().lower()
+    if mode in ("false", "0", "no", "off"):
+        return None
+    try:
+        loc = locate_weights(conf.get("medsam_checkpoint"))
+    except MedSAMWeightsError as e:
+        if mode in ("true", "1", "yes", "on"):
+            raise RuntimeError(f"MedSAM box task cannot start: {e}") from None
+        logger.warning(f"MedSAM box task not served: {e}")
+        return None
+    model = load_lite_medsam(loc.path, device=device)
+    version = f"lite_medsam@{(loc.sha256 or 'conf')[:12]}"
+    engine = MedSAMEngine(model, version, device=device,
+                          cache_bytes=int(float(conf.get("medsam_cache_mb", 1024)) * (1 << 20)))
+    weights = {"source": loc.source, "path": loc.path, "sha256": loc.sha256, "model_version": version}
+    desc = f"MedSAM (LiteMedSAM) 3D box: slice-by-slice from the box centre; weights {loc.source} {version}"
+    return MedSAMBoxInfer(engine, weights, desc)

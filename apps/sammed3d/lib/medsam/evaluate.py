@@ -1,0 +1,218 @@
+"""MedSAM row of the click-simulation evaluation (issue 8 item 3): same cases, same action budget.
+
+User model, counted in actions so it compares with SAM-Med3D's clicks (one box = two clicks):
+* actions 1-2: a 3D box around the target's extent plus `margin_mm` on every axis (a Slicer ROI
+  drawn a little loose), segmented by MedSAM's slice-by-slice protocol (lib.medsam.propagate).
+  After 1 action there is no MedSAM result (no row: the summary shows "-").
+* then corrections: the error location is chosen by the SAME rule as the SAM-Med3D evaluation
+  (lib.interaction.evaluate.next_click: centre of the largest error region) and turned into a
+  tighter box, as a MedSAM user would:
+  - the click's slice holds no target (a leak past the structure's end): the 3D box's nearest
+    slice-axis face moves just past that slice (1 action);
+  - an include click outside the 3D box: the nearest faces move out to take it in (1 action);
+  - otherwise: a new 2D box on the click's slice, the target's extent there plus the margin
+    (2 actions; Dice after the first of the two is the previous Dice). That slice becomes an
+    extra propagation seed (propagate_box's `anchors`).
+  The box is re-run after each edit; slice encodings are cached, so an edit costs decoder time.
+Dice is on the stored grid of the image, as for SAM-Med3D.
+
+Hook-in for lib/interaction/evaluate.py (its owner's call): rows have its format with
+mode="medsam-box", so they merge into its summary, CSV, markdown and PNG unchanged:
+
+    from lib.medsam.evaluate import build_medsam_engine, evaluate_medsam
+    rows += evaluate_medsam(build_medsam_engine(args.device), pairs, values, num_clicks)
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .engine import MedSAMEngine
+from .predictor import VolumePredictor
+from .propagate import propagate_box
+
+MODE = "medsam-box"
+BOX_ACTIONS = 2  # one box = two clicks (two corners)
+
+
+def box_from_target(gt: np.ndarray, spacing: Sequence[float], margin_mm: float = 5.0) -> Tuple[int, ...]:
+    """Stored ROI (i0, i1, j0, j1, k0, k1) of the target's extent plus margin_mm (>= 1 voxel in-plane
+    axes, 0 allowed on a thick axis), clamped to the volume."""
+    idx = [np.nonzero(gt.any(axis=tuple(b for b in range(3) if b != a)))[0] for a in range(3)]
+    if any(len(i) == 0 for i in idx):
+        raise ValueError("empty target: no box to draw")
+    roi = []
+    for a in range(3):
+        m = int(round(margin_mm / float(spacing[a])))
+        roi += [max(0, int(idx[a][0]) - m), min(gt.shape[a] - 1, int(idx[a][-1]) + m)]
+    return tuple(roi)
+
+
+def edit_box(roi: Sequence[int], point: Sequence[int], include: bool) -> Tuple[Tuple[int, ...], bool]:
+    """Apply one correction click to a stored ROI -> (new roi, restart_here).
+
+    restart_here is True for an include click already inside the box (the box cannot take it in
+    further; propagation restarts from its slice instead).
+    """
+    lo = [roi[0], roi[2], roi[4]]
+    hi = [roi[1], roi[3], roi[5]]
+    inside = all(lo[a] <= point[a] <= hi[a] for a in range(3))
+    if include:
+        if inside:
+            return tuple(roi), True
+        for a in range(3):  # move every face the point lies beyond (the nearest such face per axis)
+            lo[a], hi[a] = min(lo[a], point[a]), max(hi[a], point[a])
+        return (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]), False
+    if not inside:  # a false positive outside the box can only come from clipping being off
+        return tuple(roi), False
+    # nearest face first (cuts the least); never empties the box on an axis
+    cands = sorted([(point[a] - lo[a], a, "lo") for a in range(3)] + [(hi[a] - point[a], a, "hi") for a in range(3)])
+    for _, a, side in cands:
+        if side == "lo" and point[a] + 1 <= hi[a]:
+            lo[a] = point[a] + 1
+            break
+        if side == "hi" and point[a] - 1 >= lo[a]:
+            hi[a] = point[a] - 1
+            break
+    return (lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]), False
+
+
+def slice_box(gt_plane: np.ndarray, margin_px: int) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a display slice's target plus a margin, clamped to the slice."""
+    rows, cols = np.nonzero(gt_plane)
+    h, w = gt_plane.shape
+    return (max(0, int(cols.min()) - margin_px), max(0, int(rows.min()) - margin_px),
+            min(w - 1, int(cols.max()) + margin_px), min(h - 1, int(rows.max()) + margin_px))
+
+
+def medsam_target_dices(pred: VolumePredictor, gt: np.ndarray, spacing: Sequence[float], num_actions: int = 10,
+                        margin_mm: float = 5.0) -> List[Optional[float]]:
+    """Dice after each of `num_actions` user actions (None where no result exists yet: action 1)."""
+    from lib.interaction.evaluate import dice, next_click  # the SAM-Med3D evaluation's own rules
+
+    gt = gt.astype(bool)
+    frame = pred.frame
+    roi = box_from_target(gt, spacing, margin_mm)
+    margin_px = max(1, int(round(margin_mm / float(spacing[frame.row_axis]))))
+    out: List[Optional[float]] = [None] * min(num_actions, BOX_ACTIONS - 1)
+    if num_actions < BOX_ACTIONS:
+        return out
+    anchors: Dict[int, Tuple[int, int, int, int]] = {}
+    mask = propagate_box(pred, roi, clip_to_roi=True).mask
+    out.append(dice(mask, gt))
+    while len(out) < num_actions:
+        click = next_click(mask, gt)
+        if click is None:
+            out.append(out[-1])
+            continue
+        point, include = click
+        s = frame.point_to_frame(point)[0]
+        plane = frame.slice_of(gt, s)
+        a = frame.slice_axis
+        inside = all(roi[2 * b] <= point[b] <= roi[2 * b + 1] for b in range(3))
+        if not plane.any():  # leak past the structure's end: pull the nearest slice face in
+            roi = _cut_slice_face(roi, a, point[a])
+        elif include and not inside:
+            roi, _ = edit_box(roi, point, include=True)
+        else:
+            anchors[s] = slice_box(plane, margin_px)
+            out.append(out[-1])  # first corner of the new box
+            if len(out) == num_actions:
+                break
+        mask = propagate_box(pred, roi, clip_to_roi=True, anchors=anchors).mask
+        out.append(dice(mask, gt))
+    return out[:num_actions]
+
+
+def _cut_slice_face(roi: Sequence[int], axis: int, s: int) -> Tuple[int, ...]:
+    """Move the slice-axis face nearest to slice s just past it (keeps at least one slice)."""
+    r = list(roi)
+    lo, hi = r[2 * axis], r[2 * axis + 1]
+    if s - lo <= hi - s and s + 1 <= hi:
+        r[2 * axis] = s + 1
+    elif s - 1 >= lo:
+        r[2 * axis + 1] = s - 1
+    return tuple(r)
+
+
+def evaluate_medsam(engine: MedSAMEngine, pairs, values: Optional[Sequence[int]], num_actions: int,
+                    margin_mm: float = 5.0, modality: Optional[str] = None, log=print) -> List[Dict]:
+    """Rows {mode, case, value, clicks, dice} like lib.interaction.evaluate.evaluate (clicks = actions)."""
+    from lib.interaction.evaluate import read_label
+
+    rows = []
+    for case, image_path, label_path in pairs:
+        lab = read_label(label_path)
+        targets = values if values else [int(v) for v in np.unique(lab) if v != 0]
+        for value in targets:
+            gt = lab == value
+            if not gt.any():
+                log(f"  {case}: label {value} absent, skipped")
+                continue
+            t = time.perf_counter()
+            entry_spacing = engine.volume(image_path).image.GetSpacing()
+            pred, window = engine.predictor_for(image_path, box_from_target(gt, entry_spacing, margin_mm), modality)
+            dices = medsam_target_dices(pred, gt, entry_spacing, num_actions, margin_mm)
+            log(f"  [{MODE}] {case} label {value} ({window}): "
+                + " ".join("-" if d is None else f"{d:.3f}" for d in dices) + f"  ({time.perf_counter() - t:.1f}s)")
+            rows += [dict(mode=MODE, case=case, value=int(value), clicks=n + 1, dice=d)
+                     for n, d in enumerate(dices) if d is not None]
+    return rows
+
+
+def build_medsam_engine(device: str = "cpu", weights: Optional[str] = None, cache_gb: float = 1.0) -> MedSAMEngine:
+    """LiteMedSAM engine from the located weights (lib.medsam.weights.locate)."""
+    from .checkpoint import load_lite_medsam
+    from .weights import locate
+
+    loc = locate(weights)
+    model = load_lite_medsam(loc.path, device=device)
+    return MedSAMEngine(model, f"lite_medsam@{(loc.sha256 or 'conf')[:12]}", device=device,
+                        cache_bytes=int(cache_gb * (1 << 30)))
+
+
+def main(argv=None) -> int:
+    """python -m lib.medsam.evaluate (--data DIR | --image F --label F) [--labels-values 5,6] --clicks 10 --out DIR"""
+    import argparse
+    import os
+
+    from lib.interaction.evaluate import find_pairs, markdown, summarise, write_outputs
+
+    p = argparse.ArgumentParser(prog="python -m lib.medsam.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="folder with images/ and labels/ (as lib.interaction.evaluate)")
+    p.add_argument("--image", help="one image file (with --label)")
+    p.add_argument("--label", help="its label file")
+    p.add_argument("--labels-values", default="", help="comma-separated label values (default: all non-zero)")
+    p.add_argument("--clicks", type=int, default=10, help="user actions per target (a box counts 2)")
+    p.add_argument("--report-at", default="1,3,5,10")
+    p.add_argument("--margin-mm", type=float, default=5.0)
+    p.add_argument("--modality", default=None)
+    p.add_argument("--weights", default=None, help="lite_medsam.pth (default: lib.medsam.weights.locate)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval_results_medsam")
+    args = p.parse_args(argv)
+    if args.image and args.label:
+        name = os.path.basename(args.image).split(".")[0]
+        pairs = [(name, args.image, args.label)]
+    else:
+        pairs = find_pairs(args.data)
+    values = [int(v) for v in args.labels_values.split(",") if v.strip()]
+    engine = build_medsam_engine(args.device, args.weights)
+    rows = evaluate_medsam(engine, pairs, values, max(args.clicks, BOX_ACTIONS), args.margin_mm, args.modality)
+    if not rows:
+        print("no targets found")
+        return 1
+    report_at = [int(v) for v in args.report_at.split(",") if v.strip()]
+    summary = summarise(rows, [n for n in report_at if n <= args.clicks])
+    for path in write_outputs(rows, summary, args.out, report_at):
+        print("wrote", path)
+    print(markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""MedSAM's 3D box protocol: a 3D box -> a mask on the stored grid, slice by slice.
+
+1. The 3D box is Slicer's ROI, [i_min, i_max, j_min, j_max, k_min, k_max] in voxel indices of the
+   volume as stored (inclusive), clamped to the volume.
+2. The slice axis and display frame come from lib.medsam.slices (largest spacing, else axial).
+3. The slice through the box centre, int((s_min + s_max) / 2) as in LiteMedSAM's 3D inference,
+   is segmented with the box's in-plane extent.
+4. From there the segmentation propagates one slice at a time toward both ends of the box; each
+   slice is prompted with the box (256 space, +3 pixels) of its neighbour's mask. A direction
+   stops at the end of the box or at the first slice whose mask is empty (the structure ended).
+   (LiteMedSAM's script falls back to the centre box on an empty neighbour instead; stopping is the
+   MedSAM paper's protocol and avoids segmenting something else beyond the structure's end.)
+5. Image encodings are cached per slice by the VolumePredictor, so corrections and repeated
+   requests on the same slices only run the decoder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .predictor import VolumePredictor
+from .preprocess import box256_from_mask, box_to_256
+
+
+class BoxError(ValueError):
+    """A 3D box the protocol cannot use (wrong length, non-numeric, min > max, outside the volume)."""
+
+
+@dataclass
+class PropagationResult:
+    """mask: (ni, nj, nk) uint8 0/1 on the stored grid; the rest describes what was done."""
+
+    mask: np.ndarray
+    roi: Tuple[int, int, int, int, int, int]  # clamped stored ROI
+    slice_axis: int
+    centre: int  # display-slice (= stored index along slice_axis) of the first prompt
+    slices: List[int] = field(default_factory=list)  # slices with a non-empty mask, in order
+    boxes256: Dict[int, Tuple[float, float, float, float]] = field(default_factory=dict)  # prompt per slice
+    iou: Dict[int, float] = field(default_factory=dict)  # the model's IoU estimate per slice
+    seconds: float = 0.0
+
+
+def clamp_roi(roi: Sequence, shape: Sequence[int]) -> Tuple[int, int, int, int, int, int]:
+    """Validate a stored ROI and clamp it to the volume; BoxError when unusable."""
+    if not isinstance(roi, (list, tuple, np.ndarray)) or len(roi) != 6:
+        raise BoxError(f"3D box must be [i_min, i_max, j_min, j_max, k_min, k_max], got {roi!r:.80}")
+    try:
+        vals = [float(v) for v in roi]
+    except (TypeError, ValueError):
+        raise BoxError(f"3D box has a non-numeric value: {roi!r:.80}") from None
+    if not all(np.isfinite(vals)):
+        raise BoxError(f"3D box has a non-finite value: {roi!r:.80}")
+    r = [int(round(v)) for v in vals]
+    out = []
+    for a in range(3):
+        lo, hi = r[2 * a], r[2 * a + 1]
+        if lo > hi:
+            raise BoxError(f"3D box {r}: min > max on axis {a}")
+        lo, hi = max(0, lo), min(int(shape[a]) - 1, hi)
+        if lo > hi:
+            raise BoxError(f"3D box {r} does not overlap the volume of size {list(shape)}")
+        out += [lo, hi]
+    return tuple(out)
+
+
+def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = False,
+                  centre: Optional[int] = None,
+                  anchors: Optional[Dict[int, Sequence[int]]] = None) -> PropagationResult:
+    """Segment the structure in a 3D box by MedSAM's slice-by-slice protocol.
+
+    clip_to_roi: zero the result outside the box (in-plane too); the slice range is always bounded.
+    centre: start slice (stored index along the slice axis) instead of the box centre; clamped
+    into the box's slice range.
+    anchors: {slice: (x0, y0, x1, y1)} extra 2D boxes in display-slice pixels (a user's corrections
+    drawn on single slices). Every seed (the centre with the 3D box's extent, and each anchor) is
+    segmented with its own box; each seed with a non-empty mask then propagates toward both sides
+    up to half way to the next such seed (the seed slices of the centre and anchors are segmented
+    first, so an empty seed's slices are reached from its neighbours).
+    """
+    t0 = time.perf_counter()
+    frame = pred.frame
+    box = clamp_roi(roi, frame.shape)
+    (s0, s1), box2d = frame.roi_to_frame(box)
+    start = (s1 - s0) // 2 + s0 if centre is None else min(max(int(centre), s0), s1)
+    mask = np.zeros(frame.shape, dtype=np.uint8)
+    res = PropagationResult(mask=mask, roi=box, slice_axis=frame.slice_axis, centre=start)
+    seeds = {start: box_to_256(box2d, frame.slice_shape)}
+    for s, b in (anchors or {}).items():
+        if s0 <= int(s) <= s1:
+            seeds[int(s)] = box_to_256(b, frame.slice_shape)
+    order = sorted(seeds)
+
+    def run(s: int, box256: np.ndarray) -> np.ndarray:
+        logits, iou = pred.predict_256(s, box256)
+        m = (logits > 0).numpy()  # sigmoid > 0.5
+        res.boxes256[s] = tuple(float(v) for v in box256)
+        res.iou[s] = iou
+        if m.any():
+            frame.put_slice(mask, s, m.astype(np.uint8))
+        return m
+
+    firsts = {seed: run(seed, seeds[seed]) for seed in order}
+    live = [seed for seed in order if firsts[seed].any()]  # an empty seed owns no slices
+    done = list(live)
+    for n, seed in enumerate(live):
+        lo = s0 if n == 0 else (live[n - 1] + seed) // 2 + 1
+        hi = s1 if n == len(live) - 1 else (seed + live[n + 1]) // 2
+        for step in (1, -1):
+            prev, s = firsts[seed], seed + step
+            while lo <= s <= hi:
+                b = box256_from_mask(prev)
+                if b is None:
+                    break
+                prev = run(s, b)
+                if not prev.any():
+                    break
+                done.append(s)
+                s += step
+    res.slices = sorted(done)
+    if clip_to_roi:
+        keep = np.zeros_like(mask)
+        sl = tuple(slice(box[2 * a], box[2 * a + 1] + 1) for a in range(3))
+        keep[sl] = mask[sl]
+        res.mask = keep
+    res.seconds = time.perf_counter() - t0
+    return res
