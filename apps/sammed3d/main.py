@@ -15,6 +15,9 @@
   modality auto|CT|MR|...  CT gets the [-1000, 1000] clamp; auto decides per image (default auto)
   click_mode all|newest    clicks sent to the decoder (default: the session's measured best)
   max_crops N              crops one label may grow to for large structures (default 8)
+  model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint
+                           (default: the live version in versions_dir, see lib/versions.py)
+  versions_dir DIR         where fine-tuned versions are published (default model/versions)
 
 Kept thin on purpose: weights choice lives in lib/weights.py, geometry and caching in lib/session,
 request handling in lib/infers.
@@ -31,7 +34,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
-from lib.weights import WeightsError, resolve_weights
+from lib.versions import LiveModelWatcher, resolve_served_weights
+from lib.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,10 @@ class SAMMed3DApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
         # The engine must exist before super().__init__, which calls init_infers().
-        self.weights_info, self.engine = _build_engine(conf, os.path.join(app_dir, "model"))
+        self.model_dir = os.path.join(app_dir, "model")
+        self.weights_info, self.engine, self._versions = _build_engine(conf, self.model_dir)
+        store, served, base = self._versions
+        self._live_watcher = LiveModelWatcher(store, self.engine, self.weights_info, base, served)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -58,12 +65,24 @@ class SAMMed3DApp(MONAILabelApp):
         desc = f"SAM-Med3D interactive 3D segmentation; weights: {w['source']} {w['model_version']}{loud}"
         return {MODEL_NAME: SAMMed3DInfer(self.engine, w, desc)}
 
+    def init_trainers(self):
+        from lib.trainers.task import SAMMed3DTrainTask
+
+        # the live version is LIVE.json's (the serving process follows it), not a start-up pin
+        conf = {k: v for k, v in self.conf.items() if k != "model_version"}
+        return {MODEL_NAME: SAMMed3DTrainTask(self._versions[0], lambda: resolve_served_weights(conf, self.model_dir, False)[:2])}
+
     def info(self):
+        self._watcher().poll()  # /info names the live version right after a training publishes one
         meta = super().info()
         meta["weights"] = dict(self.weights_info)
         return meta
 
+    def _watcher(self) -> LiveModelWatcher:
+        return self._live_watcher
+
     def infer(self, request, datastore=None):
+        self._watcher().poll()  # hot swap: the next click gets a newly published version
         # MONAI Label 0.8.5 answers an unknown model or image id with a plain 500; clients need a 404.
         model = request.get("model")
         if model not in self._infers:
@@ -83,7 +102,7 @@ class SAMMed3DApp(MONAILabelApp):
 def _build_engine(conf: Dict[str, str], model_dir: str):
     """Resolve, load and wrap the weights; any failure stops start-up with a clear message."""
     try:
-        choice = resolve_weights(conf, model_dir)
+        choice, base, store = resolve_served_weights(conf, model_dir)
         if choice.is_random:
             torch.manual_seed(0)  # reproducible, but still meaningless
             model, version = build_sam_med3d(None), "random-seed0"
@@ -116,11 +135,13 @@ def _build_engine(conf: Dict[str, str], model_dir: str):
         "precision": precision,
         "click_mode": engine.click_mode,
         "tried": choice.tried,
+        "version_name": version.split("@")[0] if choice.source == "version" else None,
+        "versions_dir": store.folder,
     }
     logger.info(f"SAM-Med3D weights live: {choice.describe()}; version {version}; device {device}")
     if choice.is_random:
         logger.warning("=" * 20 + " SERVING RANDOM WEIGHTS (allow_random_weights): masks are meaningless " + "=" * 20)
-    return info, engine
+    return info, engine, (store, choice, base)
 
 
 def _device(value: str) -> str:

@@ -8,6 +8,7 @@ Never imports MONAI Label (usable from notebooks, batch jobs, the trainer and th
 from .engine import CLICK_MODES, DEFAULT_CLICK_MODE, SegmentationEngine
 from .errors import SessionError
 from .result import SegmentationResult, write_mask
+from .training import TrainingCrop, extract_training_crop
 from .volume import LoadedVolume, load_volume
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "SegmentationEngine",
     "SegmentationResult",
     "SessionError",
+    "TrainingCrop",
+    "extract_training_crop",
     "load_volume",
     "write_mask",
 ]

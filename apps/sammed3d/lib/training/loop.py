@@ -70,13 +70,15 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
 
     Args:
         emb: (B, C, 8, 8, 8) image embeddings (with grad unless the encoder is frozen).
-        targets: (B, 1, 128, 128, 128) float 0/1.
+        targets: (B, 1, 128, 128, 128) float 0/1 (the size model.upsample_logits returns; a model
+            wrapper may upsample to a smaller loss grid and give targets on that grid).
     Returns:
         (summed loss over iterations (scalar), Dice per item after the last iteration (B,)).
     """
     b = emb.shape[0]
     gt = targets > 0.5
-    low = torch.zeros((b, 1) + tuple(s // 4 for s in targets.shape[2:]), device=emb.device, dtype=torch.float32)
+    # mask input: 4x the embedding grid (32^3 for 128^3 crops), whatever resolution the loss uses
+    low = torch.zeros((b, 1) + tuple(4 * s for s in emb.shape[2:]), device=emb.device, dtype=torch.float32)
     pred = torch.zeros_like(gt)
     mask_only = {int(rs.integers(2, 9)), num_clicks - 1}
     total = torch.zeros((), device=emb.device)

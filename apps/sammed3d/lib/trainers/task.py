@@ -1,0 +1,89 @@
+"""The MONAI Label train task: `POST /train/sammed3d` fine-tunes the live model on FINAL labels.
+
+Runs in MONAI Label's train subprocess. Request options (defaults in /info -> trainers -> config)
+are FineTuneOptions fields, e.g. {"max_epochs": 5, "train_parts": "mask_decoder+prompt_encoder",
+"lr": 8e-4, "val_split": 0.2}. MONAI Label's own keys (multi_gpu, gpus, ...) are accepted:
+multi_gpu true with 2+ GPUs runs DistributedDataParallel over them; {"world_size": 2,
+"device": "cpu"} does the same on CPU with gloo.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.model import load_checkpoint
+from lib.versions import VersionStore
+
+from .finetune import fine_tune
+from .options import FineTuneOptions, options_from_request
+from .publish import Publisher
+
+logger = logging.getLogger(__name__)
+
+
+class SAMMed3DTrainTask(TrainTask):
+    """Fine-tunes the live checkpoint; publishes a new version when validation improves."""
+
+    def __init__(self, store: VersionStore, live: Callable[[], Any], defaults: Optional[FineTuneOptions] = None,
+                 description: str = "Fine-tune SAM-Med3D (frozen encoder by default) on the datastore's final labels"):
+        super().__init__(description)
+        self.store = store
+        self.live = live  # () -> (WeightsChoice served now, base WeightsChoice)
+        self.defaults = defaults or FineTuneOptions()
+
+    def config(self) -> Dict[str, Any]:
+        return self.defaults.to_config()
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        live = self.store.read_live() or {}
+        info["live_version"] = live.get("version")
+        info["versions"] = self.store.list_versions()
+        info["versions_dir"] = self.store.folder
+        return info
+
+    def stats(self) -> Dict[str, Any]:
+        try:
+            import json
+
+            with open(self.store.stats_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
+        logger.info(f"train request: {request}")
+        req = dict(request)
+        if str(req.get("multi_gpu", "false")).lower() in ("true", "1") and "world_size" not in req:
+            gpus = req.get("gpus", "all")
+            n = torch.cuda.device_count() if gpus in (None, "", "all") else len(str(gpus).split(","))
+            if n >= 2:
+                req["world_size"] = n
+        opts = options_from_request(req, self.defaults, strict=False)
+        opts.stats_path = self.store.stats_path
+        if opts.tensorboard_dir is None:
+            opts.tensorboard_dir = os.path.join(self.store.folder, "runs")
+        if opts.cache_dir is None:
+            opts.cache_dir = os.path.join(self.store.folder, "embedding_cache")
+        samples = [d for d in datastore.datalist() if d.get("label")]
+        if not samples:
+            raise ValueError("no final labels in the datastore: save some labels (tag final) before training")
+        served, base = self.live()
+        if served.path is None:
+            raise ValueError("the server runs on random weights (allow_random_weights): nothing to fine-tune")
+        model, meta = load_checkpoint(served.path, map_location="cpu")
+        parent = meta.get("version") if served.source == "version" else None
+        logger.info(f"fine-tuning {served.source} {served.path} on {len(samples)} labelled image(s)")
+        import datetime
+
+        opts.tensorboard_dir = os.path.join(opts.tensorboard_dir, datetime.datetime.now().strftime("%Y%m%d_%H%M%S"))
+        publisher = Publisher(self.store.folder, opts.publish, base.sha256, parent, opts.key_metric)
+        _, metrics = fine_tune(model, samples, opts, callbacks=[publisher])
+        stats = metrics.get("train_stats", {})
+        logger.info(f"training done: best epoch {metrics['best_epoch']}, published {metrics['published'] or 'nothing'}")
+        return stats

@@ -1,0 +1,148 @@
+"""Trainer building blocks: session training crops, targets, options, the embedding cache, fine_tune
+progress files. Tiny model (tests/trainer_utils.py), small synthetic NIfTI volumes, CPU."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from trainer_utils import make_samples, tiny_model
+
+from lib.session import extract_training_crop, load_volume
+from lib.session.geometry import model_grid
+from lib.session.preprocess import crop_origin_for, normalise, resample_crop
+from lib.trainers import EmbeddingCache, FineTuneOptions, fine_tune, find_targets, options_from_request, split_samples
+from lib.trainers.data import CropSource, cache_key, make_variants, read_label_array
+from lib.trainers.finetune import _example
+from lib.versions import encoder_fingerprint
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return make_samples(str(tmp_path_factory.mktemp("vols")), 3, two_blobs=True)
+
+
+def test_training_crop_is_the_sessions_preprocessing(samples):
+    s = samples[0]
+    t = find_targets([s])[0]
+    vol = load_volume(s["image"])
+    crop = extract_training_crop(s["image"], s["label"], t.centre)
+    grid = model_grid(vol.image)
+    origin = crop_origin_for(grid.stored_to_grid(np.array(t.centre))[0])
+    assert crop.origin == origin and crop.ct
+    torch.testing.assert_close(crop.image, normalise(resample_crop(vol.image, grid, origin), True))
+    # the target sits at the crop centre and has the component's volume (at 1.5 mm voxels)
+    assert crop.target.shape == (128, 128, 128) and crop.target[64, 64, 64]
+    lab = read_label_array(s["label"])
+    stored_mm3 = 2.0 * 2.0 * 2.5
+    expected = (lab == 1).sum() * stored_mm3 / 1.5 ** 3  # both blobs lie inside the crop
+    assert abs(int(crop.target.sum()) - expected) / expected < 0.15
+    # an offset moves the crop; an array label gives the same target as the file
+    moved = extract_training_crop(vol, lab, t.centre, offset=(3, 0, -2))
+    assert moved.origin == (origin[0] + 3, origin[1], origin[2] - 2)
+    same = extract_training_crop(vol, lab, t.centre)
+    assert torch.equal(same.target, crop.target)
+
+
+def test_targets_are_components_largest_first(samples):
+    ts = find_targets(samples, max_components=2, min_voxels=50)
+    assert len(ts) == 6 and [t.component for t in ts[:2]] == [0, 1]
+    assert ts[0].voxels >= ts[1].voxels
+    assert len(find_targets(samples, max_components=1)) == 3
+
+
+def test_options_parsing():
+    o = options_from_request({"epochs": "3", "train_parts": "mask_decoder+prompt_encoder", "lr": 1e-3,
+                              "multi_gpu": True, "flip": "false"})
+    assert o.max_epochs == 3 and o.train_parts == ("prompt_encoder", "mask_decoder") and not o.flip
+    assert options_from_request({"train_parts": ["image_encoder", "mask_decoder"]}).train_parts == ("image_encoder", "mask_decoder")
+    assert options_from_request({"train_parts": "all"}).train_parts == ("image_encoder", "prompt_encoder", "mask_decoder")
+    for bad in ({"nope": 1}, {"train_parts": "decoder"}, {"max_epochs": 0}, {"val_split": 1.5}, {"publish": "sometimes"},
+                {"max_epochs": 1.5}):
+        with pytest.raises(ValueError):
+            options_from_request(bad)
+    cfg = FineTuneOptions().to_config()
+    assert cfg["train_parts"] == "mask_decoder" and cfg["max_epochs"] >= 1 and json.dumps(cfg)
+
+
+def test_split_is_deterministic_and_keeps_one_for_validation():
+    samples = [{"image": f"/x/img{i}.nii.gz", "label": f"/x/lab{i}.nii.gz"} for i in range(5)]
+    a, b = split_samples(samples, 0.2, seed=0), split_samples(list(reversed(samples)), 0.2, seed=0)
+    assert a == b and len(a[1]) == 1 and len(a[0]) == 4
+    assert split_samples(samples[:2], 0.2)[1] and not split_samples(samples[:1], 0.2)[1]
+    assert split_samples(samples, 0.0)[1] == []
+
+
+def test_embedding_cache_hits_misses_and_encoder_invalidation(samples, tmp_path):
+    model = tiny_model()
+    sha = encoder_fingerprint(model)
+    folder = str(tmp_path / "cache")
+    cache = EmbeddingCache(folder)
+    cache.bind_encoder(sha)
+    source = CropSource()
+    t = find_targets(samples[:1])[0]
+    v0, v1 = make_variants(2, 8, True, np.random.default_rng(0))
+    opts = FineTuneOptions()
+    e0, y0 = _example(model, t, v0, source, cache, True, sha, opts, "cpu")
+    assert (cache.hits, cache.misses, source.built) == (0, 1, 1)
+    e0b, _ = _example(model, t, v0, source, cache, True, sha, opts, "cpu")
+    assert (cache.hits, cache.misses, source.built) == (1, 1, 1) and torch.equal(e0, e0b)
+    e1, y1 = _example(model, t, v1, source, cache, True, sha, opts, "cpu")
+    assert cache.misses == 2 and source.built == 2  # another variant is another crop
+    if v1.flips:
+        assert not torch.equal(y0, y1)
+    # the disk copy serves a new process (same encoder) without building a crop
+    warm = EmbeddingCache(folder)
+    assert warm.bind_encoder(sha) == 0
+    e0c, y0c = _example(model, t, v0, CropSource(), warm, True, sha, opts, "cpu")
+    assert warm.disk_hits == 1 and torch.equal(e0c, e0) and torch.equal(y0c, y0)
+    # a changed encoder: other keys, and binding drops the stale files
+    other = tiny_model(seed=1)
+    sha2 = encoder_fingerprint(other)
+    assert sha2 != sha and cache_key(t, v0, sha2, None) != cache_key(t, v0, sha, None)
+    assert EmbeddingCache(folder).bind_encoder(sha2) == 2
+    assert not [f for f in os.listdir(folder) if f.endswith(".pt")]
+    # the key follows the files: rewriting the label invalidates
+    k = cache_key(t, v0, sha, None)
+    os.utime(t.label, ns=(1, 1))
+    assert cache_key(t, v0, sha, None) != k
+
+
+def test_fine_tune_reuses_embeddings_and_writes_progress(samples, tmp_path):
+    stats_path = tmp_path / "train_stats.json"
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opts = options_from_request({"max_epochs": 2, "num_clicks": 3, "loss_size": 32, "variants": 1, "batch_size": 2,
+                                 "val_split": 0.34, "max_components": 1, "lr": 1e-2, "progress": True})
+    opts.stats_path, opts.tensorboard_dir = str(stats_path), str(tmp_path / "tb")
+    model, m = fine_tune(model, samples, opts)
+    assert m["train_targets"] == 2 and m["val_targets"] == 1 and m["val_cases"] and m["baseline"]
+    # one variant per target: computed in epoch 1, reused in epoch 2
+    assert m["embedding_cache"]["misses"] == 2 and m["embedding_cache"]["hits"] == 2
+    assert m["base_encoder_sha256"] == m["encoder_sha256"]  # encoder frozen
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
+    assert m["improved"] == (m["best_epoch"] > 0)
+    if not m["improved"]:  # nothing beat the live model: its weights come back
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    s = json.loads(stats_path.read_text())
+    for key in ("total_time", "epoch", "total_epochs", "best_metric", "start_ts", "train", "eval", "current_iteration"):
+        assert key in s, key
+    assert s["epoch"] == 2 and s["total_epochs"] == 2 and s["status"] == "DONE"
+    assert s["eval"]["key_metric_name"] == "val_dice_mean" and "val_dice@1" in s["eval"]["metrics"]
+    assert "train_loss" in s["train"]["metrics"] and len(s["history"]) == 2
+    assert s["best_metric"] == pytest.approx(max([m["baseline"]["dice_mean"]] + [h["val"]["dice_mean"] for h in m["epochs"]]))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+
+
+def test_prompt_encoder_learns_only_when_asked(samples):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opts = options_from_request({"max_epochs": 1, "num_clicks": 2, "loss_size": 32, "variants": 1, "val_split": 0,
+                                 "max_components": 1, "lr": 1e-2, "train_parts": "mask_decoder+prompt_encoder",
+                                 "progress": False})
+    model, m = fine_tune(model, samples[:2], opts)
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"prompt_encoder", "mask_decoder"} and m["val_targets"] == 0
