@@ -10,7 +10,7 @@ Options: `window` (auto | soft_tissue | lung | bone | brain | percentile | [leve
 `modality`, and the SAM-Med3D task's result options (`result_extension`, `result_dtype`,
 `result_compress`, `label`). The mask is zero outside the box and lies on the image's stored grid.
 User errors are fastapi HTTPException 400 with a message; the request parsing and the label writer
-are the SAM-Med3D task's own (lib.infers.request, SAMMed3DInfer._write).
+are the SAM-Med3D task's own (lib.infers.request.parse_request, lib.infers.output.write_label).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import numpy as np
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.infers.output import write_label
 from lib.infers.request import parse_request
-from lib.infers.sammed3d import SAMMed3DInfer
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
 from lib.medsam.preprocess import CT_WINDOWS
 from lib.session import SegmentationResult, SessionError
@@ -105,7 +105,7 @@ class MedSAMBoxInfer(InferTask):
             res = self.engine.segment_box(os.path.abspath(opts.image_path), roi, modality=opts.modality,
                                           window=window, clip_to_roi=True)
             t_write = time.perf_counter()
-            out = SAMMed3DInfer._write(SegmentationResult(mask=res.mask, affine=res.affine), opts, opts.image_path)
+            out = write_label(SegmentationResult(mask=res.mask, affine=res.affine), opts, opts.image_path)
         except (SessionError, BoxError) as e:
             logger.info(f"medsam infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None
