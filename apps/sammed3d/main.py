@@ -72,6 +72,29 @@ class SAMMed3DApp(MONAILabelApp):
         conf = {k: v for k, v in self.conf.items() if k != "model_version"}
         return {MODEL_NAME: SAMMed3DTrainTask(self._versions[0], lambda: resolve_served_weights(conf, self.model_dir, False)[:2])}
 
+    def init_strategies(self):
+        # active learning (lib/activelearning, docs/activelearning.md); MONAI Label's own stay available
+        from lib.activelearning.scoring import live_version
+        from lib.activelearning.strategies import ScoreStrategy, scoring_trigger
+        from monailabel.tasks.activelearning.first import First
+        from monailabel.tasks.activelearning.random import Random
+
+        timeout, weight = float(self.conf.get("al_timeout", 3600)), float(self.conf.get("al_weight", 0.5))
+        trigger = scoring_trigger()
+        strategies = {"random": Random(), "first": First()}
+        for method in ("uncertainty", "diversity", "combined"):
+            strategies[method] = ScoreStrategy(method, lambda: live_version(self), trigger, timeout, weight)
+        return strategies
+
+    def init_scoring_methods(self):
+        from lib.activelearning.scoring import DEFAULTS, ActiveLearningScorer, SAMMed3DScoring, live_version
+
+        # --conf al_<option> (n_jitter, sigma, max_prompts, feature_crops, weight) and scoring_threads
+        opts = {k: type(DEFAULTS[k])(self.conf[f"al_{k}"]) for k in DEFAULTS if f"al_{k}" in self.conf and k != "flips"}
+        opts["threads"] = int(self.conf.get("scoring_threads", DEFAULTS["threads"]))
+        scorer = ActiveLearningScorer(self.engine, lambda: live_version(self), opts)
+        return {m: SAMMed3DScoring(scorer, m) for m in ("uncertainty", "diversity", "combined")}
+
     def info(self):
         self._watcher().poll()  # /info names the live version right after a training publishes one
         meta = super().info()

@@ -1,0 +1,263 @@
+"""MONAI Label scoring methods (POST /scoring/<name>): uncertainty, diversity, combined.
+
+MONAI Label runs each scoring request in a subprocess that rebuilds the app (so the server keeps
+answering clicks); `MONAI_LABEL_AUTO_UPDATE_SCORING` (default true) also runs every method at
+start-up, after each /activelearning call and after training. A run is cheap when nothing
+changed: an image whose stored score carries the live model version is skipped (pass
+{"force": true} to recompute). Progress goes to the log, one line per image.
+
+Request options (JSON body of POST /scoring/<name>, all optional):
+    force (false), images ([ids]: only these), max_images (0 = all), threads (conf scoring_threads),
+    n_jitter, sigma, flips, max_prompts, feature_crops, weight.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from ..session.engine import SegmentationEngine
+from ..session.volume import load_volume, sitk_affine_ras
+from . import store
+from .diversity import decode_feature, diversity_scores, encode_feature, pool_features
+from .prompts import LocationPrior, choose_prompts
+from .select import combine
+from .uncertainty import make_perturbations, model_decoder, point_uncertainty
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
+            "threads": 1, "max_prior_labels": 50}
+
+
+def live_version(app) -> str:
+    """The model version the app serves now. A hot-swap watcher (anything on the app with `poll()`
+    and `engine`, e.g. lib.versions.LiveModelWatcher) is polled first, so a version published by
+    the trainer is seen even before the next click."""
+    for value in list(vars(app).values()):
+        if hasattr(value, "poll") and hasattr(value, "engine") and callable(value.poll):
+            try:
+                value.poll()
+            except Exception as e:
+                logger.warning(f"live model poll failed: {e}")
+    return str(app.engine.model_version)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """Limit torch's intra-op threads while scoring (leave cores to the clicks), then restore."""
+    old = torch.get_num_threads()
+    if n and n > 0:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def read_geometry(path: str):
+    """(shape (i, j, k), RAS affine) from the header only (a whole load for DICOM folders)."""
+    if os.path.isdir(path):
+        v = load_volume(path)
+        return v.shape, v.affine
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    img = sitk.Image([2, 2, 2], sitk.sitkUInt8)  # carries the geometry for sitk_affine_ras
+    img.SetSpacing(reader.GetSpacing())
+    img.SetOrigin(reader.GetOrigin())
+    img.SetDirection(reader.GetDirection())
+    return tuple(int(s) for s in reader.GetSize()), sitk_affine_ras(img)
+
+
+def read_label(path: str):
+    """(label array in stored (i, j, k) order, RAS affine)."""
+    img = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), sitk_affine_ras(img)
+
+
+class ActiveLearningScorer:
+    """Computes and stores the three scores for a datastore; shared by the three scoring methods."""
+
+    def __init__(self, engine: SegmentationEngine, version_fn: Callable[[], str], options: Optional[Dict] = None):
+        self.engine = engine
+        self.version_fn = version_fn
+        self.options = dict(DEFAULTS)
+        self.options.update(options or {})
+
+    # --------------------------------------------------------------------------- helpers
+    def _opts(self, request: Dict) -> Dict:
+        o = dict(self.options)
+        o.update({k: v for k, v in (request or {}).items() if k in DEFAULTS or k in ("force", "images", "max_images")})
+        return o
+
+    @staticmethod
+    def _targets(datastore, ids: List[str], o: Dict) -> List[str]:
+        if o.get("images"):
+            wanted = set(o["images"])
+            ids = [i for i in ids if i in wanted]
+        n = int(o.get("max_images") or 0)
+        return sorted(ids)[:n] if n > 0 else sorted(ids)
+
+    def _prior(self, datastore, o: Dict) -> LocationPrior:
+        prior = LocationPrior()
+        for image_id in sorted(datastore.get_labeled_images())[: int(o["max_prior_labels"])]:
+            try:
+                label_id = datastore.get_label_by_image_id(image_id, "final")
+                arr, affine = read_label(datastore.get_label_uri(label_id, "final"))
+                prior.add(arr, affine)
+            except Exception as e:  # an unreadable label must not stop scoring
+                logger.warning(f"location prior: skipping label of {image_id}: {e}")
+        return prior
+
+    @staticmethod
+    def _original_label(datastore, image_id: str):
+        try:
+            label_id = datastore.get_label_by_image_id(image_id, "original")
+            if label_id:
+                return read_label(datastore.get_label_uri(label_id, "original"))[0]
+        except Exception as e:
+            logger.warning(f"original label of {image_id} unreadable: {e}")
+        return None
+
+    # --------------------------------------------------------------------------- uncertainty
+    def uncertainty_of(self, image_id: str, path: str, info: Dict, prior: Optional[LocationPrior], o: Dict,
+                       original=None):
+        """(score, prompt source, number of prompts) of one volume."""
+        shape, affine = read_geometry(path)
+        source, points = choose_prompts(info, shape, affine, original, prior, int(o["max_prompts"]))
+        perts = make_perturbations(int(o["n_jitter"]), float(o["sigma"]), tuple(o["flips"]))
+        decode = model_decoder(self.engine.runner.model)
+        scores = []
+        for p in points:
+            p = [float(np.clip(x, 0, n - 1)) for x, n in zip(p[:3], shape)] if len(p) >= 3 else [(n - 1) / 2 for n in shape]
+            ce = self.engine.point_embedding(image_id, path, p)
+            scores.append(point_uncertainty(decode, ce.embedding, ce.to_crop([p])[0], ce.crop, perts))
+        return float(np.mean(scores)), source, len(points)
+
+    def update_uncertainty(self, datastore, request: Dict) -> Dict[str, Any]:
+        o = self._opts(request)
+        version = self.version_fn()
+        store.reload(datastore)
+        ids = self._targets(datastore, datastore.get_unlabeled_images(), o)
+        todo = [i for i in ids if o.get("force") or not store.current(datastore.get_image_info(i).get(store.KEY_UNCERTAINTY), version)]
+        logger.info(f"scoring[uncertainty] model {version}: {len(todo)} of {len(ids)} unlabeled volumes to score")
+        prior = self._prior(datastore, o) if todo else None
+        done = 0
+        for n, image_id in enumerate(todo, 1):
+            t = time.perf_counter()
+            try:
+                info = datastore.get_image_info(image_id)
+                score, source, k = self.uncertainty_of(image_id, datastore.get_image_uri(image_id), info, prior, o,
+                                                       self._original_label(datastore, image_id))
+            except Exception as e:
+                logger.warning(f"scoring[uncertainty] {n}/{len(todo)} {image_id}: failed ({e})")
+                continue
+            dt = time.perf_counter() - t
+            store.write_info(datastore, image_id, {store.KEY_UNCERTAINTY: {
+                "score": round(score, 6), "model_version": version, "prompts": source, "n_prompts": k,
+                "ts": int(time.time()), "seconds": round(dt, 3)}})
+            done += 1
+            logger.info(f"scoring[uncertainty] {n}/{len(todo)} {image_id}: {score:.4f} ({k} {source} prompt(s), {dt:.1f} s)")
+        return {"scored": done, "skipped": len(ids) - len(todo), "model_version": version}
+
+    # --------------------------------------------------------------------------- features / diversity
+    def update_features(self, datastore, request: Dict) -> Dict[str, Any]:
+        o = self._opts(request)
+        version = self.version_fn()
+        store.reload(datastore)
+        ids = sorted(datastore.list_images())
+        todo = [i for i in ids if o.get("force") or not store.current(datastore.get_image_info(i).get(store.KEY_FEATURES), version)]
+        logger.info(f"scoring[features] model {version}: {len(todo)} of {len(ids)} volumes to encode")
+        for n, image_id in enumerate(todo, 1):
+            t = time.perf_counter()
+            try:
+                crops = self.engine.volume_embeddings(image_id, datastore.get_image_uri(image_id), int(o["feature_crops"]))
+                f = pool_features([c.embedding for c in crops])
+            except Exception as e:
+                logger.warning(f"scoring[features] {n}/{len(todo)} {image_id}: failed ({e})")
+                continue
+            store.write_info(datastore, image_id, {store.KEY_FEATURES: {
+                "model_version": version, "dim": int(f.size), "f16": encode_feature(f), "crops": len(crops),
+                "ts": int(time.time())}})
+            logger.info(f"scoring[features] {n}/{len(todo)} {image_id}: {len(crops)} crop(s), {time.perf_counter() - t:.1f} s")
+        return {"encoded": len(todo), "model_version": version}
+
+    def features(self, datastore, version: str, ids) -> Dict[str, np.ndarray]:
+        out = {}
+        for i in ids:
+            e = datastore.get_image_info(i).get(store.KEY_FEATURES)
+            if store.current(e, version):
+                out[i] = decode_feature(e["f16"])
+        return out
+
+    def update_diversity(self, datastore, request: Dict) -> Dict[str, Any]:
+        res = self.update_features(datastore, request)
+        version = res["model_version"]
+        store.reload(datastore)
+        labelled = sorted(datastore.get_labeled_images())
+        unlabeled = sorted(datastore.get_unlabeled_images())
+        feats = self.features(datastore, version, labelled + unlabeled)
+        h = store.labelled_hash(labelled)
+        cands = {i: feats[i] for i in unlabeled if i in feats}
+        centres = [feats[i] for i in labelled if i in feats]
+        scores = diversity_scores(cands, centres)
+        for n, (image_id, s) in enumerate(sorted(scores.items()), 1):
+            old = datastore.get_image_info(image_id).get(store.KEY_DIVERSITY) or {}
+            if old.get("model_version") == version and old.get("labelled_hash") == h and not self._opts(request).get("force"):
+                continue
+            store.write_info(datastore, image_id, {store.KEY_DIVERSITY: {
+                "score": round(s, 6), "model_version": version, "labelled": len(centres), "labelled_hash": h,
+                "ts": int(time.time())}})
+        logger.info(f"scoring[diversity] model {version}: {len(scores)} unlabeled volumes vs {len(centres)} labelled")
+        return {"scored": len(scores), "labelled": len(centres), "model_version": version, "encoded": res["encoded"]}
+
+    def update_combined(self, datastore, request: Dict) -> Dict[str, Any]:
+        o = self._opts(request)
+        ru = self.update_uncertainty(datastore, request)
+        rd = self.update_diversity(datastore, request)
+        version = ru["model_version"]
+        store.reload(datastore)
+        unlabeled = sorted(datastore.get_unlabeled_images())
+        infos = {i: datastore.get_image_info(i) for i in unlabeled}
+        unc = {i: infos[i][store.KEY_UNCERTAINTY]["score"] for i in unlabeled if store.current(infos[i].get(store.KEY_UNCERTAINTY), version)}
+        div = {i: infos[i][store.KEY_DIVERSITY]["score"] for i in unlabeled if store.current(infos[i].get(store.KEY_DIVERSITY), version)}
+        mixed = combine(unc, div, float(o["weight"]))
+        for image_id, s in mixed.items():
+            store.write_info(datastore, image_id, {store.KEY_COMBINED: {
+                "score": round(s, 6), "model_version": version, "weight": float(o["weight"]), "ts": int(time.time())}})
+        logger.info(f"scoring[combined] model {version}: {len(mixed)} unlabeled volumes ranked")
+        return {"scored": len(mixed), "model_version": version, "uncertainty": ru, "diversity": rd}
+
+
+class SAMMed3DScoring(ScoringMethod):
+    """One of "uncertainty", "diversity", "combined" (see module docstring)."""
+
+    def __init__(self, scorer: ActiveLearningScorer, method: str):
+        if method not in store.SCORE_KEYS:
+            raise ValueError(f"unknown scoring method {method!r}")
+        desc = {
+            "uncertainty": "SAM-Med3D disagreement under jittered clicks and flips (higher = more informative)",
+            "diversity": "k-center distance of pooled encoder features to the labelled volumes",
+            "combined": "rank mix of uncertainty and diversity",
+        }[method]
+        super().__init__(desc)
+        self.scorer = scorer
+        self.method = method
+
+    def __call__(self, request, datastore):
+        t = time.perf_counter()
+        request = dict(request or {})
+        with torch_threads(int(request.get("threads", self.scorer.options["threads"]) or 0)):
+            fn = getattr(self.scorer, f"update_{self.method}")
+            result = fn(datastore, request)
+        result.update(method=self.method, seconds=round(time.perf_counter() - t, 2))
+        logger.info(f"scoring[{self.method}] finished: {result}")
+        return result
