@@ -250,6 +250,8 @@ def parse_args(argv=None):
     p.add_argument("--cache-gb", type=float, default=2.0)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
     p.add_argument("--out", default="eval_results", help="output folder for CSV/PNG")
+    p.add_argument("--medsam", action="store_true",
+                   help="add a MedSAM (LiteMedSAM) box row on the same cases: a box counts as 2 clicks (lib/medsam/evaluate.py)")
     return p.parse_args(argv)
 
 
@@ -264,6 +266,10 @@ def main(argv=None) -> int:
     engine = build_engine(args)
     print(f"{len(pairs)} case(s), {num_clicks} clicks, modes {args.click_mode}, device {args.device}, model {engine.model_version}")
     rows = evaluate(engine, pairs, values, num_clicks, args.click_mode)
+    if args.medsam:
+        from lib.medsam.evaluate import build_medsam_engine, evaluate_medsam
+
+        rows += evaluate_medsam(build_medsam_engine(args.device), pairs, values, num_clicks, modality=args.modality)
     if not rows:
         print("no targets found")
         return 1
