@@ -15,6 +15,10 @@
   modality auto|CT|MR|...  CT gets the [-1000, 1000] clamp; auto decides per image (default auto)
   click_mode all|newest    clicks sent to the decoder (default: the session's measured best)
   max_crops N              crops one label may grow to for large structures (default 8)
+  medsam auto|true|false   serve the MedSAM box task (default auto: when lite_medsam.pth is found)
+  medsam_checkpoint PATH   lite_medsam.pth (default: apps/sammed3d/model/medsam/, fetched by setup)
+  ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
+                           default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint
                            (default: the live version in versions_dir, see lib/versions.py)
   versions_dir DIR         where fine-tuned versions are published (default model/versions)
@@ -31,7 +35,9 @@ from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
+from lib.dicom import advertise_segments, install_ohif_asset_route, ohif_segment_names
 from lib.infers import SAMMed3DInfer
+from lib.infers.medsam_box import build_medsam_task
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -40,6 +46,7 @@ from lib.weights import WeightsError
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "sammed3d"
+MEDSAM_NAME = "medsam_box"
 
 
 class SAMMed3DApp(MONAILabelApp):
@@ -50,6 +57,8 @@ class SAMMed3DApp(MONAILabelApp):
         self.weights_info, self.engine, self._versions = _build_engine(conf, self.model_dir)
         store, served, base = self._versions
         self._live_watcher = LiveModelWatcher(store, self.engine, self.weights_info, base, served)
+        # Segment names for /info: OHIF offers only these for include clicks (docs/dicom.md).
+        self.segment_names = _startup_check(ohif_segment_names, conf)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -58,12 +67,21 @@ class SAMMed3DApp(MONAILabelApp):
             description="Promptable 3D segmentation (SAM-Med3D): click on any structure, in any 3D volume",
             version="1.0",
         )
+        install_ohif_asset_route()  # MONAI Label's /ohif/ route mangles nested asset paths
 
     def init_infers(self) -> Dict[str, InferTask]:
         w = self.weights_info
         loud = " -- RANDOM WEIGHTS, masks are meaningless (allow_random_weights)" if w["source"] == "random" else ""
         desc = f"SAM-Med3D interactive 3D segmentation; weights: {w['source']} {w['model_version']}{loud}"
-        return {MODEL_NAME: SAMMed3DInfer(self.engine, w, desc)}
+        task = SAMMed3DInfer(self.engine, w, desc)
+        advertise_segments(task, self.segment_names)  # names only: the model stays class-agnostic
+        infers = {MODEL_NAME: task}
+        # MedSAM box prompts (lib/medsam): served when lite_medsam.pth is found (setup fetches it)
+        medsam = build_medsam_task(self.conf, device=w["device"])
+        if medsam is not None:
+            advertise_segments(medsam, self.segment_names)
+            infers[MEDSAM_NAME] = medsam
+        return infers
 
     def init_trainers(self):
         from lib.trainers.task import SAMMed3DTrainTask
@@ -165,6 +183,16 @@ def _build_engine(conf: Dict[str, str], model_dir: str):
     if choice.is_random:
         logger.warning("=" * 20 + " SERVING RANDOM WEIGHTS (allow_random_weights): masks are meaningless " + "=" * 20)
     return info, engine, (store, choice, base)
+
+
+def _startup_check(fn, *args):
+    """Run a --conf parser; a bad value stops start-up with the same clear message as the weights."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        msg = f"SAM-Med3D app cannot start: {e}"
+        logger.error(msg)
+        raise RuntimeError(msg) from None
 
 
 def _device(value: str) -> str:
