@@ -32,11 +32,11 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Optional
 
+from .model.checkpoint import atomic_write
 from .weights import WeightsChoice, WeightsError, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -48,20 +48,8 @@ _NAME = re.compile(r"^v(\d{4,})$")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """JSON through a temp file in the same folder, fsync, os.replace: readers see old or new."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """JSON written atomically (lib.model.atomic_write): readers see the old or the new file."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
 
 
 def versions_dir(conf: Dict[str, str], model_dir: str) -> str:

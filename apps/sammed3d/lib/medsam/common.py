@@ -5,11 +5,11 @@ the state-dict contract: `c`/`bn` of Conv2d_BN, `weight`/`bias` of LayerNorm2d, 
 """
 from __future__ import annotations
 
-from typing import Type
-
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+# The two-way transformer's MLP blocks are SAM's, shared with the 3D model (same parameter names).
+from ..model.common import MLP, MLPBlock  # noqa: F401  (re-exported for the decoder)
 
 
 class Conv2d_BN(nn.Sequential):
@@ -49,34 +49,3 @@ class LayerNorm2d(nn.Module):
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
-
-
-class MLPBlock(nn.Module):
-    """Two-layer MLP of the two-way transformer: (..., C) -> (..., mlp_dim) -> (..., C)."""
-
-    def __init__(self, embedding_dim: int, mlp_dim: int, act: Type[nn.Module] = nn.ReLU) -> None:
-        super().__init__()
-        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
-        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
-        self.act = act()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin2(self.act(self.lin1(x)))
-
-
-class MLP(nn.Module):
-    """`num_layers` Linear layers with ReLU between them (the decoder's hypernetworks and IoU head).
-
-    Keys `layers.{0..n-1}.{weight,bias}`. (..., input_dim) -> (..., output_dim).
-    """
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.num_layers = num_layers
-        h = [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip([input_dim] + h, h + [output_dim]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
-        return x

@@ -10,7 +10,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -139,18 +139,18 @@ def load_checkpoint(path: str, map_location="cpu", config: Optional[dict] = None
     return model.eval(), info
 
 
-def save_checkpoint(model: Sam3D, path: str, **metadata: Any) -> str:
-    """Write the app format atomically: a temp file in the same folder, fsync, then os.replace.
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Write a file atomically: ``write(f)`` into a temp file in the same folder, fsync, os.replace.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    Readers see the old file or the new one, never a truncated one; a crash mid-write leaves the
+    previous file intact (model files and the live-version pointer are published this way).
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    payload = {"format": APP_FORMAT, "model_state_dict": model.state_dict(), "config": model.config, **metadata}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -159,3 +159,9 @@ def save_checkpoint(model: Sam3D, path: str, **metadata: Any) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(model: Sam3D, path: str, **metadata: Any) -> str:
+    """Write the app format atomically (see atomic_write)."""
+    payload = {"format": APP_FORMAT, "model_state_dict": model.state_dict(), "config": model.config, **metadata}
+    return atomic_write(path, lambda f: torch.save(payload, f))
