@@ -55,14 +55,15 @@ def click_fn(model, emb, coords, labels, mask_in, precision, device):
 
 
 def peak_rss_click_only(repeats: int) -> float:
-    """Peak RSS (MiB) of a fresh process that builds the model and answers clicks only."""
+    """Peak RSS (MiB) of a fresh process that builds the model and answers clicks only (weights included)."""
     code = (
         "import sys,os,resource,torch; sys.path.insert(0, os.path.join(%r,'apps','sammed3d'));"
         "from lib.model import build_sam_med3d; m=build_sam_med3d(None).eval();"
         "emb=torch.randn(1,384,8,8,8); c=torch.tensor([[[64.,60.,70.]]]); l=torch.tensor([[1]]); mi=torch.zeros(1,1,32,32,32)\n"
         "with torch.inference_mode():\n"
         " for _ in range(%d): mi=m.decode(emb,c,l,mi); mask=m.upsample_logits(mi)>0\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024)"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the parent's footprint.
+        "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]/1024)"
     ) % (os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."), repeats)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
