@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_SAMPLE_DATA=1 bash scripts/setup.sh
+if [ "${SKIP_E2E:-0}" != "1" ]; then
+  bash scripts/orthanc/orthanc.sh install   # apt: orthanc + orthanc-dicomweb, so the PACS tests run too
+fi
 .venv/bin/python -m pytest -q "$@"
 if [ "${SKIP_E2E:-0}" != "1" ]; then
   bash tests/e2e/ohif_orthanc.sh

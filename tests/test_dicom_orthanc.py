@@ -79,7 +79,9 @@ def server(pacs):
 
     torch.manual_seed(0)
     ckpt = save_checkpoint(build_sam_med3d(SMALL_CONFIG), str(pacs["root"] / "small.pt"), version="test-small")
-    srv = LocalServer(pacs["url"] + "/dicom-web", {"checkpoint": ckpt, "max_crops": "1", "cache_mb": "512", "download": "false"},
+    conf = {"checkpoint": ckpt, "max_crops": "1", "cache_mb": "512", "download": "false",
+            "versions_dir": str(pacs["root"] / "versions")}  # fine-tuned versions stay in the test's folder
+    srv = LocalServer(pacs["url"] + "/dicom-web", conf,
                       env={
                           # dcmqi's itkimage2segimage must be on PATH, or the datastore tries to download it
                           "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
@@ -120,6 +122,25 @@ def test_labeled_series_leave_the_unlabeled_pool(server, pacs):
     r = requests.post(server.url + "/activelearning/random", json={}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == manifest["synth_small_ct"], "the only unlabeled series is next"
+
+
+def test_trainer_learns_from_the_seg_labels_in_the_pacs(server, pacs):
+    """Issue 7 item 2: the SEGs the round trips stored in Orthanc are the trainer's final labels."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(server.url, tmpdir=str(pacs["root"] / "train-client"))
+    client.train_start("sammed3d", {"max_epochs": 1, "num_clicks": 2, "loss_size": 32, "variants": 1,
+                                    "val_split": 0, "publish": "always", "max_components": 1})
+    deadline = time.monotonic() + 300
+    while (status := client.train_status()).get("status") not in ("DONE", "ERROR"):
+        assert time.monotonic() < deadline, f"training did not finish: {status}\n{server.log_tail(60)}"
+        time.sleep(1)
+    assert status["status"] == "DONE", server.log_tail(80)
+    log = server.log()
+    assert "on 2 labelled image(s)" in log or "on 3 labelled image(s)" in log, server.log_tail(80)
+    info = client.info()
+    assert info["train_stats"]["sammed3d"]["published"] == ["v0001"]
+    assert (pacs["root"] / "versions" / "v0001.pt").exists()
 
 
 def test_unknown_series_is_a_404(server):
