@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .common import MLP, LayerNorm2d
-from .transformer import TwoWayTransformer
+from ..model.transformer import TwoWayTransformer  # SAM's, dimension-agnostic: shared with the 3D model
 
 
 class MaskDecoder(nn.Module):

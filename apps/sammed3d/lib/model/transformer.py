@@ -1,4 +1,8 @@
-"""Two-way transformer of the mask decoder: tokens attend to the image and back."""
+"""Two-way transformer of the mask decoder: tokens attend to the image and back.
+
+It works on flattened image tokens, so the same code serves the 3D SAM-Med3D decoder and the 2D
+LiteMedSAM decoder (lib/medsam), whose state-dict names are SAM's too.
+"""
 from typing import Tuple, Type
 
 import torch
@@ -64,7 +68,7 @@ class TwoWayAttentionBlock(nn.Module):
         return queries, keys
 
 
-class TwoWayTransformer3D(nn.Module):
+class TwoWayTransformer(nn.Module):
     def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
                  activation: Type[nn.Module] = nn.ReLU, attention_downsample_rate: int = 2) -> None:
         super().__init__()
@@ -76,7 +80,7 @@ class TwoWayTransformer3D(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding, image_pe, point_embedding) -> Tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding, image_pe (B, C, X, Y, Z); point_embedding (B, N, C) -> tokens (B, N, C), image (B, XYZ, C)."""
+        """image_embedding, image_pe (B, C, *grid); point_embedding (B, N, C) -> tokens (B, N, C), image (B, prod(grid), C)."""
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries, keys = point_embedding, image_embedding
@@ -86,3 +90,6 @@ class TwoWayTransformer3D(nn.Module):
         k = keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q=q, k=k, v=keys))
         return queries, keys
+
+
+TwoWayTransformer3D = TwoWayTransformer  # the public SAM-Med3D name
