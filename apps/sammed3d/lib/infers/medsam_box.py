@@ -30,33 +30,18 @@ from lib.infers.request import parse_request
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
 from lib.medsam.preprocess import CT_WINDOWS
 from lib.session import SegmentationResult, SessionError
+from lib.session.points import parse_points
 
 logger = logging.getLogger(__name__)
 
 WINDOWS = ("auto", "percentile") + tuple(CT_WINDOWS)
 
 
-def _clicks(value, name: str) -> List[Tuple[float, float, float]]:
-    if value in (None, ""):
-        return []
-    if not isinstance(value, (list, tuple)):
-        raise SessionError(f"{name} must be a list of [i, j, k] voxel indices, got {value!r:.60}")
-    out = []
-    for p in value:
-        if not isinstance(p, (list, tuple)) or len(p) != 3:
-            raise SessionError(f"{name} click {p!r:.40} is not [i, j, k]")
-        for c in p:
-            if isinstance(c, bool) or not isinstance(c, numbers.Real) or not math.isfinite(float(c)):
-                raise SessionError(f"{name} click {list(p)!r:.60} has a non-numeric or non-finite index")
-        out.append(tuple(float(c) for c in p))
-    return out
-
-
 def box_from_request(request: dict, roi) -> Tuple[int, ...]:
     """The stored 3D box: the parsed ROI, else the extent of >= 2 foreground clicks."""
     if roi is not None:
         return tuple(roi)
-    fg = _clicks(request.get("foreground"), "foreground")
+    fg = parse_points(request.get("foreground"), "foreground")
     if len(fg) < 2:
         raise SessionError(
             "the MedSAM box task needs a box: send roi [i_min, i_max, j_min, j_max, k_min, k_max] "

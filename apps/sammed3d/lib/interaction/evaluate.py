@@ -123,23 +123,28 @@ def evaluate_target(engine, case: str, image_path: str, gt: np.ndarray, value: i
     return dices
 
 
+def iter_targets(pairs, values: Optional[Sequence[int]], log=print):
+    """Yield (case, image_path, value, binary target) for every requested label present in each pair."""
+    for case, image_path, label_path in pairs:
+        lab = read_label(label_path)
+        for value in values if values else [int(v) for v in np.unique(lab) if v != 0]:
+            gt = lab == value
+            if not gt.any():
+                log(f"  {case}: label {value} absent, skipped")
+                continue
+            yield case, image_path, int(value), gt
+
+
 def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, modes: Sequence[str], log=print) -> List[Dict]:
     """Rows {mode, case, value, clicks, dice} for every target, mode and click count."""
     rows = []
     for mode in modes:
         engine.click_mode = mode
-        for case, image_path, label_path in pairs:
-            lab = read_label(label_path)
-            targets = values if values else [int(v) for v in np.unique(lab) if v != 0]
-            for value in targets:
-                gt = lab == value
-                if not gt.any():
-                    log(f"  {case}: label {value} absent, skipped")
-                    continue
-                t = time.perf_counter()
-                dices = evaluate_target(engine, case, image_path, gt, int(value), num_clicks)
-                log(f"  [{mode}] {case} label {value}: " + " ".join(f"{d:.3f}" for d in dices) + f"  ({time.perf_counter() - t:.1f}s)")
-                rows += [dict(mode=mode, case=case, value=int(value), clicks=n + 1, dice=d) for n, d in enumerate(dices)]
+        for case, image_path, value, gt in iter_targets(pairs, values, log):
+            t = time.perf_counter()
+            dices = evaluate_target(engine, case, image_path, gt, value, num_clicks)
+            log(f"  [{mode}] {case} label {value}: " + " ".join(f"{d:.3f}" for d in dices) + f"  ({time.perf_counter() - t:.1f}s)")
+            rows += [dict(mode=mode, case=case, value=value, clicks=n + 1, dice=d) for n, d in enumerate(dices)]
     return rows
 
 

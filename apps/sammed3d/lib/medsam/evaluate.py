@@ -140,25 +140,18 @@ def _cut_slice_face(roi: Sequence[int], axis: int, s: int) -> Tuple[int, ...]:
 def evaluate_medsam(engine: MedSAMEngine, pairs, values: Optional[Sequence[int]], num_actions: int,
                     margin_mm: float = 5.0, modality: Optional[str] = None, log=print) -> List[Dict]:
     """Rows {mode, case, value, clicks, dice} like lib.interaction.evaluate.evaluate (clicks = actions)."""
-    from lib.interaction.evaluate import read_label
+    from lib.interaction.evaluate import iter_targets
 
     rows = []
-    for case, image_path, label_path in pairs:
-        lab = read_label(label_path)
-        targets = values if values else [int(v) for v in np.unique(lab) if v != 0]
-        for value in targets:
-            gt = lab == value
-            if not gt.any():
-                log(f"  {case}: label {value} absent, skipped")
-                continue
-            t = time.perf_counter()
-            entry_spacing = engine.volume(image_path).image.GetSpacing()
-            pred, window = engine.predictor_for(image_path, box_from_target(gt, entry_spacing, margin_mm), modality)
-            dices = medsam_target_dices(pred, gt, entry_spacing, num_actions, margin_mm)
-            log(f"  [{MODE}] {case} label {value} ({window}): "
-                + " ".join("-" if d is None else f"{d:.3f}" for d in dices) + f"  ({time.perf_counter() - t:.1f}s)")
-            rows += [dict(mode=MODE, case=case, value=int(value), clicks=n + 1, dice=d)
-                     for n, d in enumerate(dices) if d is not None]
+    for case, image_path, value, gt in iter_targets(pairs, values, log):
+        t = time.perf_counter()
+        entry_spacing = engine.volume(image_path).image.GetSpacing()
+        pred, window = engine.predictor_for(image_path, box_from_target(gt, entry_spacing, margin_mm), modality)
+        dices = medsam_target_dices(pred, gt, entry_spacing, num_actions, margin_mm)
+        log(f"  [{MODE}] {case} label {value} ({window}): "
+            + " ".join("-" if d is None else f"{d:.3f}" for d in dices) + f"  ({time.perf_counter() - t:.1f}s)")
+        rows += [dict(mode=MODE, case=case, value=value, clicks=n + 1, dice=d)
+                 for n, d in enumerate(dices) if d is not None]
     return rows
 
 
