@@ -241,6 +241,31 @@ def test_bad_input_gets_4xx_with_a_message(server, image, model, params, status,
     assert words in r.json()["detail"]
 
 
+MALFORMED = [  # requests MONAI Label's endpoint itself would answer with a 500 (lib/infers/http_guard.py)
+    ({"image": "synth_ras_ct"}, {"params": "{foreground: [[1, 2, 3]]"}, "JSON object"),
+    ({"image": "synth_ras_ct"}, {"params": "[[1, 2, 3]]"}, "JSON object"),
+    ({"image": "synth_ras_ct"}, {"params": "3"}, "JSON object"),
+    ({}, {"params": json.dumps({"foreground": [[1, 2, 3]]})}, "no input image"),
+    ({"image": ""}, {"params": json.dumps({"foreground": [[1, 2, 3]]})}, "no input image"),
+]
+
+
+@pytest.mark.parametrize("query,form,words", MALFORMED, ids=[f"malformed-{i}" for i in range(len(MALFORMED))])
+def test_malformed_request_gets_400_not_500(server, query, form, words):
+    r = requests.post(f"{server.url}/infer/sammed3d", params={**query, "output": "json"}, data=form, timeout=60)
+    assert r.status_code == 400, r.text
+    assert words in r.json()["detail"]
+
+
+def test_guarded_route_still_serves_valid_requests_and_others_models(server, data):
+    # the guard sits in front of MONAI Label's route for every model: a valid click still works,
+    # an unknown model still gets the app's 404
+    r = post_infer(server, "synth_small_ct", {"foreground": [data["clicks"]["synth_small_ct"]]}, output="json")
+    assert r.status_code == 200, r.text
+    r = post_infer(server, "synth_small_ct", {"foreground": [[1, 1, 1]]}, output="json", model="nope")
+    assert r.status_code == 404, r.text
+
+
 def test_client_sees_the_status_and_server_keeps_serving(client, data):
     with pytest.raises(MONAILabelClientException) as e:
         client.infer("sammed3d", "synth_ras_ct", {"foreground": [[5, 5, 999]]})

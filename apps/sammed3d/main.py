@@ -37,6 +37,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from lib.dicom import advertise_segments, install_ohif_asset_route, ohif_segment_names
 from lib.infers import SAMMed3DInfer
+from lib.infers.http_guard import install_infer_guard
 from lib.infers.medsam_box import build_medsam_task
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
@@ -68,6 +69,7 @@ class SAMMed3DApp(MONAILabelApp):
             version="1.0",
         )
         install_ohif_asset_route()  # MONAI Label's /ohif/ route mangles nested asset paths
+        install_infer_guard()  # 400, not MONAI Label's 500, for non-JSON params or no image
 
     def init_infers(self) -> Dict[str, InferTask]:
         w = self.weights_info
