@@ -207,6 +207,53 @@ def test_save_final_label_round_trip(client, data, server):
     np.testing.assert_array_equal(mask_of(str(stored)), mask_of(label_file))
 
 
+def test_broken_or_misplaced_labels_are_refused_and_the_saved_one_kept(client, data, server):
+    image_id = "synth_small_ct"
+    good, _ = client.infer("sammed3d", image_id, {"label": "kept", "foreground": [data["clicks"][image_id]]})
+    client.save_label(image_id, good, tag="final")
+    junk = data["root"] / "junk_label.nii.gz"
+    junk.write_bytes(b"\x1f\x8b not a label" * 10)
+    other_grid = data["root"] / "other_grid.nii.gz"
+    img = sitk.ReadImage(good)
+    moved = sitk.Image(img)
+    moved.SetOrigin(tuple(o + 7.0 for o in img.GetOrigin()))
+    sitk.WriteImage(moved, str(other_grid))
+    bigger = data["root"] / "bigger.nii.gz"
+    sitk.WriteImage(sitk.Image([s + 1 for s in img.GetSize()], sitk.sitkUInt8), str(bigger))
+
+    def put(image, path, params="{}"):
+        with open(path, "rb") as f:
+            return requests.put(f"{server.url}/datastore/label", params={"image": image, "tag": "final"},
+                                data={"params": params}, files={"label": (os.path.basename(path), f)}, timeout=60)
+
+    for image, path, params, status, words in [
+        (image_id, junk, "{}", 400, "cannot read"),
+        (image_id, other_grid, "{}", 400, "origin"),
+        (image_id, bigger, "{}", 400, "size"),
+        ("no_such_image", good, "{}", 404, "not found"),
+        (image_id, good, "{not json", 400, "JSON object"),
+    ]:
+        r = put(image, str(path), params)
+        assert r.status_code == status, r.text
+        assert words in r.json()["detail"]
+    r = requests.get(f"{server.url}/datastore/label", params={"label": image_id, "tag": "final"}, timeout=60)
+    stored = data["root"] / ("kept" + client.datastore()["objects"][image_id]["labels"]["final"]["ext"])
+    stored.write_bytes(r.content)
+    np.testing.assert_array_equal(mask_of(str(stored)), mask_of(good))  # the accepted label is intact
+
+
+@pytest.mark.parametrize("path,body,status,words", [
+    ("/train/nope", {}, 404, "unknown trainer"),
+    ("/train/sammed3d?run_sync=true", {"max_epochs": "abc"}, 400, "max_epochs"),
+    ("/scoring/nope", {}, 404, "unknown scoring method"),
+    ("/activelearning/nope", {}, 404, "unknown strategy"),
+])
+def test_task_requests_that_cannot_run_get_4xx(server, path, body, status, words):
+    r = requests.post(server.url + path, json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
 # ---------------------------------------------------------------------------------------- errors
 
 ERRORS = [

@@ -31,13 +31,12 @@ import os
 from typing import Dict
 
 import torch
-from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from lib.dicom import advertise_segments, install_ohif_asset_route, ohif_segment_names
 from lib.infers import SAMMed3DInfer
-from lib.infers.http_guard import install_infer_guard
+from lib.guards import image_uri_or_404, install_guards, unknown_task_404
 from lib.infers.medsam_box import build_medsam_task
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
@@ -69,7 +68,7 @@ class SAMMed3DApp(MONAILabelApp):
             version="1.0",
         )
         install_ohif_asset_route()  # MONAI Label's /ohif/ route mangles nested asset paths
-        install_infer_guard()  # 400, not MONAI Label's 500, for non-JSON params or no image
+        install_guards()  # 4xx, not MONAI Label's 500 (or a 200 for a broken label), for user errors
 
     def init_infers(self) -> Dict[str, InferTask]:
         w = self.weights_info
@@ -121,6 +120,12 @@ class SAMMed3DApp(MONAILabelApp):
         meta["weights"] = dict(self.weights_info)
         return meta
 
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:  # MONAI Label: a plain 500
+            raise unknown_task_404("strategy", strategy, self._strategies)
+        return super().next_sample(request)
+
     def _watcher(self) -> LiveModelWatcher:
         return self._live_watcher
 
@@ -129,16 +134,8 @@ class SAMMed3DApp(MONAILabelApp):
         # MONAI Label 0.8.5 answers an unknown model or image id with a plain 500; clients need a 404.
         model = request.get("model")
         if model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
-        image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            try:
-                uri = (datastore or self.datastore()).get_image_uri(image)
-            except Exception as e:  # e.g. a DICOMweb lookup of a series that does not exist
-                logger.info(f"image {image!r} lookup failed: {e}")
-                uri = None
-            if not uri:
-                raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore")
+            raise unknown_task_404("model", model, self._infers)
+        image_uri_or_404(datastore or self.datastore(), request.get("image"))
         return super().infer(request, datastore)
 
 

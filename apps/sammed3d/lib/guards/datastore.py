@@ -1,0 +1,109 @@
+"""PUT /datastore/label: a saved label must be readable and lie on its image's grid.
+
+MONAI Label 0.8.5 stores whatever file arrives: a corrupt file or a label on another grid is
+accepted with a 200 and only breaks later (training, the next viewer load), and an unknown image
+id or a `params` field that is not JSON gives a plain 500. The guard route checks those first:
+
+* `params` not a JSON object -> 400; unknown image id -> 404;
+* a label file SimpleITK cannot read, or that is not 3D -> 400;
+* a label whose size, spacing, origin or direction differ from its image's (when the image is a
+  file in the datastore) -> 400 naming the difference.
+
+OHIF's `label.bin` (raw voxels, MONAI Label converts it against the DICOM series) and DICOM SEG
+uploads are passed through: their geometry comes from the series. Everything that passes goes,
+unchanged, to MONAI Label's own `save_label`.
+"""
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+from fastapi import HTTPException
+
+from .common import image_uri_or_404, insert_first, parse_params_field
+
+ROUTE_NAME = "sammed3d_save_label_guard"
+PASS_THROUGH = (".bin", ".dcm")  # geometry comes from the DICOM series, not from the upload
+
+
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()  # header only: cheap even for a large label
+    return reader
+
+
+def check_label_file(label_path: str, image_path: Optional[str], name: str = "label") -> None:
+    """HTTPException(400) unless `label_path` is a readable 3D image on `image_path`'s grid.
+
+    `image_path` None or a folder (a DICOM series): only readability and dimension are checked."""
+    try:
+        label = _header(label_path)
+    except RuntimeError as e:
+        raise HTTPException(status_code=400, detail=f"cannot read {name} file: {str(e).strip().splitlines()[-1]}")
+    size = tuple(int(s) for s in label.GetSize())
+    if label.GetDimension() != 3 and not (label.GetDimension() == 4 and size[3] == 1):
+        raise HTTPException(status_code=400, detail=f"{name} must be a 3D image, got size {list(size)}")
+    if not image_path or not os.path.isfile(image_path):
+        return
+    try:
+        image = _header(image_path)
+    except RuntimeError:
+        return  # the image itself is unreadable: the infer task reports that; the label is kept
+    checks = [
+        ("size", size[:3], tuple(int(s) for s in image.GetSize())[:3], 0, 0),
+        ("spacing (mm)", label.GetSpacing()[:3], image.GetSpacing()[:3], 1e-3, 1e-4),
+        ("origin (mm)", label.GetOrigin()[:3], image.GetOrigin()[:3], 1e-3, 1e-2 * min(image.GetSpacing()[:3])),
+        ("direction", label.GetDirection()[:9], image.GetDirection()[:9], 0, 1e-3),
+    ]
+    for what, got, want, rtol, atol in checks:
+        if len(got) != len(want) or not np.allclose(got, want, rtol=rtol, atol=atol):
+            raise HTTPException(
+                status_code=400,
+                detail=f"{name} is not on the image's grid: {what} {_fmt(got)} != image {_fmt(want)} "
+                       "(save the label on the image's geometry)")
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
+def save_label_route():
+    from fastapi import Depends, File, Form, UploadFile
+    from fastapi.background import BackgroundTasks
+    from fastapi.routing import APIRoute
+    from monailabel.config import settings
+    from monailabel.endpoints import datastore as ml_datastore
+    from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.datastore import DefaultLabelTag
+    from monailabel.interfaces.utils.app import app_instance
+
+    async def sammed3d_save_label_guard(
+        background_tasks: BackgroundTasks,
+        image: str,
+        params: str = Form("{}"),
+        tag: str = DefaultLabelTag.FINAL.value,
+        label: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        parse_params_field(params)
+        image_path = image_uri_or_404(app_instance().datastore(), image)
+        suffix = "".join(os.path.basename(label.filename or "label.nii.gz").split(".", 1)[1:2])
+        suffix = f".{suffix}" if suffix else ".nii.gz"
+        if not suffix.lower().endswith(PASS_THROUGH):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "label" + suffix)
+                with open(path, "wb") as f:
+                    shutil.copyfileobj(label.file, f)
+                check_label_file(path, image_path)
+            label.file.seek(0)  # MONAI Label copies the upload again
+        return ml_datastore.save_label(background_tasks, image, params, tag, label, user.username)
+
+    return APIRoute(f"{settings.MONAI_LABEL_API_STR}/datastore/label", sammed3d_save_label_guard, methods=["PUT"],
+                    name=ROUTE_NAME, summary="Save a final label (SAM-Med3D app: checked against its image first)")
+
+
+def install_save_label_guard(fastapi_app) -> bool:
+    return insert_first(fastapi_app, save_label_route())

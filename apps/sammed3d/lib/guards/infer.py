@@ -1,0 +1,58 @@
+"""POST /infer/{model}: a 400 instead of MONAI Label's 500 for the two requests it cannot parse.
+
+MONAI Label 0.8.5's endpoint does two things before it calls the app, so the app's own validation
+(lib/infers/request.py) never sees these requests:
+
+* it runs `json.loads(params)` on the `params` form field; a field that is not JSON, or JSON that
+  is not an object (`[1, 2]`, `3`), ends in an unhandled exception, i.e. a plain-text 500;
+* a request with no `image`, no `file` and no `session_id` gets `HTTPException(500)`.
+
+The guard route has the same path, parameters and RBAC dependency, checks exactly these two
+things, and hands every other request unchanged to MONAI Label's own `run_inference`.
+"""
+from typing import Any, Optional
+
+from fastapi import HTTPException
+
+from .common import insert_first, parse_params_field
+
+ROUTE_NAME = "sammed3d_infer_guard"
+
+
+def require_input(image: str, file: Any, session_id: str) -> None:
+    """MONAI Label needs one of them; without any it answers 500. Here: 400 naming the three."""
+    if not image and not file and not session_id:
+        raise HTTPException(status_code=400,
+                            detail="no input image: give the `image` id (query), an uploaded `file`, or a `session_id`")
+
+
+def infer_route():
+    from fastapi import Depends, File, Form, UploadFile
+    from fastapi.background import BackgroundTasks
+    from fastapi.routing import APIRoute
+    from monailabel.config import settings
+    from monailabel.endpoints import infer as ml_infer
+    from monailabel.endpoints.user.auth import RBAC, User
+
+    # Same signature as MONAI Label's api_run_inference: clients cannot tell the routes apart.
+    async def sammed3d_infer_guard(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[ml_infer.ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        parse_params_field(params)
+        require_input(image, file, session_id)
+        return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    return APIRoute(f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}", sammed3d_infer_guard, methods=["POST"],
+                    name=ROUTE_NAME, summary="Run inference (SAM-Med3D app: malformed params get a 400)")
+
+
+def install_infer_guard(fastapi_app) -> bool:
+    return insert_first(fastapi_app, infer_route())

@@ -1,0 +1,82 @@
+"""POST /train/{model} and /scoring/{method}: answer what can be known before the background task.
+
+MONAI Label 0.8.5 submits these to a subprocess without looking: an unknown model or method is
+"SUBMITTED" and fails later in the log, and a bad option (`max_epochs: "abc"`) fails in the
+subprocess (a 500 with run_sync). The guard routes check, in the server, what needs no work:
+
+* an unknown trainer or scoring method -> 404 naming the available ones;
+* train options the trainer would reject (lib/trainers/options.py) -> 400 naming the option;
+* no final label in the datastore -> 400 (there is nothing to train on).
+
+Valid requests go unchanged to MONAI Label's own `run_model` / `run_method`.
+"""
+from typing import Any, Dict, Optional
+
+from fastapi import HTTPException
+
+from .common import insert_first, unknown_task_404
+
+
+def check_train_request(app, model: str, params: Optional[Dict[str, Any]]) -> None:
+    """HTTPException(404/400) for a train request the trainer would refuse."""
+    trainers = getattr(app, "_trainers", {}) or {}
+    if model not in trainers:
+        raise unknown_task_404("trainer", model, trainers)
+    defaults = getattr(trainers[model], "defaults", None)
+    if defaults is not None:  # our SAMMed3DTrainTask: the same parser the train subprocess uses
+        from lib.trainers.options import options_from_request
+
+        try:
+            options_from_request(dict(params or {}), defaults, strict=False)
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=f"train request: {e}")
+    if not any(d.get("label") for d in app.datastore().datalist()):
+        raise HTTPException(status_code=400,
+                            detail="no final labels in the datastore: save some labels (tag final) before training")
+
+
+def check_scoring_request(app, method: str) -> None:
+    methods = getattr(app, "_scoring_methods", {}) or {}
+    if method not in methods:
+        raise unknown_task_404("scoring method", method, methods)
+
+
+def task_routes():
+    from fastapi import Depends
+    from fastapi.routing import APIRoute
+    from monailabel.config import settings
+    from monailabel.endpoints import scoring as ml_scoring
+    from monailabel.endpoints import train as ml_train
+    from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.utils.app import app_instance
+
+    async def sammed3d_train_guard(
+        model: str,
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        enqueue: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        check_train_request(app_instance(), model, params)
+        return ml_train.run_model(model, params, run_sync, enqueue)
+
+    async def sammed3d_scoring_guard(
+        method: str,
+        params: Optional[dict] = None,
+        run_sync: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        check_scoring_request(app_instance(), method)
+        return ml_scoring.run_method(method, params, run_sync)
+
+    api = settings.MONAI_LABEL_API_STR
+    return [
+        APIRoute(f"{api}/train/{{model}}", sammed3d_train_guard, methods=["POST"], name="sammed3d_train_guard",
+                 summary="Run training (SAM-Med3D app: unknown model 404, bad options 400)"),
+        APIRoute(f"{api}/scoring/{{method}}", sammed3d_scoring_guard, methods=["POST"], name="sammed3d_scoring_guard",
+                 summary="Run scoring (SAM-Med3D app: unknown method 404)"),
+    ]
+
+
+def install_task_guards(fastapi_app) -> bool:
+    return all(insert_first(fastapi_app, route) for route in task_routes())
