@@ -6,9 +6,9 @@ Issue 8, item 4. Split by structure (only three real volumes ship in registry pa
     pallidum, amygdala, ventral DC, cerebellar cortex and white matter, left + right; 4th ventricle).
     Condition "pseudo": their labels are LiteMedSAM's output for boxes = each structure's bounding
     box (lib.medsam.teacher; no voxel of theirs is used). Condition "gt": their true labels.
-  * held out (evaluated, never trained on): the 7 IBSR structures prepare_real_volumes.py holds out
-    (lateral ventricles, thalamus, hippocampus l/r, brain stem) and both lungs of the slicerio chest
-    CT (another volume and modality).
+  * held out (evaluated, never trained on): the other 15 IBSR structures (cerebral WM/GM, lateral
+    ventricles, thalamus, hippocampus, accumbens l/r; brain stem, 3rd ventricle, CSF) and both lungs
+    of the slicerio chest CT (another volume and modality).
 The default model never saw any IBSR structure (model card). Encoder frozen, mask decoder learns
 (lib.trainers.fine_tune, no validation set: a fixed schedule, so no held-out structure selects a
 checkpoint). Evaluation: lib.interaction.evaluate (evaluate_target / iter_targets), Dice after 1 and
@@ -39,7 +39,10 @@ import torch  # noqa: E402
 
 TRAIN = ["lCau", "rCau", "lPut", "rPut", "lPal", "rPal", "lAmy", "rAmy", "lVenDC", "rVenDC",
          "lCbeGM", "rCbeGM", "lCbeWM", "rCbeWM", "b4thVen"]
-HELDOUT_BRAIN = ["lLatVen", "rLatVen", "lThaPro", "rThaPro", "lHip", "rHip", "bBst"]
+# held out in the brain: every IBSR structure not in TRAIN (prepare_real_volumes.py's 7 test structures
+# lLatVen rLatVen lThaPro rThaPro lHip rHip bBst among them)
+HELDOUT_BRAIN = ["lCbrWM", "rCbrWM", "lCbrGM", "rCbrGM", "lLatVen", "rLatVen", "lThaPro", "rThaPro", "lHip", "rHip",
+                 "bBst", "b3thVen", "bCSF", "lAcc", "rAcc"]
 HELDOUT_CHEST = ["right lung", "left lung"]
 DEFAULT_MODEL = os.path.join(REPO, "apps", "sammed3d", "model", "default", "model.pt")
 log = logging.getLogger("teacher_experiment")
@@ -209,11 +212,31 @@ def main(argv=None) -> int:
     summary = {}
     for key in evals:
         rs = [r for r in rows if r["model"] == key]
-        brain = [r for r in rs if r["case"] == "brain_t1_cat12_ibsr"]
-        summary[key] = {"dice@1": round(float(np.mean([r["dice@1"] for r in rs])), 4),
-                        "dice@5": round(float(np.mean([r["dice@5"] for r in rs])), 4),
-                        "brain_dice@1": round(float(np.mean([r["dice@1"] for r in brain])), 4),
-                        "brain_dice@5": round(float(np.mean([r["dice@5"] for r in brain])), 4), "targets": len(rs)}
+        summary[key] = {"targets": len(rs)}
+        for part, sel in (("all", rs), ("brain", [r for r in rs if r["case"] == "brain_t1_cat12_ibsr"]),
+                          ("lungs", [r for r in rs if r["case"] == "chest_ct_slicerio"])):
+            for m in ("dice@1", "dice@5"):
+                summary[key][f"{part}_{m}"] = round(float(np.mean([r[m] for r in sel])), 4)
+    # per condition over seeds: mean (and the per-seed values) of the held-out means
+    conds = {}
+    for key, v in summary.items():
+        conds.setdefault(key.split("_s")[0], []).append(v)
+    by_cond = {c: {m: {"mean": round(float(np.mean([v[m] for v in vs])), 4), "seeds": [v[m] for v in vs]}
+                   for m in vs[0] if m != "targets"} for c, vs in conds.items()}
+    table = []  # per held-out structure: condition means over seeds
+    for (case, value), name in cnames.items():
+        row = {"case": case, "structure": name, "value": value}
+        for c in conds:
+            for m in ("dice@1", "dice@5"):
+                row[f"{c}_{m}"] = round(float(np.mean([r[m] for r in rows if r["model"].split("_s")[0] == c
+                                                       and r["case"] == case and r["value"] == value])), 4)
+        table.append(row)
+    with open(os.path.join(a.docs, "heldout_table.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
+    with open(os.path.join(a.docs, "evals.json"), "w") as f:
+        json.dump(evals, f)
     pseudo_rows = [{"structure": names[s["value"]], "value": s["value"], "dice_vs_gt": s["dice_vs_gt"],
                     "slices_encoded": s["slices_encoded"], "seconds": s["seconds"]["total"]}
                    for s in teacher["volumes"][0]["structures"]]
@@ -223,12 +246,12 @@ def main(argv=None) -> int:
         w.writerows(pseudo_rows)
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
     out = {"split": {"train_structures": TRAIN, "heldout": HELDOUT_BRAIN + HELDOUT_CHEST},
-           "options": vars(a), "summary": summary, "pseudo_label_mean_dice": teacher.get("mean_dice_vs_gt"),
+           "options": vars(a), "by_condition": by_cond, "summary": summary, "pseudo_label_mean_dice": teacher.get("mean_dice_vs_gt"),
            "runs": runs, "timings_this_invocation": timings, "torch_threads": torch.get_num_threads(),
            "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}"}
     with open(os.path.join(a.docs, "summary.json"), "w") as f:
         json.dump(out, f, indent=1, default=str)
-    log.info(json.dumps(summary, indent=1))
+    log.info(json.dumps(by_cond, indent=1))
     return 0
 
 
