@@ -247,11 +247,33 @@ def test_broken_or_misplaced_labels_are_refused_and_the_saved_one_kept(client, d
     ("/train/sammed3d?run_sync=true", {"max_epochs": "abc"}, 400, "max_epochs"),
     ("/scoring/nope", {}, 404, "unknown scoring method"),
     ("/activelearning/nope", {}, 404, "unknown strategy"),
+    ("/batch/infer/nope", {}, 404, "unknown model"),
 ])
 def test_task_requests_that_cannot_run_get_4xx(server, path, body, status, words):
     r = requests.post(server.url + path, json=body, timeout=60)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
+
+
+def test_datastore_uploads_and_removals_are_checked(server, data):
+    url = f"{server.url}/datastore/image"
+    r = requests.put(url, params={"image": "junk_upload"}, files={"file": ("junk.nii.gz", b"\x1f\x8b junk" * 20)}, timeout=60)
+    assert r.status_code == 400 and "cannot read image file" in r.json()["detail"], r.text
+    r = requests.put(url, params={"image": "x"}, data={"params": "{oops"}, files={"file": ("x.nii.gz", b"1")}, timeout=60)
+    assert r.status_code == 400 and "JSON object" in r.json()["detail"], r.text
+    r = requests.delete(url, params={"id": "no_such_image"}, timeout=60)
+    assert r.status_code == 404, r.text
+    with open(image_path(data, "synth_small_ct"), "rb") as f:  # a real image still uploads
+        r = requests.put(url, params={"image": "uploaded_copy"}, files={"file": ("copy.nrrd", f)}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "uploaded_copy" in requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+    assert "junk_upload" not in requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+
+
+def test_dicom_seg_output_needs_a_dicomweb_datastore(server, data):
+    r = requests.post(f"{server.url}/infer/sammed3d", params={"image": "synth_small_ct", "output": "dicom_seg"},
+                      data={"params": json.dumps({"foreground": [data["clicks"]["synth_small_ct"]]})}, timeout=60)
+    assert r.status_code == 400 and "DICOMweb" in r.json()["detail"], r.text
 
 
 # ---------------------------------------------------------------------------------------- errors

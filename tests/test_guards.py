@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 from fastapi import FastAPI, HTTPException
 
-from lib.guards import check_label_file, check_scoring_request, check_train_request, install_guards
+from lib.guards import check_image_file, check_label_file, check_scoring_request, check_train_request, install_guards
 from lib.guards.common import parse_params_field
 from lib.guards.infer import ROUTE_NAME, install_infer_guard, require_input
 from lib.trainers.options import FineTuneOptions
@@ -49,9 +49,10 @@ def test_without_a_server_nothing_is_installed(monkeypatch):
 def test_all_guards_go_in_front():
     app = FastAPI()
     assert install_guards(app)
-    first = [(r.path, sorted(r.methods)) for r in app.router.routes[:4]]
-    assert sorted(first) == [("/datastore/label", ["PUT"]), ("/infer/{model}", ["POST"]),
-                             ("/scoring/{method}", ["POST"]), ("/train/{model}", ["POST"])]
+    first = sorted((r.path, sorted(r.methods)[0]) for r in app.router.routes[:9])
+    assert first == [("/batch/infer/{model}", "POST"), ("/datastore/", "DELETE"), ("/datastore/", "PUT"),
+                     ("/datastore/image", "DELETE"), ("/datastore/image", "PUT"), ("/datastore/label", "PUT"),
+                     ("/infer/{model}", "POST"), ("/scoring/{method}", "POST"), ("/train/{model}", "POST")]
 
 
 # ------------------------------------------------------------------------------ saved label files
@@ -84,6 +85,15 @@ def test_a_label_on_another_grid_gets_400(tmp_path, kwargs, words):
     with pytest.raises(HTTPException) as e:
         check_label_file(_write(tmp_path / "l.nii.gz", **kwargs), image)
     assert e.value.status_code == 400 and words in e.value.detail and "grid" in e.value.detail
+
+
+def test_an_uploaded_image_must_be_a_readable_3d_image(tmp_path):
+    check_image_file(_write(tmp_path / "ok.nrrd"))
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"nope" * 50)
+    with pytest.raises(HTTPException) as e:
+        check_image_file(str(junk))
+    assert e.value.status_code == 400 and "cannot read image file" in e.value.detail
 
 
 def test_unreadable_or_2d_labels_get_400(tmp_path):

@@ -6,11 +6,11 @@ the same path, parameters and RBAC dependency as MONAI Label's route, checks wha
 and passes valid requests unchanged to MONAI Label's own function. See docs/app.md (Errors).
 """
 from .common import image_uri_or_404, parse_params_field, server_app, unknown_task_404
-from .datastore import check_label_file, install_save_label_guard
+from .datastore import check_image_file, check_label_file, install_datastore_guards
 from .infer import install_infer_guard, require_input
 from .tasks import check_scoring_request, check_train_request, install_task_guards
 
-__all__ = ["check_label_file", "check_scoring_request", "check_train_request", "image_uri_or_404",
+__all__ = ["check_image_file", "check_label_file", "check_scoring_request", "check_train_request", "image_uri_or_404",
            "install_guards", "parse_params_field", "require_input", "unknown_task_404"]
 
 
@@ -20,6 +20,6 @@ def install_guards(fastapi_app=None) -> bool:
     if fastapi_app is None:
         return False
     install_infer_guard(fastapi_app)
-    install_save_label_guard(fastapi_app)
+    install_datastore_guards(fastapi_app)
     install_task_guards(fastapi_app)
     return True

@@ -1,4 +1,4 @@
-"""PUT /datastore/label: a saved label must be readable and lie on its image's grid.
+"""/datastore: a saved label must be readable and on its image's grid; uploads must be images.
 
 MONAI Label 0.8.5 stores whatever file arrives: a corrupt file or a label on another grid is
 accepted with a 200 and only breaks later (training, the next viewer load), and an unknown image
@@ -12,6 +12,10 @@ id or a `params` field that is not JSON gives a plain 500. The guard route check
 OHIF's `label.bin` (raw voxels, MONAI Label converts it against the DICOM series) and DICOM SEG
 uploads are passed through: their geometry comes from the series. Everything that passes goes,
 unchanged, to MONAI Label's own `save_label`.
+
+Image uploads (`PUT /datastore/image`, the deprecated `PUT /datastore/`) with a file name of an
+image format must be a readable 3D image (400 otherwise; MONAI Label stores anything), and
+removing an image id that does not exist is a 404 (MONAI Label: 500).
 """
 import os
 import shutil
@@ -26,6 +30,7 @@ from .common import image_uri_or_404, insert_first, parse_params_field
 
 ROUTE_NAME = "sammed3d_save_label_guard"
 PASS_THROUGH = (".bin", ".dcm")  # geometry comes from the DICOM series, not from the upload
+IMAGE_FORMATS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")  # what an upload is checked as
 
 
 def _header(path: str) -> sitk.ImageFileReader:
@@ -66,11 +71,33 @@ def check_label_file(label_path: str, image_path: Optional[str], name: str = "la
                        "(save the label on the image's geometry)")
 
 
+def check_image_file(path: str) -> None:
+    """HTTPException(400) unless `path` is a readable 3D image (header only)."""
+    check_label_file(path, None, name="image")
+
+
+def _suffix(filename: Optional[str]) -> str:
+    """'.nii.gz' for 'a.b.nii.gz'-style names as MONAI Label keys them (all suffixes); default .nii.gz."""
+    name = os.path.basename(filename or "upload.nii.gz")
+    parts = name.split(".")[1:]
+    return "." + ".".join(parts) if parts else ".nii.gz"
+
+
+def _checked_upload(upload, check) -> None:
+    """Copy the upload to a temp file of the same suffix, run `check(path)`, rewind the upload."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "upload" + _suffix(upload.filename))
+        with open(path, "wb") as f:
+            shutil.copyfileobj(upload.file, f)
+        check(path)
+    upload.file.seek(0)  # MONAI Label copies the upload again
+
+
 def _fmt(values) -> str:
     return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
 
 
-def save_label_route():
+def datastore_routes():
     from fastapi import Depends, File, Form, UploadFile
     from fastapi.background import BackgroundTasks
     from fastapi.routing import APIRoute
@@ -90,20 +117,37 @@ def save_label_route():
     ):
         parse_params_field(params)
         image_path = image_uri_or_404(app_instance().datastore(), image)
-        suffix = "".join(os.path.basename(label.filename or "label.nii.gz").split(".", 1)[1:2])
-        suffix = f".{suffix}" if suffix else ".nii.gz"
-        if not suffix.lower().endswith(PASS_THROUGH):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "label" + suffix)
-                with open(path, "wb") as f:
-                    shutil.copyfileobj(label.file, f)
-                check_label_file(path, image_path)
-            label.file.seek(0)  # MONAI Label copies the upload again
+        if not _suffix(label.filename).lower().endswith(PASS_THROUGH):
+            _checked_upload(label, lambda path: check_label_file(path, image_path))
         return ml_datastore.save_label(background_tasks, image, params, tag, label, user.username)
 
-    return APIRoute(f"{settings.MONAI_LABEL_API_STR}/datastore/label", sammed3d_save_label_guard, methods=["PUT"],
-                    name=ROUTE_NAME, summary="Save a final label (SAM-Med3D app: checked against its image first)")
+    async def sammed3d_add_image_guard(
+        background_tasks: BackgroundTasks,
+        image: Optional[str] = None,
+        params: str = Form("{}"),
+        file: UploadFile = File(...),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    ):
+        parse_params_field(params)
+        if _suffix(file.filename).lower().endswith(IMAGE_FORMATS):
+            _checked_upload(file, check_image_file)
+        return ml_datastore.add_image(background_tasks, image, params, file, user.username)
+
+    async def sammed3d_remove_image_guard(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        if id not in app_instance().datastore().list_images():
+            raise HTTPException(status_code=404, detail=f"image {id!r} not found in the datastore")
+        return ml_datastore.remove_image(id, user.username)
+
+    api = f"{settings.MONAI_LABEL_API_STR}/datastore"
+    routes = [APIRoute(f"{api}/label", sammed3d_save_label_guard, methods=["PUT"], name=ROUTE_NAME,
+                       summary="Save a final label (SAM-Med3D app: checked against its image first)")]
+    for path in ("/image", "/"):  # MONAI Label serves both (the second is deprecated)
+        routes.append(APIRoute(f"{api}{path}", sammed3d_add_image_guard, methods=["PUT"],
+                               name=f"sammed3d_add_image_guard{path}", summary="Upload an image (checked first)"))
+        routes.append(APIRoute(f"{api}{path}", sammed3d_remove_image_guard, methods=["DELETE"],
+                               name=f"sammed3d_remove_image_guard{path}", summary="Remove an image (404 if unknown)"))
+    return routes
 
 
-def install_save_label_guard(fastapi_app) -> bool:
-    return insert_first(fastapi_app, save_label_route())
+def install_datastore_guards(fastapi_app) -> bool:
+    return all(insert_first(fastapi_app, route) for route in datastore_routes())

@@ -7,6 +7,10 @@ MONAI Label 0.8.5's endpoint does two things before it calls the app, so the app
   is not an object (`[1, 2]`, `3`), ends in an unhandled exception, i.e. a plain-text 500;
 * a request with no `image`, no `file` and no `session_id` gets `HTTPException(500)`.
 
+It also answers `output=dicom_seg` up front: outside a DICOMweb datastore MONAI Label runs the
+inference and then answers 500, and without `label_info` in params it runs it and then answers
+404. Both are a 400 here, before any work.
+
 The guard route has the same path, parameters and RBAC dependency, checks exactly these two
 things, and hands every other request unchanged to MONAI Label's own `run_inference`.
 """
@@ -26,6 +30,15 @@ def require_input(image: str, file: Any, session_id: str) -> None:
                             detail="no input image: give the `image` id (query), an uploaded `file`, or a `session_id`")
 
 
+def check_dicom_seg_output(datastore, params: dict) -> None:
+    from monailabel.datastore.dicom import DICOMWebDatastore
+
+    if not isinstance(datastore, DICOMWebDatastore):
+        raise HTTPException(status_code=400, detail="output=dicom_seg needs a DICOMweb datastore (--studies http://...)")
+    if params.get("label_info") is None:
+        raise HTTPException(status_code=400, detail="output=dicom_seg needs label_info in params (segment names)")
+
+
 def infer_route():
     from fastapi import Depends, File, Form, UploadFile
     from fastapi.background import BackgroundTasks
@@ -33,6 +46,7 @@ def infer_route():
     from monailabel.config import settings
     from monailabel.endpoints import infer as ml_infer
     from monailabel.endpoints.user.auth import RBAC, User
+    from monailabel.interfaces.utils.app import app_instance
 
     # Same signature as MONAI Label's api_run_inference: clients cannot tell the routes apart.
     async def sammed3d_infer_guard(
@@ -46,8 +60,10 @@ def infer_route():
         output: Optional[ml_infer.ResultType] = None,
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
     ):
-        parse_params_field(params)
+        p = parse_params_field(params)
         require_input(image, file, session_id)
+        if output == ml_infer.ResultType.dicom_seg:
+            check_dicom_seg_output(app_instance().datastore(), p)
         return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
 
     return APIRoute(f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}", sammed3d_infer_guard, methods=["POST"],

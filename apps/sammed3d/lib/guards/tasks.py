@@ -1,14 +1,14 @@
-"""POST /train/{model} and /scoring/{method}: answer what can be known before the background task.
+"""POST /train/{model}, /scoring/{method} and /batch/infer/{model}: answer what can be known before the background task.
 
 MONAI Label 0.8.5 submits these to a subprocess without looking: an unknown model or method is
 "SUBMITTED" and fails later in the log, and a bad option (`max_epochs: "abc"`) fails in the
 subprocess (a 500 with run_sync). The guard routes check, in the server, what needs no work:
 
-* an unknown trainer or scoring method -> 404 naming the available ones;
+* an unknown trainer, scoring method or batch-infer model -> 404 naming the available ones;
 * train options the trainer would reject (lib/trainers/options.py) -> 400 naming the option;
 * no final label in the datastore -> 400 (there is nothing to train on).
 
-Valid requests go unchanged to MONAI Label's own `run_model` / `run_method`.
+Valid requests go unchanged to MONAI Label's own `run_model` / `run_method` / `run`.
 """
 from typing import Any, Dict, Optional
 
@@ -41,10 +41,17 @@ def check_scoring_request(app, method: str) -> None:
         raise unknown_task_404("scoring method", method, methods)
 
 
+def check_batch_infer_request(app, model: str) -> None:
+    infers = getattr(app, "_infers", {}) or {}
+    if model not in infers:
+        raise unknown_task_404("model", model, infers)
+
+
 def task_routes():
     from fastapi import Depends
     from fastapi.routing import APIRoute
     from monailabel.config import settings
+    from monailabel.endpoints import batch_infer as ml_batch
     from monailabel.endpoints import scoring as ml_scoring
     from monailabel.endpoints import train as ml_train
     from monailabel.endpoints.user.auth import RBAC, User
@@ -69,12 +76,28 @@ def task_routes():
         check_scoring_request(app_instance(), method)
         return ml_scoring.run_method(method, params, run_sync)
 
+    import inspect
+
+    batch_defaults = inspect.signature(ml_batch.api_run).parameters["params"].default  # MONAI Label's own
+
+    async def sammed3d_batch_infer_guard(
+        model: str,
+        images: Optional[ml_batch.BatchInferImageType] = ml_batch.BatchInferImageType.IMAGES_ALL,
+        params: Optional[dict] = batch_defaults,
+        run_sync: Optional[bool] = False,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+    ):
+        check_batch_infer_request(app_instance(), model)
+        return ml_batch.run(model, images, params, run_sync)
+
     api = settings.MONAI_LABEL_API_STR
     return [
         APIRoute(f"{api}/train/{{model}}", sammed3d_train_guard, methods=["POST"], name="sammed3d_train_guard",
                  summary="Run training (SAM-Med3D app: unknown model 404, bad options 400)"),
         APIRoute(f"{api}/scoring/{{method}}", sammed3d_scoring_guard, methods=["POST"], name="sammed3d_scoring_guard",
                  summary="Run scoring (SAM-Med3D app: unknown method 404)"),
+        APIRoute(f"{api}/batch/infer/{{model}}", sammed3d_batch_infer_guard, methods=["POST"],
+                 name="sammed3d_batch_infer_guard", summary="Run batch inference (SAM-Med3D app: unknown model 404)"),
     ]
 
 
