@@ -2,18 +2,28 @@
 
 One step = a batch of training crops through the SAM-Med3D click-simulation recipe (num_clicks
 decoder iterations, DiceCE, backward, AdamW) -- exactly lib.trainers.finetune's step.
-  * cached:    embeddings of the crop variants were computed earlier (epoch >= 2 of a run)
-  * no cache:  each example is cropped through the session (resample + z-normalise) and encoded
+  * cached:    embeddings of the crop variants were computed earlier (epoch >= 2 of a run): the
+               step reads them from the EmbeddingCache and runs the click chain
+  * no cache:  what the same trainer does without the cache: each example is cropped through the
+               session from the loaded volume (resample, clamp, z-normalise, jitter offset, flips),
+               encoded (no grad: the encoder is frozen), then the same click chain
+  * reference chain (--reference): the cached step with the chain computed as before the
+               optimisation (Sam3D.decode + F.interpolate + autograd DiceCE; ClickChain(fast=False))
 
-    .venv/bin/python scripts/bench_trainer.py --model default --steps 3 --loss-size 64
-    .venv/bin/python scripts/bench_trainer.py --model released --steps 2 --loss-size 64   # random weights, full size
+The paths run interleaved, one step each in turn, each on its own copy of the model and optimiser,
+so load from other jobs on the machine hits them alike. Medians; the first step of each is warm-up.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_trainer.py --threads 1 --model default --steps 5 --reference
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_trainer.py --threads 1 --model released --steps 3 --reference
 
 Data: CT phantoms (lib.training.phantoms) written as NIfTI; targets = their labelled objects.
 """
 import argparse
+import copy
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +57,13 @@ def phantom_samples(folder, n):
     return out
 
 
+def _commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+
+
 def load_model(which):
     if which == "released":
         torch.manual_seed(0)
@@ -55,30 +72,40 @@ def load_model(which):
     return load_checkpoint(path)[0], os.path.relpath(path, REPO)
 
 
-def run(model, targets, opts, cached, steps, rs):
-    set_trainable(model, opts.train_parts)
-    opt = build_optimizer(model, opts)
-    chain = ClickChain(model, False, opts.loss_size)
-    sha = encoder_fingerprint(model)
-    source = CropSource()
-    cache = EmbeddingCache() if cached else None
-    variants = [make_variants(opts.variants, opts.jitter, opts.flip, np.random.default_rng([0, i])) for i in range(len(targets))]
-    if cached:  # warm: every variant encoded once (what epoch 1 does)
-        for i, t in enumerate(targets):
-            for v in variants[i]:
-                _example(model, t, v, source, cache, True, sha, opts, "cpu")
-    times = []
-    for step in range(steps + 1):
+class Path:
+    """One way of stepping: its own model copy, optimiser, chain, cache."""
+
+    def __init__(self, model, targets, opts, cached, fast):
+        self.model, self.targets, self.opts, self.cached = copy.deepcopy(model), targets, opts, cached
+        set_trainable(self.model, opts.train_parts)
+        self.opt = build_optimizer(self.model, opts)
+        self.chain = ClickChain(self.model, False, opts.loss_size, fast=fast)
+        self.sha = encoder_fingerprint(self.model)
+        self.source = CropSource()
+        self.cache = EmbeddingCache() if cached else None
+        self.variants = [make_variants(opts.variants, opts.jitter, opts.flip, np.random.default_rng([0, i]))
+                         for i in range(len(targets))]
+        self.rs = np.random.default_rng(0)
+        self.times = []
+        if cached:  # warm: every variant encoded once (what epoch 1 does)
+            for i, t in enumerate(targets):
+                for v in self.variants[i]:
+                    _example(self.model, t, v, self.source, self.cache, True, self.sha, opts, "cpu")
+        else:  # the volumes are loaded once (CropSource keeps them), as in a real run
+            for i, t in enumerate(targets):
+                self.source.build(t, self.variants[i][0])
+
+    def step(self, step):
         t0 = time.perf_counter()
-        idx = rs.integers(len(targets), size=opts.batch_size)
-        xs, ys = zip(*[_example(model, targets[i], variants[i][rs.integers(len(variants[i]))], source, cache, True, sha, opts, "cpu")
-                       for i in idx])
-        opt.zero_grad(set_to_none=True)
-        loss, _ = chain(torch.cat(xs), torch.cat(ys), step, opts.num_clicks, not cached)
+        idx = self.rs.integers(len(self.targets), size=self.opts.batch_size)
+        xs, ys = zip(*[_example(self.model, self.targets[i], self.variants[i][self.rs.integers(len(self.variants[i]))],
+                                self.source, self.cache, True, self.sha, self.opts, "cpu") for i in idx])
+        self.opt.zero_grad(set_to_none=True)
+        loss, _ = self.chain(torch.cat(xs), torch.cat(ys), step, self.opts.num_clicks, not self.cached)
         loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return times[1:]  # the first step warms up allocators
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.opts.grad_clip)
+        self.opt.step()
+        self.times.append(time.perf_counter() - t0)
 
 
 def main(argv=None):
@@ -90,24 +117,36 @@ def main(argv=None):
     p.add_argument("--num-clicks", type=int, default=11)
     p.add_argument("--volumes", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--reference", action="store_true", help="also time the cached step with the pre-optimisation chain")
     p.add_argument("--out", default=None, help="write the result as JSON")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
     model, desc = load_model(args.model)
     opts = FineTuneOptions(batch_size=args.batch, loss_size=args.loss_size, num_clicks=args.num_clicks, variants=2)
     with tempfile.TemporaryDirectory() as tmp:
         targets = find_targets(phantom_samples(tmp, args.volumes), max_components=1)[:4]
+        paths = {"cached": Path(model, targets, opts, True, True), "no_cache": Path(model, targets, opts, False, True)}
+        if args.reference:
+            paths["cached_reference_chain"] = Path(model, targets, opts, True, False)
+        for step in range(args.steps + 1):
+            for name, path in paths.items():
+                path.step(step)
+            print(f"step {step}: " + ", ".join(f"{n} {p.times[-1]:.3f} s" for n, p in paths.items()), flush=True)
         res = {}
-        for cached in (True, False):
-            t = run(model, targets, opts, cached, args.steps, np.random.default_rng(0))
-            res["cached" if cached else "no_cache"] = {"median_step_s": float(np.median(t)), "steps_per_s": 1 / float(np.median(t)),
-                                                       "step_s": [round(x, 3) for x in t]}
-            print(("cached  " if cached else "no cache"), f"median {np.median(t):.3f} s/step = {1 / np.median(t):.3f} steps/s", flush=True)
+        for name, path in paths.items():
+            t = path.times[1:]  # the first step warms up allocators
+            res[name] = {"median_step_s": float(np.median(t)), "steps_per_s": 1 / float(np.median(t)),
+                         "step_s": [round(x, 3) for x in t]}
+            print(f"{name:24s} median {np.median(t):.3f} s/step = {1 / np.median(t):.3f} steps/s", flush=True)
     res["speedup"] = res["cached"]["steps_per_s"] / res["no_cache"]["steps_per_s"]
+    if args.reference:
+        res["chain_speedup_vs_reference"] = res["cached"]["steps_per_s"] / res["cached_reference_chain"]["steps_per_s"]
     res.update(model=desc, batch=args.batch, loss_size=args.loss_size, num_clicks=args.num_clicks, steps=args.steps,
                threads=torch.get_num_threads(), machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               load_avg=os.getloadavg(), torch=torch.__version__)
+               load_avg_start=load_start, load_avg=os.getloadavg(), torch=torch.__version__,
+               omp_num_threads=os.environ.get("OMP_NUM_THREADS"), commit=_commit(), date=time.strftime("%Y-%m-%d %H:%M"))
     print(f"speedup {res['speedup']:.1f}x  ({desc}, batch {args.batch}, loss grid {args.loss_size}^3, {args.num_clicks} clicks)")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

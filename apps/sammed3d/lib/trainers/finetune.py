@@ -41,6 +41,7 @@ from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.training.loop import click_losses
 from lib.versions import encoder_fingerprint
 
+from .fastchain import TrainingView
 from .data import CropSource, EmbeddingCache, Target, cache_key, find_targets, make_variants
 from .options import PARTS, FineTuneOptions, options_from_request
 from .progress import Progress
@@ -107,9 +108,10 @@ class ClickChain(nn.Module):
     parts that learn); the full model is held unregistered to reuse its encode/decode.
     """
 
-    def __init__(self, model, bf16: bool, loss_size: int):
+    def __init__(self, model, bf16: bool, loss_size: int, fast: bool = True):
         super().__init__()
         self.loss_size = loss_size
+        self.fast = fast  # TrainingView (same function, less data movement); False: Sam3D.decode + F.interpolate
         self.image_encoder = model.image_encoder
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
@@ -124,7 +126,10 @@ class ClickChain(nn.Module):
                 x = model.encode(x)
         rs = np.random.default_rng(seed)
         gen = torch.Generator(device=x.device).manual_seed(seed)
-        view = model if self.loss_size == model.image_size else _LossGrid(model, self.loss_size)
+        if self.fast:
+            view = TrainingView(model, self.loss_size)
+        else:
+            view = model if self.loss_size == model.image_size else _LossGrid(model, self.loss_size)
         return click_losses(view, x.float(), loss_targets(targets, self.loss_size), num_clicks, rs, gen, self.bf16)
 
 
@@ -145,7 +150,9 @@ def build_optimizer(model, opts: FineTuneOptions) -> torch.optim.AdamW:
     dec = [p for m in (model.prompt_encoder, model.mask_decoder) for p in m.parameters() if p.requires_grad]
     if dec:
         groups.append({"params": dec, "lr": opts.lr * opts.decoder_lr_ratio, "name": "prompt_encoder+mask_decoder"})
-    return torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
+    # foreach: the same update as the default per-parameter loop (bit-identical), one kernel per
+    # op over all tensors instead of one per parameter (the CPU default is the loop).
+    return torch.optim.AdamW(groups, weight_decay=opts.weight_decay, foreach=True)
 
 
 def _device(opts: FineTuneOptions, rank: int, world: int) -> torch.device:
