@@ -115,8 +115,8 @@ def parse_args(argv=None):
     ap.add_argument("--init", type=int, default=2)
     ap.add_argument("--k", type=int, default=3, help="volumes labelled per round")
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=40, help="optimiser steps per round (from the base weights)")
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=70, help="optimiser steps per round (from the base weights)")
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--clicks", type=int, default=3, help="click-chain iterations per training step")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--parts", nargs="+", default=["mask_decoder"], choices=["prompt_encoder", "mask_decoder"])
@@ -125,6 +125,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: more threads oversubscribe a busy 2-core CPU)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the pool / held-out volumes")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the summary from OUT/curves.csv")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                    help="with --report-only: first concatenate these curves.csv files (parallel runs) into OUT/curves.csv")
     return ap.parse_args(argv)
 
 
@@ -134,8 +136,13 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "curves.csv")
     if args.report_only:
-        with open(path) as f:
-            return summarise(list(csv.DictReader(f)), args.out, print)
+        rows = []
+        for p in args.merge or [path]:
+            with open(p) as f:
+                rows += list(csv.DictReader(f))
+        if args.merge:
+            write_curves(rows, path)
+        return summarise(rows, args.out, print)
     logf = open(os.path.join(args.out, "log.txt"), "a")
 
     def log(msg):
