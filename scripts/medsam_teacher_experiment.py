@@ -74,6 +74,15 @@ def prepare(npz_dir: str, data: str) -> dict:
     out["heldout_chest_values"] = [cnames[n] for n in HELDOUT_CHEST]
     files["chest"] = c["image"]
     files["chest_heldout"] = np.where(np.isin(c["label"], out["heldout_chest_values"]), c["label"], 0)
+    # control: each training structure's filled bounding box (what the extents alone give, no MedSAM);
+    # larger boxes first so smaller structures overwrite them, as the teacher resolves overlaps
+    from lib.medsam.teacher import boxes_from_label
+
+    box = np.zeros_like(lab)
+    for bx in sorted(boxes_from_label(files["brain_train_gt"]), key=lambda bx: -np.prod(np.diff(np.reshape(bx.roi, (3, 2))) + 1)):
+        r = bx.roi
+        box[r[0]:r[1] + 1, r[2]:r[3] + 1, r[4]:r[5] + 1] = bx.value
+    files["brain_train_box"] = box
     for name, arr in files.items():
         path = os.path.join(data, f"{name}.nii.gz")
         if not os.path.exists(path):
@@ -151,6 +160,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", type=int, default=2)
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--conditions", default="pseudo,gt,box", help="training labels: MedSAM pseudo, ground truth, filled boxes")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)
@@ -191,7 +201,9 @@ def main(argv=None) -> int:
 
     evaluate_once("base", base)
     for seed in [int(s) for s in a.seeds.split(",")]:
-        for cond, label in (("pseudo", pseudo), ("gt", d["brain_train_gt"])):
+        labels = {"pseudo": pseudo, "gt": d["brain_train_gt"], "box": d["brain_train_box"]}
+        for cond in a.conditions.split(","):
+            label = labels[cond]
             key = f"{cond}_s{seed}"
             t = time.perf_counter()
             model, metrics = fine_tuned(d, a.work, cond, label, seed, a)
@@ -237,7 +249,11 @@ def main(argv=None) -> int:
         w.writerows(table)
     with open(os.path.join(a.docs, "evals.json"), "w") as f:
         json.dump(evals, f)
+    from lib.medsam.teacher import dice, read_label
+
+    gt_lab, box_lab = read_label(d["brain_train_gt"])[0], read_label(d["brain_train_box"])[0]
     pseudo_rows = [{"structure": names[s["value"]], "value": s["value"], "dice_vs_gt": s["dice_vs_gt"],
+                    "box_fill_dice_vs_gt": round(dice(box_lab == s["value"], gt_lab == s["value"]), 4),
                     "slices_encoded": s["slices_encoded"], "seconds": s["seconds"]["total"]}
                    for s in teacher["volumes"][0]["structures"]]
     with open(os.path.join(a.docs, "pseudo_label_dice.csv"), "w", newline="") as f:
