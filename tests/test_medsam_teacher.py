@@ -164,6 +164,14 @@ def test_bad_input_gives_clear_errors(files):
         run(_args(files, boxes=str(bad)), engine=BoxFillEngine())
     with pytest.raises(TeacherError, match="exactly one of"):
         run(_args(files), engine=BoxFillEngine())
+    good = files["tmp"] / "good.json"
+    good.write_text(json.dumps([{"value": 2, "roi": [0, 5, 0, 5, 0, 5]}]))
+    with pytest.raises(TeacherError, match=r"no box with value \[9\]"):
+        run(_args(files, boxes=str(good), values="2,9"), engine=BoxFillEngine())
+    with pytest.raises(TeacherError, match="--gt box-labels scores against"):
+        run(_args(files, boxes=str(bad), gt="box-labels"), engine=BoxFillEngine())
+    with pytest.raises(TeacherError, match=r"expected \[level, width\]"):
+        run(_args(files, box_labels=files["label"], window="[40]"), engine=BoxFillEngine())
     small = _write(np.ones((5, 5, 5)), files["tmp"] / "s.nii.gz", np.uint8)
     with pytest.raises(TeacherError, match="shape"):
         run(_args(files, box_labels=small), engine=BoxFillEngine())

@@ -32,6 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from lib.interaction.evaluate import dice  # the click evaluation's Dice (empty vs empty = 1)
+
 from .engine import MedSAMEngine
 from .propagate import BoxError, clamp_roi
 
@@ -146,12 +148,6 @@ def write_label(mask: np.ndarray, reference: sitk.Image, path: str) -> None:
     sitk.WriteImage(img, path, True)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    denom = int(a.sum()) + int(b.sum())
-    return 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
-
-
 class Teacher:
     """Pseudo-labels volumes with one MedSAMEngine (its per-file, per-slice caches are shared)."""
 
@@ -215,8 +211,9 @@ def _files(arg: Sequence[str]) -> List[str]:
     return out
 
 
-def _match(image: str, candidates: List[str], what: str) -> str:
-    if len(candidates) == 1 and os.path.isfile(candidates[0]):
+def _match(image: str, candidates: List[str], what: str, single: bool) -> str:
+    """The candidate named like the image; with one image and one candidate, that one."""
+    if single and len(candidates) == 1:
         return candidates[0]
     by_case = {case_of(c): c for c in candidates}
     if case_of(image) not in by_case:
@@ -237,7 +234,17 @@ def run(args, engine: Optional[MedSAMEngine] = None) -> Dict:
         raise TeacherError("no images given")
     if bool(args.box_labels) == bool(args.boxes):
         raise TeacherError("give exactly one of --box-labels (label files) or --boxes (JSON)")
+    if args.gt == "box-labels" and not args.box_labels:
+        raise TeacherError("--gt box-labels scores against the --box-labels files: give them, or a --gt path")
     values = [int(v) for v in str(args.values or "").split(",") if v.strip()]
+    window = args.window
+    if isinstance(window, str) and window.strip().startswith("["):  # "[level, width]"
+        try:
+            window = tuple(float(v) for v in json.loads(window))
+            if len(window) != 2:
+                raise ValueError
+        except (ValueError, TypeError):
+            raise TeacherError(f"--window {args.window!r}: expected [level, width]") from None
     box_label_files = _files(args.box_labels) if args.box_labels else []
     box_json = read_box_json(args.boxes) if args.boxes else {}
     gt_files = [] if not args.gt or args.gt == "box-labels" else _files([args.gt])
@@ -245,7 +252,7 @@ def run(args, engine: Optional[MedSAMEngine] = None) -> Dict:
         from .evaluate import build_medsam_engine
 
         engine = build_medsam_engine(args.device, args.weights, args.cache_gb)
-    teacher = Teacher(engine, args.window, args.modality, args.slice_axis)
+    teacher = Teacher(engine, window, args.modality, args.slice_axis)
     report = {"model_version": engine.model_version, "margin": args.margin, "volumes": []}
     t0 = time.perf_counter()
     try:
@@ -258,7 +265,7 @@ def run(args, engine: Optional[MedSAMEngine] = None) -> Dict:
         vol = engine.volume(image)
         gt = None
         if box_label_files:
-            label_path = _match(image, box_label_files, "box label")
+            label_path = _match(image, box_label_files, "box label", len(images) == 1)
             label, _ = read_label(label_path)
             if tuple(label.shape) != tuple(vol.shape):
                 raise TeacherError(f"{label_path}: shape {list(label.shape)} != image {list(vol.shape)}")
@@ -270,9 +277,13 @@ def run(args, engine: Optional[MedSAMEngine] = None) -> Dict:
                 raise TeacherError(f"{args.boxes}: no boxes for {os.path.basename(image)} (keys: {sorted(box_json)})")
             boxes = parse_boxes(box_json[key], vol.shape, f"{args.boxes}:{key}")
             if values:
+                missing = [v for v in values if v not in {b.value for b in boxes}]
+                if missing:
+                    raise TeacherError(f"{args.boxes}: no box with value {missing} for {os.path.basename(image)} "
+                                       f"(values: {[b.value for b in boxes]})")
                 boxes = [b for b in boxes if b.value in values]
         if gt_files:
-            gt_path = _match(image, gt_files, "ground-truth")
+            gt_path = _match(image, gt_files, "ground-truth", len(images) == 1)
             gt = read_label(gt_path)[0]
         entry = teacher.label_volume(image, boxes, os.path.join(args.out, _out_name(image)), gt)
         report["volumes"].append(entry)
@@ -299,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", default=None, help="ground truth for Dice: a label file/folder, or 'box-labels'")
     p.add_argument("--out", required=True, help="folder for the pseudo-label files")
     p.add_argument("--report", default=None, help="JSON report path (default OUT/teacher_report.json)")
-    p.add_argument("--window", default=None, help="auto (default), soft_tissue, lung, bone, brain, percentile")
+    p.add_argument("--window", default=None, help="auto (default), soft_tissue, lung, bone, brain, percentile or [level, width]")
     p.add_argument("--modality", default=None, help="CT, MR, ... (default: from the image)")
     p.add_argument("--slice-axis", type=int, default=None, help="force the stored slice axis (0, 1, 2)")
     p.add_argument("--weights", default=None, help="lite_medsam.pth (default: lib.medsam.weights.locate)")
@@ -318,9 +329,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from lib.session import SessionError
 
+    from .checkpoint import CheckpointError
+    from .weights import MedSAMWeightsError
+
     try:
         report = run(args)
-    except (TeacherError, BoxError, SessionError) as e:
+    except (TeacherError, BoxError, SessionError, MedSAMWeightsError, CheckpointError) as e:
         print(f"error: {e}")
         return 2
     for v in report["volumes"]:
