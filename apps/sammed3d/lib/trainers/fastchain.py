@@ -117,22 +117,27 @@ class _ZeroGradTie(torch.autograd.Function):
 
 class _Contract(torch.autograd.Function):
     """(B, N, C) @ (B, C) -> (B, N, 1) as per-item matrix-vector products (batched matmul with one
-    output column, and its outer-product backward, are several times slower on CPU)."""
+    output column, and its outer-product backward, are several times slower on CPU). Under autocast
+    it computes in the autocast dtype, as the matmul it replaces would."""
 
     @staticmethod
     def forward(ctx, feats, h):
+        dev = feats.device.type
+        dt = _autocast_dtype(dev) if _autocast_on(dev) else torch.promote_types(feats.dtype, h.dtype)
+        ctx.dtypes = (feats.dtype, h.dtype)
+        feats, h = feats.to(dt), h.to(dt)
         ctx.save_for_backward(feats, h)
         return torch.stack([feats[i] @ h[i] for i in range(feats.shape[0])])[..., None]
 
     @staticmethod
     def backward(ctx, grad):
         feats, h = ctx.saved_tensors
-        g = grad[..., 0]
+        g = grad[..., 0].to(feats.dtype)
         grad_feats = grad_h = None
         if ctx.needs_input_grad[0]:
-            grad_feats = grad * h[:, None, :]
+            grad_feats = (g[..., None] * h[:, None, :]).to(ctx.dtypes[0])
         if ctx.needs_input_grad[1]:
-            grad_h = torch.stack([feats[i].t() @ g[i] for i in range(feats.shape[0])])
+            grad_h = torch.stack([feats[i].t() @ g[i] for i in range(feats.shape[0])]).to(ctx.dtypes[1])
         return grad_feats, grad_h
 
 
@@ -188,6 +193,20 @@ class _UpscaleTail(torch.autograd.Function):
                 if gx1 is not None:
                     torch.mm(gz, w2.t(), out=gx1[b, r0:r1])
         return gx1, gw2, gb2, gh, None, None
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # older torch: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype:
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # older torch
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
 def _deconv_weight(conv) -> torch.Tensor:
@@ -258,7 +277,7 @@ class TrainingView:
         x1 = keys @ _deconv_weight(deconv1)  # (B, XYZ, k1^3 * C1)
         x1 = x1.reshape(b, -1, deconv1.out_channels) + deconv1.bias
         x1 = act1(F.layer_norm(x1, (x1.shape[-1],), ln.weight, ln.bias, ln.eps))  # (B, XYZ k1^3, C1)
-        if self.chunked and x1.device.type == "cpu" and not torch.is_autocast_enabled():
+        if self.chunked and x1.device.type == "cpu" and not _autocast_on("cpu"):
             kc = deconv2.out_channels * deconv2.kernel_size[0] ** 3
             masks = _UpscaleTail.apply(x1, _deconv_weight(deconv2), deconv2.bias.repeat(kc // deconv2.out_channels),
                                        hyper[0], act2.approximate, max(16, (1 << 16) // kc))
