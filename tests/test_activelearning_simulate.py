@@ -143,3 +143,17 @@ def test_labels_to_reach_interpolates():
     assert labels_to_reach([2, 4, 6], [0.1, 0.2, 0.4], 0.3) == 5.0
     assert labels_to_reach([2, 4], [0.5, 0.6], 0.4) == 2.0
     assert math.isinf(labels_to_reach([2, 4], [0.1, 0.2], 0.3))
+
+
+def test_summary_files_from_curves(tmp_path):
+    from lib.activelearning.sim_report import summarise
+
+    rows = _rows({"random": [[0.2, 0.3, 0.4, 0.5, 0.6]], "combined": [[0.2, 0.4, 0.6, 0.65, 0.7]]})
+    for r in rows:
+        r.update({"dice@3": r["dice"] + 0.01, **{f"dice_{k}": r["dice"] for k in KINDS},
+                  **{f"n_{k}": r["n_labelled"] if k == "ct_bright_blob" else 0 for k in KINDS}})
+    res = summarise(rows, str(tmp_path), log=lambda m: None)
+    assert res["dice"]["target_met"] is True and set(res) == {"dice", "dice@3"}
+    md = (tmp_path / "summary.md").read_text()
+    assert "-> MET" in md and "| combined |" in md
+    assert (tmp_path / "summary.csv").read_text().count("\n") == 1 + 2 * 2 * 5

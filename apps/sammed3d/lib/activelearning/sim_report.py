@@ -28,7 +28,7 @@ import numpy as np
 from .select import METHODS
 from .sim_pool import KINDS
 
-SHORT = {"ct_bright_blob": "common", "mr_dark_tube": "tube", "ct_lowcontrast_shell": "shell",
+SHORT = {"ct_bright_blob": "common", "mr_dark_blob": "MR dark", "ct_dark_lobulated": "CT dark",
          "mr_thick_irregular": "thick"}
 
 
@@ -116,8 +116,8 @@ def summarise(rows: List[Dict], out: str, log=print) -> Dict:
     # final-round kinds labelled and per-kind Dice
     last = max(int(r["round"]) for r in rows)
     lines += ["Last round: kinds labelled (mean over seeds) and held-out Dice per kind (mean over seeds)", "",
-              "| strategy | " + " | ".join(f"n {SHORT[k]}" for k in KINDS) + " | " +
-              " | ".join(f"Dice {SHORT[k]}" for k in KINDS) + " |", "|---" * (2 * len(KINDS) + 1) + "|"]
+              "| strategy | " + " | ".join(f"n {SHORT.get(k, k)}" for k in KINDS) + " | " +
+              " | ".join(f"Dice {SHORT.get(k, k)}" for k in KINDS) + " |", "|---" * (2 * len(KINDS) + 1) + "|"]
     first = [r for r in rows if int(r["round"]) == 0 and r["strategy"] == "random"]
     if first:
         lines.append("| random, round 0 | " + " | ".join(f"{np.mean([float(r[f'n_{k}']) for r in first]):.1f}" for k in KINDS)
