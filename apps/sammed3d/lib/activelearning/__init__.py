@@ -11,6 +11,9 @@ MONAI Label glue:
   strategies.py   Strategy subclasses (POST /activelearning/<name>)
 Offline:
   simulate.py     python -m lib.activelearning.simulate (simulated annotator, Dice vs labelled volumes)
+  sim_pool.py     the synthetic pool and held-out set (kinds of scanner, contrast and object)
+  sim_train.py    fine-tuning the mask decoder on cached embeddings (the trainer's click chain)
+  sim_report.py   curves, the target arithmetic, CSV/JSON/PNG outputs
 
 Design: docs/activelearning.md.
 """
