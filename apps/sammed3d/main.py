@@ -120,6 +120,16 @@ class SAMMed3DApp(MONAILabelApp):
         meta["weights"] = dict(self.weights_info)
         return meta
 
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()  # DICOMweb: every saved label is a new SEG series
+        from lib.datastore import SafeLocalDatastore  # atomic label saves, earlier saves kept
+        from monailabel.config import settings
+
+        return SafeLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                  auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                  read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+
     def next_sample(self, request):
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:  # MONAI Label: a plain 500

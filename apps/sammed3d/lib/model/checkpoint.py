@@ -139,15 +139,17 @@ def load_checkpoint(path: str, map_location="cpu", config: Optional[dict] = None
     return model.eval(), info
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
+def atomic_write(path: str, write: Callable[[BinaryIO], None], tmp_suffix: Optional[str] = None) -> str:
     """Write a file atomically: ``write(f)`` into a temp file in the same folder, fsync, os.replace.
 
     Readers see the old file or the new one, never a truncated one; a crash mid-write leaves the
-    previous file intact (model files and the live-version pointer are published this way).
+    previous file intact (model files, the live-version pointer and saved labels are written so).
+    `tmp_suffix` (default: the file's extension) keeps the temp file out of folder scans by pattern.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    suffix = os.path.splitext(path)[1] if tmp_suffix is None else tmp_suffix
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
