@@ -148,14 +148,14 @@ def test_prompt_encoder_learns_only_when_asked(samples):
     assert changed == {"prompt_encoder", "mask_decoder"} and m["val_targets"] == 0
 
 
-def _chain_step(model, fast, x, y, loss_size, seed=3, clicks=5):
+def _chain_step(model, fast, x, y, loss_size, seed=3, clicks=5, bf16=False):
     """One cached-embedding training step (forward, backward, AdamW) -> (loss, dice, grads, new weights)."""
     from lib.trainers.finetune import ClickChain, build_optimizer, set_trainable
 
     set_trainable(model, ("prompt_encoder", "mask_decoder"))
     opt = build_optimizer(model, FineTuneOptions(lr=1e-2))
     opt.zero_grad(set_to_none=True)
-    loss, dice = ClickChain(model, False, loss_size, fast=fast)(x, y, seed, clicks, False)
+    loss, dice = ClickChain(model, bf16, loss_size, fast=fast)(x, y, seed, clicks, False)
     loss.backward()
     grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
     opt.step()
@@ -189,6 +189,33 @@ def test_fast_click_chain_equals_the_reference_computation(loss_size):
         # noise (e.g. k_proj biases have an exactly-zero true gradient: both paths give ~1e-10 noise)
         well = g0[k].abs() > 1e-6 if g0.get(k) is not None else torch.ones_like(w0[k], dtype=torch.bool)
         torch.testing.assert_close(w1[k][well], w0[k][well], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fast_click_chain_on_cuda_matches_the_reference(bf16, monkeypatch):
+    """The CUDA path of TrainingView (the default model's GPU training uses it, with bf16 autocast):
+    same loss and gradients as the reference chain; bf16 within bf16 rounding (relative norms).
+    TF32 off so fp32 is fp32. bf16: one click, because later clicks are drawn from the error region,
+    which rounding may shift by a voxel, after which the two chains legitimately differ."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    y = torch.zeros(2, 1, 128, 128, 128, device="cuda")
+    y[0, 0, 40:90, 30:70, 50:80] = 1
+    y[1, 0, 60:75, 60:100, 20:60] = 1
+    results = []
+    for fast in (False, True):
+        model = tiny_model().cuda()
+        x = torch.randn(2, model.prompt_encoder.embed_dim, 8, 8, 8, generator=torch.Generator().manual_seed(1)).cuda()
+        results.append(_chain_step(model, fast, x, y, 128, clicks=1 if bf16 else 5, bf16=bf16))
+    (l0, d0, g0, _), (l1, d1, g1, _) = results
+    tol = 3e-2 if bf16 else 1e-4
+    assert abs(float(l1) - float(l0)) <= tol * max(1.0, abs(float(l0)))
+    for k, g in g0.items():
+        if g is not None and g.norm() > 1e-6:
+            assert g1[k] is not None, k
+            assert float((g1[k] - g).norm() / g.norm()) <= (0.1 if bf16 else 1e-3), k
 
 
 def test_fast_view_pieces_match_the_model():
