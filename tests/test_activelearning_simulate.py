@@ -128,6 +128,12 @@ def test_target_arithmetic_on_hand_made_curves():
     assert math.isclose(res["combined"]["fraction_of_random"], 0.6) and res["target_met"] is True
     assert math.isclose(res["random"]["fraction_of_random"], 1.0)
     assert res["per_seed_reached"] == "2/2"
+    # a second combination rule gets its own fraction, per-seed fractions and verdict
+    rows += _rows({"combined_product": [[0.2, 0.3, 0.4, 0.61, 0.7], [0.2, 0.3, 0.4, 0.61, 0.7]]})
+    res = target_check(rows)
+    cp = res["combined_product"]
+    assert math.isclose(cp["labels_to_reach_random_final"], 8.0) and cp["target_met"] is False
+    assert cp["per_seed_reached"] == "2/2" and math.isclose(res["combined"]["fraction_of_random"], 0.6)
     # 7.5 of 10 labels: not met
     rows = _rows({"random": [[0.2, 0.3, 0.4, 0.5, 0.6]], "combined": [[0.2, 0.3, 0.4, 0.5, 0.7]]})
     res = target_check(rows)

@@ -18,7 +18,8 @@ from lib.activelearning import store
 from lib.activelearning.diversity import decode_feature, encode_feature, kcenter_greedy, pool_features
 from lib.activelearning.prompts import LocationPrior, choose_prompts
 from lib.activelearning.scoring import ActiveLearningScorer, SAMMed3DScoring
-from lib.activelearning.select import combine, rank_normalise, select_batch
+from lib.activelearning.select import (STRATEGIES, combine, combine_product, minmax_normalise, rank_normalise,
+                                      select_batch)
 from lib.activelearning.strategies import ScoreStrategy
 from lib.activelearning.uncertainty import disagreement
 from lib.session import SegmentationEngine
@@ -122,6 +123,41 @@ def test_rank_mix_and_feature_roundtrip():
     np.testing.assert_allclose(decode_feature(encode_feature(f)), f, atol=1e-3)
 
 
+# the rank mix dilutes: "c" is barely more uncertain than the rest but ranks high on both, while
+# "a" is by far the most uncertain and nearly as far from the labelled volumes as "c"
+UNC = {"a": 1.0, "b": 0.0, "c": 0.2, "e": 0.1, "g": 0.15}
+DIV = {"a": 0.9, "b": 0.1, "c": 1.0, "e": 0.2, "g": 0.95}
+
+
+def test_product_rule_and_rank_mix_pick_differently():
+    assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV) == ["c"]  # rank (default)
+    assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV, combine_rule="product") == ["a"]
+    un = minmax_normalise(UNC, floor=0.05)
+    assert un["a"] == 1.0 and un["b"] == pytest.approx(0.05) and un["c"] == pytest.approx(0.05 + 0.95 * 0.2)
+    p = combine_product(UNC, DIV)
+    assert p["a"] == pytest.approx(0.9) and p["c"] == pytest.approx(0.24)
+    assert min(p.values()) > 0  # the floor: no volume gets exactly 0
+    assert minmax_normalise({"x": 3.0, "y": 3.0}) == {"x": 1.0, "y": 1.0}
+    with pytest.raises(ValueError):
+        select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV, combine_rule="nope")
+    assert STRATEGIES["combined_product"] == ("combined", "product")
+
+
+def test_product_rule_batch_is_diverse_and_falls_back_without_centres():
+    feats = {"a1": np.array([5.0, 0.0]), "a2": np.array([5.01, 0.0]), "b": np.array([0.0, 5.0]),
+             "c": np.array([0.1, 0.0])}
+    unc = {"a1": 1.0, "a2": 0.99, "b": 0.5, "c": 0.0}
+    centres = [np.array([0.0, 0.0])]
+    # uncertainty alone takes both near-duplicates; the product rule takes one, then the far "b"
+    assert select_batch("uncertainty", list(feats), 2, uncertainty=unc) == ["a1", "a2"]
+    assert select_batch("combined", list(feats), 2, uncertainty=unc, features=feats, centres=centres,
+                        combine_rule="product") == ["a1", "b"]
+    # nothing labelled: the first pick is the rank mix's (k-center has no distance to use yet)
+    for k in (1, 3):
+        assert select_batch("combined", list(feats), k, uncertainty=unc, features=feats, combine_rule="product")[0] == \
+            select_batch("combined", list(feats), k, uncertainty=unc, features=feats)[0]
+
+
 def test_location_prior_transfers_across_orientation():
     lab = np.zeros((20, 30, 40), np.uint8)
     lab[2:6, 20:28, 30:38] = 1  # low R, high A, high S
@@ -193,6 +229,28 @@ def test_diversity_and_combined_scores(datastore):
     n = eng.runner.model.encode_calls
     SAMMed3DScoring(scorer, "diversity")({}, datastore)
     assert eng.runner.model.encode_calls == n  # features current: no encoder run
+
+
+def test_combined_product_rule_in_scoring_and_strategy(datastore):
+    scorer = ActiveLearningScorer(engine(), lambda: "v1", {"combine": "product"})
+    SAMMed3DScoring(scorer, "combined")({}, datastore)
+    infos = {i: datastore.get_image_info(i) for i in ("amb", "clean")}
+    for i, info in infos.items():
+        assert info[store.KEY_COMBINED]["rule"] == "product"
+    c = {i: infos[i][store.KEY_COMBINED]["score"] for i in infos}
+    d = {i: infos[i][store.KEY_DIVERSITY]["score"] for i in infos}
+    u = {i: infos[i][store.KEY_UNCERTAINTY]["score"] for i in infos}
+    expect = combine_product(u, d)
+    assert c == pytest.approx({i: round(v, 6) for i, v in expect.items()}, abs=1e-5)
+    # "amb": more uncertain and farther from the labelled twin of "clean" -> picked by both rules
+    for rule in ("product", "rank", None):
+        assert ScoreStrategy("combined", lambda: "v1", None, combine=rule)({"strategy": "combined"}, datastore)["id"] == "amb"
+    entries = {i: infos[i][store.KEY_COMBINED] for i in infos}
+    assert ScoreStrategy("combined", lambda: "v1", None)._rule(entries) == "product"  # the stored scores' rule
+    assert ScoreStrategy("combined", lambda: "v1", None, combine="rank")._rule(entries) == "rank"
+    assert ScoreStrategy("combined", lambda: "v1", None)._rule({"x": None}) == "rank"  # the default
+    with pytest.raises(ValueError):
+        ScoreStrategy("combined", lambda: "v1", None, combine="nope")
 
 
 # ------------------------------------------------------------------------------------------ strategies

@@ -8,7 +8,8 @@ changed: an image whose stored score carries the live model version is skipped (
 
 Request options (JSON body of POST /scoring/<name>, all optional):
     force (false), images ([ids]: only these), max_images (0 = all), threads (conf scoring_threads),
-    n_jitter, sigma, flips, max_prompts, feature_crops, weight.
+    n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("rank" | "product", the
+    combined method's rule; see select.py).
 """
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ from ..session.volume import load_volume, sitk_affine_ras
 from . import store
 from .diversity import decode_feature, diversity_scores, encode_feature, pool_features
 from .prompts import LocationPrior, choose_prompts
-from .select import combine
+from .select import DEFAULT_COMBINE, combine_scores
 from .uncertainty import make_perturbations, model_decoder, point_uncertainty
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
-            "threads": 1, "max_prior_labels": 50}
+            "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50}
 
 
 def live_version(app) -> str:
@@ -229,11 +230,13 @@ class ActiveLearningScorer:
         infos = {i: datastore.get_image_info(i) for i in unlabeled}
         unc = {i: infos[i][store.KEY_UNCERTAINTY]["score"] for i in unlabeled if store.current(infos[i].get(store.KEY_UNCERTAINTY), version)}
         div = {i: infos[i][store.KEY_DIVERSITY]["score"] for i in unlabeled if store.current(infos[i].get(store.KEY_DIVERSITY), version)}
-        mixed = combine(unc, div, float(o["weight"]))
+        rule = str(o.get("combine") or DEFAULT_COMBINE)
+        mixed = combine_scores(rule, unc, div, float(o["weight"]), have_centres=rd.get("labelled", 0) > 0)
         for image_id, s in mixed.items():
             store.write_info(datastore, image_id, {store.KEY_COMBINED: {
-                "score": round(s, 6), "model_version": version, "weight": float(o["weight"]), "ts": int(time.time())}})
-        logger.info(f"scoring[combined] model {version}: {len(mixed)} unlabeled volumes ranked")
+                "score": round(s, 6), "model_version": version, "weight": float(o["weight"]), "rule": rule,
+                "ts": int(time.time())}})
+        logger.info(f"scoring[combined] model {version}: {len(mixed)} unlabeled volumes ranked ({rule} rule)")
         return {"scored": len(mixed), "model_version": version, "uncertainty": ru, "diversity": rd}
 
 
@@ -246,7 +249,7 @@ class SAMMed3DScoring(ScoringMethod):
         desc = {
             "uncertainty": "SAM-Med3D disagreement under jittered clicks and flips (higher = more informative)",
             "diversity": "k-center distance of pooled encoder features to the labelled volumes",
-            "combined": "rank mix of uncertainty and diversity",
+            "combined": f"{scorer.options.get('combine', DEFAULT_COMBINE)} combination of uncertainty and diversity",
         }[method]
         super().__init__(desc)
         self.scorer = scorer

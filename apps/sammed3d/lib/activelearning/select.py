@@ -3,9 +3,17 @@
 * random:      uniform among candidates.
 * uncertainty: highest uncertainty first.
 * diversity:   greedy k-center on pooled encoder features (each pick becomes a centre).
-* combined:    w * rank(uncertainty) + (1 - w) * rank(diversity), both ranks normalised to [0, 1]
-               among the current candidates; diversity is recomputed after each pick, so a batch
-               does not take several near-duplicates of one uncertain kind.
+* combined:    two combination rules (`combine=`):
+  - "rank" (default): w * rank(uncertainty) + (1 - w) * rank(diversity), both ranks normalised to
+    [0, 1] among the current candidates;
+  - "product": uncertainty-weighted k-center, each pick maximises u(x) * dmin(x), u = uncertainty
+    min-max normalised to [floor, 1] over the candidates, dmin = distance to the nearest labelled
+    (or already picked) volume. With no centre yet (nothing labelled) that pick falls back to the
+    rank mix, as the k-center score then has no distance to use.
+  Diversity is recomputed after each pick, so a batch does not take several near-duplicates of
+  one uncertain kind.
+
+The offline simulation names the product rule's curves "combined_product" (STRATEGIES).
 """
 from __future__ import annotations
 
@@ -16,6 +24,13 @@ import numpy as np
 from .diversity import diversity_scores
 
 METHODS = ("random", "uncertainty", "diversity", "combined")
+COMBINE_RULES = ("rank", "product")
+DEFAULT_COMBINE = "rank"  # the server's rule when --conf al_combine is not given (docs/activelearning.md)
+PRODUCT_FLOOR = 0.05
+# simulation / report strategy names -> (select_batch method, combination rule)
+STRATEGIES = {"random": ("random", "rank"), "uncertainty": ("uncertainty", "rank"),
+              "diversity": ("diversity", "rank"), "combined": ("combined", "rank"),
+              "combined_product": ("combined", "product")}
 
 
 def rank_normalise(scores: Dict[str, float]) -> Dict[str, float]:
@@ -42,16 +57,50 @@ def combine(uncertainty: Dict[str, float], diversity: Dict[str, float], weight: 
     return {i: weight * ru.get(i, 0.5) + (1.0 - weight) * rd.get(i, 0.5) for i in ids}
 
 
+def minmax_normalise(scores: Dict[str, float], floor: float = PRODUCT_FLOOR) -> Dict[str, float]:
+    """Scores -> [floor, 1] by min-max over the given ids (all 1.0 when they are all equal)."""
+    if not scores:
+        return {}
+    vals = np.array(list(scores.values()), dtype=np.float64)
+    lo, hi = float(vals.min()), float(vals.max())
+    if not np.isfinite(hi - lo) or hi - lo <= 0:
+        return {i: 1.0 for i in scores}
+    return {i: floor + (1.0 - floor) * (float(v) - lo) / (hi - lo) for i, v in scores.items()}
+
+
+def combine_product(uncertainty: Dict[str, float], diversity: Dict[str, float], weight: float = 0.5,
+                    floor: float = PRODUCT_FLOOR, have_centres: bool = True) -> Dict[str, float]:
+    """Uncertainty-weighted k-center score: minmax(u) * dmin, `diversity` being dmin (>= 0).
+
+    An id without an uncertainty gets the floor. With no centres (`have_centres` False, the
+    diversity score is then minus the distance to the pool mean) -> the rank mix instead."""
+    if not have_centres:
+        return combine(uncertainty, diversity, weight)
+    un = minmax_normalise(uncertainty, floor)
+    return {i: un.get(i, floor) * max(float(d), 0.0) for i, d in diversity.items()}
+
+
+def combine_scores(rule: str, uncertainty: Dict[str, float], diversity: Dict[str, float], weight: float = 0.5,
+                   have_centres: bool = True) -> Dict[str, float]:
+    """Dispatch on the combination rule ("rank" or "product")."""
+    if rule == "rank":
+        return combine(uncertainty, diversity, weight)
+    if rule == "product":
+        return combine_product(uncertainty, diversity, weight, have_centres=have_centres)
+    raise ValueError(f"unknown combination rule {rule!r}; one of {COMBINE_RULES}")
+
+
 def select_batch(method: str, candidates: Sequence[str], k: int, rng: Optional[np.random.Generator] = None,
                  uncertainty: Optional[Dict[str, float]] = None, features: Optional[Dict[str, np.ndarray]] = None,
                  centres: Sequence[np.ndarray] = (), weight: float = 0.5,
-                 diversity: Optional[Dict[str, float]] = None) -> List[str]:
+                 diversity: Optional[Dict[str, float]] = None, combine_rule: str = "rank") -> List[str]:
     """Pick k ids from `candidates`.
 
     Args:
         uncertainty: id -> uncertainty (uncertainty, combined).
         features: id -> pooled feature (diversity, combined); `centres` = features of the labelled
             (and handed-out) volumes. Without features, a precomputed `diversity` score is used as is.
+        combine_rule: "rank" (mix) or "product" (uncertainty-weighted k-center), for combined.
     """
     cands = list(candidates)
     k = min(int(k), len(cands))
@@ -62,19 +111,29 @@ def select_batch(method: str, candidates: Sequence[str], k: int, rng: Optional[n
         return [cands[i] for i in rng.choice(len(cands), size=k, replace=False)]
     if method not in METHODS:
         raise ValueError(f"unknown selection method {method!r}; one of {METHODS}")
+    if combine_rule not in COMBINE_RULES:
+        raise ValueError(f"unknown combination rule {combine_rule!r}; one of {COMBINE_RULES}")
     picks: List[str] = []
     centres = list(centres)
     unc = uncertainty or {}
+    unc_all = {c: unc[c] for c in cands if c in unc}  # the product rule normalises over all candidates
     for _ in range(k):
         left = [c for c in cands if c not in picks]
         if method == "uncertainty":
             s = {c: unc.get(c, float("-inf")) for c in left}
         else:
-            if features is not None and all(c in features for c in left):
+            use_feats = features is not None and all(c in features for c in left)
+            if use_feats:
                 div = diversity_scores({c: features[c] for c in left}, centres)
             else:
                 div = {c: (diversity or {}).get(c, 0.0) for c in left}
-            s = div if method == "diversity" else combine({c: unc[c] for c in left if c in unc}, div, weight)
+            if method == "diversity":
+                s = div
+            elif combine_rule == "product":
+                have = bool(centres) if use_feats else all(v >= 0 for v in div.values())
+                s = combine_product(unc_all, div, weight, have_centres=have)
+            else:
+                s = combine({c: unc[c] for c in left if c in unc}, div, weight)
         best = max(left, key=lambda c: (s[c], c))
         picks.append(best)
         if features is not None and best in features:

@@ -2,7 +2,8 @@
 
     cd apps/sammed3d && python -m lib.activelearning.simulate --out OUT [--seeds 0 1 2] [--help]
 
-Loop per strategy (random, uncertainty, diversity, combined) and seed: start from `--init`
+Loop per strategy (random, uncertainty, diversity, combined = the rank mix, combined_product =
+the uncertainty-weighted k-center; see select.py) and seed: start from `--init`
 randomly chosen labelled volumes (the same for every strategy of a seed), then repeat: fine-tune
 on the labelled volumes, evaluate on the fixed held-out set, score the pool, label the `--k`
 volumes the strategy picks. Writes curves.csv (every round), summary.csv / summary.md /
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..model import load_checkpoint
-from .select import METHODS, select_batch
+from .select import STRATEGIES, select_batch
 from .sim_pool import KINDS, build_pool
 from .sim_report import summarise
 from .sim_train import evaluate, fine_tune_decoder, uncertainty_scores
@@ -84,12 +85,13 @@ def run_strategy(model, base_state, pool, held, method, seed, args, perts, log, 
             break
         cands = [i for i in ids if i not in labelled]
         unc = feats = None
-        if method in ("uncertainty", "combined"):
+        sel, rule = STRATEGIES[method]
+        if sel in ("uncertainty", "combined"):
             unc = uncertainty_scores(model, [by_id[i] for i in cands], lab, perts)
-        if method in ("diversity", "combined"):
+        if sel in ("diversity", "combined"):
             feats = {i: by_id[i].feature for i in cands}
-        picks = select_batch(method, cands, args.k, rng=rs, uncertainty=unc, features=feats,
-                             centres=[by_id[i].feature for i in labelled], weight=args.weight)
+        picks = select_batch(sel, cands, args.k, rng=rs, uncertainty=unc, features=feats,
+                             centres=[by_id[i].feature for i in labelled], weight=args.weight, combine_rule=rule)
         labelled += picks
         log(f"{msg}; picks {[by_id[p].kind for p in picks]} ({time.time() - t:.1f} s)")
     return rows
@@ -107,7 +109,8 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint", default=os.path.join(os.path.dirname(__file__), "..", "..", "model", "default", "model.pt"))
     ap.add_argument("--cache", default=None, help="embedding cache folder (default OUT/cache)")
-    ap.add_argument("--strategies", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--strategies", nargs="+", default=["random", "uncertainty", "diversity", "combined"],
+                    choices=list(STRATEGIES), help="combined_product: the combined method with the product rule")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--pool", type=int, default=36)
     ap.add_argument("--common", type=float, default=0.75, help="fraction of the pool that is the common kind")

@@ -4,7 +4,7 @@ Keys in each image's info (datastore.update_image_info):
     sammed3d_uncertainty  {"score", "model_version", "prompts", "n_prompts", "ts", "seconds"}
     sammed3d_features     {"model_version", "dim", "f16" (base64 float16), "crops", "ts"}
     sammed3d_diversity    {"score", "model_version", "labelled" (count), "labelled_hash", "ts"}
-    sammed3d_combined     {"score", "model_version", "weight", "ts"}
+    sammed3d_combined     {"score", "model_version", "weight", "rule", "ts"}
 
 Scoring runs in a MONAI Label subprocess with its own copy of the datastore, and the server may
 write the same JSON file meanwhile (saved labels, strategy time stamps). Both sides therefore

@@ -11,6 +11,9 @@
 * diversity / combined use the pooled features in the datastore when they are current: the
   distance is then taken to the labelled volumes AND the ones handed out but not yet labelled
   (greedy k-center), so two annotators asking in turn get different kinds of volumes.
+  combined uses the rule `combine` ("rank" mix or "product", select.py). Not given: the rule
+  recorded with the stored combined scores (so --conf al_combine, read by the scoring methods,
+  reaches the strategy too), else select.DEFAULT_COMBINE.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 
 from . import store
 from .diversity import decode_feature
-from .select import select_batch
+from .select import COMBINE_RULES, DEFAULT_COMBINE, combine_scores, select_batch
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +35,15 @@ TriggerFn = Callable[[str], None]
 
 class ScoreStrategy(Strategy):
     def __init__(self, method: str, version_fn: Callable[[], str], trigger: Optional[TriggerFn] = None,
-                 timeout: float = 3600.0, weight: float = 0.5):
+                 timeout: float = 3600.0, weight: float = 0.5, combine: Optional[str] = None):
         if method not in store.SCORE_KEYS:
             raise ValueError(f"unknown strategy {method!r}")
+        if combine is not None and combine not in COMBINE_RULES:
+            raise ValueError(f"unknown combination rule {combine!r}; one of {COMBINE_RULES}")
         super().__init__(f"Unlabeled volume with the highest {method} score (SAM-Med3D); skips volumes "
                          f"handed to another annotator in the last {int(timeout)} s")
         self.method, self.version_fn, self.trigger = method, version_fn, trigger
-        self.timeout, self.weight = float(timeout), float(weight)
+        self.timeout, self.weight, self.combine = float(timeout), float(weight), combine
 
     def __call__(self, request, datastore):
         store.reload(datastore)
@@ -86,16 +91,23 @@ class ScoreStrategy(Strategy):
                        if (infos[i].get(store.KEY_UNCERTAINTY) or {}).get("score") is not None}
                 if self.method == "diversity" or unc:
                     from .diversity import diversity_scores
-                    from .select import combine
 
                     div = diversity_scores(feats, centres)
-                    s = div if self.method == "diversity" else combine(unc, div, self.weight)
+                    s = div if self.method == "diversity" else combine_scores(
+                        self._rule(entries), unc, div, self.weight, have_centres=bool(centres))
                     best = max(s, key=lambda i: (s[i], i))
                     return best, float(s[best]), "features vs labelled + handed-out"
         if not scored:
             return None, None, None
         best = select_batch("uncertainty", list(scored), 1, uncertainty=scored)[0]
         return best, scored[best], "stored score"
+
+    def _rule(self, entries) -> str:
+        """The combination rule: the constructor's, else the stored scores' (newest), else the default."""
+        if self.combine:
+            return self.combine
+        stored = sorted((e.get("ts", 0), e["rule"]) for e in entries.values() if e and e.get("rule") in COMBINE_RULES)
+        return stored[-1][1] if stored else DEFAULT_COMBINE
 
     def _live_features(self, datastore, free, infos, version):
         """Current features of every free, labelled and handed-out volume, or None."""
