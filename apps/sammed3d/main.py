@@ -102,7 +102,8 @@ class SAMMed3DApp(MONAILabelApp):
         trigger = scoring_trigger()
         strategies = {"random": Random(), "first": First()}
         for method in ("uncertainty", "diversity", "combined"):
-            strategies[method] = ScoreStrategy(method, lambda: live_version(self), trigger, timeout, weight)
+            strategies[method] = ScoreStrategy(method, lambda: live_version(self), trigger, timeout, weight,
+                                               combine=self.conf.get("al_combine"))  # rank (default) or product
         return strategies
 
     def init_scoring_methods(self):
