@@ -38,3 +38,14 @@ def parity_fixture_path():
     if not os.path.exists(path):
         pytest.fail(f"parity fixture missing: {path} (../shared must sit beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def medsam_weights():
+    """Path of lite_medsam.pth (setup fetches it); a failure, not a skip, when it is missing."""
+    from lib.medsam.weights import MedSAMWeightsError, locate
+
+    try:
+        return locate(None).path
+    except MedSAMWeightsError as e:
+        pytest.fail(f"lite_medsam.pth not found ({e}); scripts/setup.sh fetches it")

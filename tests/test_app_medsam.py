@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import requests
 
-from lib.medsam.weights import MedSAMWeightsError, locate
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_app_server import assert_same_grid, image_path, mask_of, post_infer, small_checkpoint  # noqa: E402
@@ -18,14 +17,6 @@ from test_app_server import assert_same_grid, image_path, mask_of, post_infer, s
 from local_server import LocalServer  # noqa: E402  (scripts/ is on sys.path via test_app_server)
 from monailabel.client import MONAILabelClient  # noqa: E402
 from prepare_sample_data import prepare_synthetic  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def medsam_weights():
-    try:
-        return locate(None).path
-    except MedSAMWeightsError as e:
-        pytest.fail(f"lite_medsam.pth not found ({e}); scripts/setup.sh fetches it")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from lib.medsam.engine import MedSAMResult
 from lib.medsam.propagate import BoxError, clamp_roi
 from lib.medsam.teacher import (StructureBox, Teacher, TeacherError, boxes_from_label, parse_boxes, parser,
                                 read_box_json, run)
-from lib.medsam.weights import MedSAMWeightsError, locate
 from lib.session.volume import load_volume
 
 SHAPE = (24, 20, 8)  # stored (ni, nj, nk)
@@ -184,14 +183,6 @@ def test_cli_reports_errors_without_traceback(files, capsys):
     bad.write_text("{not json")
     assert main(["--images", files["image"], "--boxes", str(bad), "--out", str(files["tmp"] / "o")]) == 2
     assert "cannot read box JSON" in capsys.readouterr().out
-
-
-@pytest.fixture(scope="module")
-def medsam_weights():
-    try:
-        return locate(None).path
-    except MedSAMWeightsError as e:
-        pytest.fail(f"lite_medsam.pth not found ({e}); scripts/setup.sh fetches it")
 
 
 def test_real_medsam_teacher_shares_slice_encodings(files, medsam_weights):
