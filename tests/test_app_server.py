@@ -138,6 +138,20 @@ def test_infer_returns_label_on_the_image_grid(client, data, image_id):
     np.testing.assert_array_equal(mask_of(again_file), mask)
 
 
+def test_a_client_saving_into_the_system_temp_folder_keeps_its_file(server, data):
+    # MONAILabelClient's default tmpdir is the system temp folder; the server deletes its own copy of
+    # each result after sending it, which must not be the client's file (lib/infers/output.py)
+    import tempfile
+    import time
+
+    client = MONAILabelClient(server.url)
+    assert client._tmpdir == tempfile.gettempdir()
+    label_file, _ = client.infer("sammed3d", "synth_small_ct", {"label": "tmpdir", "foreground": [data["clicks"]["synth_small_ct"]]})
+    time.sleep(1.0)  # the server's clean-up runs right after the response
+    assert os.path.exists(label_file)
+    os.remove(label_file)
+
+
 def test_labels_on_one_image_keep_their_own_state(client, data):
     image_id = "synth_ras_ct"
     p, q = data["clicks"][image_id], [10, 12, 5]

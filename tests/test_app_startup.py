@@ -76,6 +76,7 @@ def test_released_file_in_model_dir_is_picked_up(tmp_path, studies):
     ({"click_mode": "sometimes"}, "click_mode"),
     ({"cache_mb": "lots"}, "cache_mb"),
     ({"precision": "fp8"}, "precision"),
+    ({"al_combine": "bogus"}, "al_combine"),
 ])
 def test_bad_conf_values_stop_startup(tmp_path, studies, conf, words):
     ckpt = small_checkpoint(str(tmp_path / "s.pt"))

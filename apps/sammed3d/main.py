@@ -59,6 +59,7 @@ class SAMMed3DApp(MONAILabelApp):
         self._live_watcher = LiveModelWatcher(store, self.engine, self.weights_info, base, served)
         # Segment names for /info: OHIF offers only these for include clicks (docs/dicom.md).
         self.segment_names = _startup_check(ohif_segment_names, conf)
+        self.al_combine = _startup_check(_al_combine, conf)  # combined score's rule (docs/activelearning.md)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -103,7 +104,7 @@ class SAMMed3DApp(MONAILabelApp):
         strategies = {"random": Random(), "first": First()}
         for method in ("uncertainty", "diversity", "combined"):
             strategies[method] = ScoreStrategy(method, lambda: live_version(self), trigger, timeout, weight,
-                                               combine=self.conf.get("al_combine"))  # rank (default) or product
+                                               combine=self.al_combine)
         return strategies
 
     def init_scoring_methods(self):
@@ -203,6 +204,15 @@ def _startup_check(fn, *args):
         msg = f"SAM-Med3D app cannot start: {e}"
         logger.error(msg)
         raise RuntimeError(msg) from None
+
+
+def _al_combine(conf: Dict[str, str]):
+    from lib.activelearning.select import COMBINE_RULES
+
+    value = conf.get("al_combine")
+    if value is not None and value not in COMBINE_RULES:
+        raise ValueError(f"--conf al_combine must be one of {list(COMBINE_RULES)}, got {value!r}")
+    return value
 
 
 def _device(value: str) -> str:

@@ -12,9 +12,24 @@ from lib.infers.request import DTYPES, InferOptions
 from lib.session import SegmentationResult, write_mask
 
 
+_RESULTS_DIR = None
+
+
+def results_dir() -> str:
+    """A folder of this server process for result files, not the system temp folder itself.
+
+    MONAI Label deletes a result file after sending it, and MONAILabelClient saves what it receives
+    under the same base name in *its* temp folder (default: the system one). A client on the same
+    machine would then get its copy deleted by the server's clean-up; a private folder avoids that."""
+    global _RESULTS_DIR
+    if _RESULTS_DIR is None or not os.path.isdir(_RESULTS_DIR):
+        _RESULTS_DIR = tempfile.mkdtemp(prefix="sammed3d-results-")
+    return _RESULTS_DIR
+
+
 def write_label(res: SegmentationResult, opts: InferOptions, image_path: str) -> str:
     """-> path of a temp label file (MONAI Label's endpoint deletes it after sending)."""
-    fd, out = tempfile.mkstemp(suffix=opts.extension, prefix="sammed3d-")
+    fd, out = tempfile.mkstemp(suffix=opts.extension, prefix="sammed3d-", dir=results_dir())
     os.close(fd)
     try:
         write_mask(res, out, image_path, compress=opts.compress)
