@@ -10,6 +10,8 @@ from torch import nn
 
 # The two-way transformer's MLP blocks are SAM's, shared with the 3D model (same parameter names).
 from ..model.common import MLP, MLPBlock  # noqa: F401  (re-exported for the decoder)
+# SAM's LayerNorm2d (channel axis, eps 1e-6) is the same module as the 3D model's, on 4D input.
+from ..model.common import LayerNormChannels as LayerNorm2d  # noqa: F401
 
 
 class Conv2d_BN(nn.Sequential):
@@ -33,19 +35,3 @@ class Conv2d_BN(nn.Sequential):
         conv.weight.copy_(c.weight * scale[:, None, None, None])
         conv.bias.copy_(bn.bias - bn.running_mean * scale)
         return conv.to(c.weight.device)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of (B, C, H, W) (SAM's / detectron2's form, eps 1e-6)."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 
-class LayerNorm3d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, D, H, W) tensor.
+class LayerNormChannels(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, *spatial) tensor: (B, C, D, H, W) in SAM-Med3D,
+    (B, C, H, W) in LiteMedSAM (SAM's LayerNorm2d), which share this module.
 
     Written out (biased variance, eps inside the sqrt) because the released weights were trained
     with exactly this form; ``nn.LayerNorm`` would need two permutes per call.
@@ -22,7 +23,11 @@ class LayerNorm3d(nn.Module):
         u = x.mean(1, keepdim=True)
         s = (x - u).pow(2).mean(1, keepdim=True)
         x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None, None] * x + self.bias[:, None, None, None]
+        shape = (-1,) + (1,) * (x.dim() - 2)  # per channel, broadcast over the spatial axes
+        return self.weight.view(shape) * x + self.bias.view(shape)
+
+
+LayerNorm3d = LayerNormChannels  # the name SAM-Med3D's code uses
 
 
 class MLPBlock(nn.Module):
