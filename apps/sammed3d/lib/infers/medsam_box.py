@@ -23,8 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from fastapi import HTTPException
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-
+from lib.infers.engine_task import EngineInferTask
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
@@ -64,20 +63,12 @@ def _window(value):
     raise SessionError(f"window must be one of {list(WINDOWS)} or [level, width], got {value!r:.40}")
 
 
-class MedSAMBoxInfer(InferTask):
+class MedSAMBoxInfer(EngineInferTask):
     def __init__(self, engine: MedSAMEngine, weights: Dict[str, Any], description: str):
-        super().__init__(type=InferType.DEEPGROW, labels=None, dimension=3, description=description,
-                         config={"window": "auto"})
-        self.engine = engine
-        self.weights = weights
-
-    def is_valid(self) -> bool:
-        return self.engine is not None
+        super().__init__(engine, weights, description, config={"window": "auto"})
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
-        info["model_version"] = self.engine.model_version
-        info["weights"] = dict(self.weights)
         info["prompt"] = "box: roi [i_min, i_max, j_min, j_max, k_min, k_max] or >= 2 foreground clicks"
         return info
 

@@ -15,8 +15,7 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 from fastapi import HTTPException
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
-
+from lib.infers.engine_task import EngineInferTask
 from lib.infers.output import write_label
 from lib.infers.request import apply_roi, parse_request, roi_box, stored_shape
 from lib.session import SegmentationEngine, SessionError
@@ -24,26 +23,9 @@ from lib.session import SegmentationEngine, SessionError
 logger = logging.getLogger(__name__)
 
 
-class SAMMed3DInfer(InferTask):
+class SAMMed3DInfer(EngineInferTask):
     def __init__(self, engine: SegmentationEngine, weights: Dict[str, Any], description: str):
-        super().__init__(
-            type=InferType.DEEPGROW,
-            labels=None,  # class-agnostic: any segment name the client sends is a label
-            dimension=3,
-            description=description,
-            config={"reset_state": False},
-        )
-        self.engine = engine
-        self.weights = weights  # what /info shows about the live checkpoint
-
-    def is_valid(self) -> bool:
-        return self.engine is not None
-
-    def info(self) -> Dict[str, Any]:
-        info = super().info()
-        info["model_version"] = self.engine.model_version
-        info["weights"] = dict(self.weights)
-        return info
+        super().__init__(engine, weights, description, config={"reset_state": False})
 
     def __call__(self, request) -> Tuple[str, Dict[str, Any]]:
         t0 = time.perf_counter()
