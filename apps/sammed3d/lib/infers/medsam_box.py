@@ -19,7 +19,7 @@ import math
 import numbers
 import os
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from fastapi import HTTPException
