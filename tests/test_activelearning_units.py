@@ -130,8 +130,9 @@ DIV = {"a": 0.9, "b": 0.1, "c": 1.0, "e": 0.2, "g": 0.95}
 
 
 def test_product_rule_and_rank_mix_pick_differently():
-    assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV) == ["c"]  # rank (default)
+    assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV, combine_rule="rank") == ["c"]
     assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV, combine_rule="product") == ["a"]
+    assert select_batch("combined", list(UNC), 1, uncertainty=UNC, diversity=DIV) == ["a"]  # product is the default
     un = minmax_normalise(UNC, floor=0.05)
     assert un["a"] == 1.0 and un["b"] == pytest.approx(0.05) and un["c"] == pytest.approx(0.05 + 0.95 * 0.2)
     p = combine_product(UNC, DIV)
@@ -155,7 +156,7 @@ def test_product_rule_batch_is_diverse_and_falls_back_without_centres():
     # nothing labelled: the first pick is the rank mix's (k-center has no distance to use yet)
     for k in (1, 3):
         assert select_batch("combined", list(feats), k, uncertainty=unc, features=feats, combine_rule="product")[0] == \
-            select_batch("combined", list(feats), k, uncertainty=unc, features=feats)[0]
+            select_batch("combined", list(feats), k, uncertainty=unc, features=feats, combine_rule="rank")[0]
 
 
 def test_location_prior_transfers_across_orientation():
@@ -248,7 +249,7 @@ def test_combined_product_rule_in_scoring_and_strategy(datastore):
     entries = {i: infos[i][store.KEY_COMBINED] for i in infos}
     assert ScoreStrategy("combined", lambda: "v1", None)._rule(entries) == "product"  # the stored scores' rule
     assert ScoreStrategy("combined", lambda: "v1", None, combine="rank")._rule(entries) == "rank"
-    assert ScoreStrategy("combined", lambda: "v1", None)._rule({"x": None}) == "rank"  # the default
+    assert ScoreStrategy("combined", lambda: "v1", None)._rule({"x": None}) == "product"  # the default
     with pytest.raises(ValueError):
         ScoreStrategy("combined", lambda: "v1", None, combine="nope")
 

@@ -8,8 +8,8 @@ changed: an image whose stored score carries the live model version is skipped (
 
 Request options (JSON body of POST /scoring/<name>, all optional):
     force (false), images ([ids]: only these), max_images (0 = all), threads (conf scoring_threads),
-    n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("rank" | "product", the
-    combined method's rule; see select.py).
+    n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("product", the default, | "rank":
+    the combined method's rule; see select.py).
 """
 from __future__ import annotations
 

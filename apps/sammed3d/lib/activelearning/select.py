@@ -4,9 +4,9 @@
 * uncertainty: highest uncertainty first.
 * diversity:   greedy k-center on pooled encoder features (each pick becomes a centre).
 * combined:    two combination rules (`combine=`):
-  - "rank" (default): w * rank(uncertainty) + (1 - w) * rank(diversity), both ranks normalised to
+  - "rank": w * rank(uncertainty) + (1 - w) * rank(diversity), both ranks normalised to
     [0, 1] among the current candidates;
-  - "product": uncertainty-weighted k-center, each pick maximises u(x) * dmin(x), u = uncertainty
+  - "product" (default): uncertainty-weighted k-center, each pick maximises u(x) * dmin(x), u = uncertainty
     min-max normalised to [floor, 1] over the candidates, dmin = distance to the nearest labelled
     (or already picked) volume. With no centre yet (nothing labelled) that pick falls back to the
     rank mix, as the k-center score then has no distance to use.
@@ -25,7 +25,8 @@ from .diversity import diversity_scores
 
 METHODS = ("random", "uncertainty", "diversity", "combined")
 COMBINE_RULES = ("rank", "product")
-DEFAULT_COMBINE = "rank"  # the server's rule when --conf al_combine is not given (docs/activelearning.md)
+# the rule when none is given: chosen by the fifteen-seed simulation (docs/activelearning.md)
+DEFAULT_COMBINE = "product"
 PRODUCT_FLOOR = 0.05
 # simulation / report strategy names -> (select_batch method, combination rule)
 STRATEGIES = {"random": ("random", "rank"), "uncertainty": ("uncertainty", "rank"),
@@ -93,7 +94,7 @@ def combine_scores(rule: str, uncertainty: Dict[str, float], diversity: Dict[str
 def select_batch(method: str, candidates: Sequence[str], k: int, rng: Optional[np.random.Generator] = None,
                  uncertainty: Optional[Dict[str, float]] = None, features: Optional[Dict[str, np.ndarray]] = None,
                  centres: Sequence[np.ndarray] = (), weight: float = 0.5,
-                 diversity: Optional[Dict[str, float]] = None, combine_rule: str = "rank") -> List[str]:
+                 diversity: Optional[Dict[str, float]] = None, combine_rule: str = DEFAULT_COMBINE) -> List[str]:
     """Pick k ids from `candidates`.
 
     Args:
