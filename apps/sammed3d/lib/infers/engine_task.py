@@ -3,8 +3,10 @@
 Both tasks (SAM-Med3D clicks, MedSAM boxes) are valid when their engine exists, and /info names the
 model version that answers and the weights it came from.
 """
+import time
 from typing import Any, Dict
 
+import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 
@@ -28,3 +30,23 @@ class EngineInferTask(InferTask):
         info["model_version"] = self.engine.model_version
         info["weights"] = dict(self.weights)
         return info
+
+
+def common_result(label: str, timings: Dict[str, float], t_write: float, t0: float, mask: np.ndarray,
+                  cache_hit: bool, model_version: str) -> Dict[str, Any]:
+    """The result JSON fields both tasks report.
+
+    timings: the engine's per-stage seconds (its own "total" is replaced by the request's);
+    t_write / t0: perf_counter() when writing the label file began / when the request arrived.
+    """
+    latencies = {k: round(float(v), 4) for k, v in timings.items() if k != "total"}
+    latencies["write"] = round(time.perf_counter() - t_write, 4)
+    latencies["total"] = round(time.perf_counter() - t0, 4)
+    return {
+        "label": label,
+        "label_names": {label: 1},
+        "latencies": latencies,
+        "cache_hit": bool(cache_hit),
+        "model_version": model_version,
+        "voxels": int(np.count_nonzero(mask)),
+    }

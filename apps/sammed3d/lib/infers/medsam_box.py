@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from fastapi import HTTPException
-from lib.infers.engine_task import EngineInferTask
+from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
@@ -85,24 +85,16 @@ class MedSAMBoxInfer(EngineInferTask):
         except (SessionError, BoxError) as e:
             logger.info(f"medsam infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None
-        latencies = {k: round(float(v), 4) for k, v in res.timings.items() if k != "total"}
-        latencies["write"] = round(time.perf_counter() - t_write, 4)
-        latencies["total"] = round(time.perf_counter() - t0, 4)
-        result = {
-            "label": opts.label,
-            "label_names": {opts.label: 1},
-            "latencies": latencies,
-            "cache_hit": bool(res.cache_hit),
+        result = common_result(opts.label, res.timings, t_write, t0, res.mask, res.cache_hit, res.model_version)
+        result.update({
             "slices_encoded": int(res.encoded),
             "slices": [int(s) for s in res.slices],
             "slice_axis": int(res.slice_axis),
             "roi": [int(v) for v in res.roi],
             "window": res.window,
-            "model_version": res.model_version,
-            "voxels": int(np.count_nonzero(res.mask)),
-        }
+        })
         logger.info(f"medsam box {list(res.roi)} on {os.path.basename(opts.image_path)}: {result['voxels']} voxels, "
-                    f"{len(res.slices)} slices, {res.encoded} encoded, total {latencies['total']:.3f} s")
+                    f"{len(res.slices)} slices, {res.encoded} encoded, total {result['latencies']['total']:.3f} s")
         return out, result
 
 

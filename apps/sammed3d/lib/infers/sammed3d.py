@@ -13,9 +13,8 @@ import os
 import time
 from typing import Any, Dict, Tuple
 
-import numpy as np
 from fastapi import HTTPException
-from lib.infers.engine_task import EngineInferTask
+from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import apply_roi, parse_request, roi_box, stored_shape
 from lib.session import SegmentationEngine, SessionError
@@ -50,25 +49,11 @@ class SAMMed3DInfer(EngineInferTask):
         except SessionError as e:
             logger.info(f"infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None
-        write = time.perf_counter() - t_write
-        latencies = {k: round(float(v), 4) for k, v in res.timings.items() if k != "total"}
-        latencies["write"] = round(write, 4)
-        latencies["total"] = round(time.perf_counter() - t0, 4)
-        result = {
-            "label": opts.label,
-            "label_names": {opts.label: 1},
-            "latencies": latencies,
-            "cache_hit": bool(res.cache_hit),
-            "model_version": res.model_version,
-            "num_crops": int(res.num_crops),
-            "voxels": int(np.count_nonzero(res.mask)),
-            "random_weights": bool(self.weights.get("source") == "random"),
-        }
+        result = common_result(opts.label, res.timings, t_write, t0, res.mask, res.cache_hit, res.model_version)
+        result["num_crops"] = int(res.num_crops)
+        result["random_weights"] = bool(self.weights.get("source") == "random")
         logger.info(
             f"infer {opts.label!r} on {os.path.basename(image_path)}: {result['voxels']} voxels, "
-            f"cache_hit={result['cache_hit']}, total {latencies['total']:.3f} s"
+            f"cache_hit={result['cache_hit']}, total {result['latencies']['total']:.3f} s"
         )
         return out, result
-
-    # lib/infers/medsam_box.py calls the writer through this name
-    _write = staticmethod(write_label)
