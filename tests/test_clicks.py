@@ -69,6 +69,22 @@ def test_rng_breaks_ties_inside_maxima():
         assert p[0] in (1, 2) and p[2] in (1, 2)
 
 
+def test_centre_in_millimetres_on_anisotropic_grid():
+    # 9 x 9 x 3 voxels of 2 x 2 x 5 mm (18 x 18 x 15 mm). Counted in voxels, the middle slice is 2
+    # voxels from the boundary wherever it is 2 voxels inside the rim: a tie that the first voxel in
+    # C order wins. In mm the middle voxel is 10 mm from every side and the only centre.
+    gt = np.zeros((11, 11, 5), bool)
+    gt[1:10, 1:10, 1:4] = True
+    assert first_click(gt)[0] == (2, 2, 2)
+    assert first_click(gt, spacing=(2.0, 2.0, 5.0))[0] == (5, 5, 2)
+    # the same rule for corrections: the missed 5 x 5 x 3 voxels (10 x 10 x 15 mm) are clicked at
+    # their centre in mm; in voxels the thin axis makes a tie again
+    pred = gt.copy()
+    pred[1:6, 1:6, 1:4] = False
+    assert next_click_from_error(pred, gt) == ((2, 2, 2), True)
+    assert next_click_from_error(pred, gt, spacing=(2.0, 2.0, 5.0)) == ((3, 3, 2), True)
+
+
 def test_sample_click_uniform_labels_and_locations():
     g = torch.Generator().manual_seed(0)
     gt = torch.zeros(3, 1, 8, 8, 8, dtype=torch.bool)

@@ -43,6 +43,7 @@ def test_next_click_on_box_equals_whole_volume():
         b = rng.integers(0, 25, 3)
         pred[b[0]:b[0] + 10, b[1]:b[1] + 5, b[2]:b[2] + 8] = True
         assert next_click(pred, gt) == next_click_from_error(pred, gt)
+        assert next_click(pred, gt, (0.7, 0.7, 5.0)) == next_click_from_error(pred, gt, spacing=(0.7, 0.7, 5.0))
     assert next_click(np.zeros((5, 5, 5)), np.zeros((5, 5, 5))) is None
 
 

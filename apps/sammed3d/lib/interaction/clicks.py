@@ -5,8 +5,10 @@ Two rules, both from SAM-Med3D:
 * Evaluation rule (deterministic, numpy): the next click goes to the *centre* of the largest
   connected component of the larger error region -- false negatives give an include click,
   false positives an exclude click. The centre is the voxel farthest from the component's
-  boundary (Euclidean distance transform); the array border counts as boundary, so a click never
-  lands on the edge of the crop when a more interior voxel exists.
+  boundary (Euclidean distance transform, in millimetres when the voxel spacing is given: on a
+  0.7 x 0.7 x 5 mm CT a voxel count would make every slice of a structure equally "central");
+  the array border counts as boundary, so a click never lands on the edge of the crop when a more
+  interior voxel exists.
 * Training rule (random, batched torch): one click drawn uniformly from the whole error region,
   labelled 1 for a false negative and 0 for a false positive.
 
@@ -17,7 +19,7 @@ Pure numpy/scipy/torch: this module must run on the GPU training box, which has 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,13 +41,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _centre(component: np.ndarray, rng: Optional[np.random.Generator] = None) -> Point:
-    """Voxel of `component` farthest from its boundary.
+def _centre(component: np.ndarray, rng: Optional[np.random.Generator] = None,
+            spacing: Optional[Sequence[float]] = None) -> Point:
+    """Voxel of `component` farthest from its boundary (in mm with `spacing`, else in voxels).
 
     The mask is zero-padded by one voxel first so the array border acts as boundary (as in the
     RITM / SAM-Med3D click code). Ties: first voxel in C order, or a random one when `rng` is given.
     """
-    dist = ndimage.distance_transform_edt(np.pad(component, 1))
+    dist = ndimage.distance_transform_edt(np.pad(component, 1), sampling=spacing)
     dist = dist[(slice(1, -1),) * component.ndim]
     if rng is None:
         flat = int(np.argmax(dist))
@@ -56,13 +59,15 @@ def _centre(component: np.ndarray, rng: Optional[np.random.Generator] = None) ->
 
 
 def next_click_from_error(
-    pred: np.ndarray, gt: np.ndarray, rng: Optional[np.random.Generator] = None
+    pred: np.ndarray, gt: np.ndarray, rng: Optional[np.random.Generator] = None,
+    spacing: Optional[Sequence[float]] = None,
 ) -> Optional[Tuple[Point, bool]]:
     """Evaluation click: centre of the largest component of the larger error region.
 
     Args:
         pred, gt: boolean (or 0/1) arrays of the same shape, e.g. (D, H, W).
         rng: optional numpy Generator, only used to break ties between equally central voxels.
+        spacing: voxel size per array axis (mm); None = isotropic (model crops are 1.5 mm cubes).
 
     Returns:
         ((i, j, k), is_include) -- is_include True for a false-negative (include) click, False for
@@ -80,17 +85,18 @@ def next_click_from_error(
         return None
     is_include = n_fn >= n_fp
     region = fn if is_include else fp
-    return _centre(_largest_component(region), rng), is_include
+    return _centre(_largest_component(region), rng, spacing), is_include
 
 
-def first_click(gt: np.ndarray, rng: Optional[np.random.Generator] = None) -> Optional[Tuple[Point, bool]]:
+def first_click(gt: np.ndarray, rng: Optional[np.random.Generator] = None,
+                spacing: Optional[Sequence[float]] = None) -> Optional[Tuple[Point, bool]]:
     """First evaluation click: centre of the largest component of the target.
 
     Same return form as `next_click_from_error` (the flag is always True) so callers can loop
     `first_click` then `next_click_from_error` uniformly; None when `gt` is empty.
     """
     gt = np.asarray(gt).astype(bool)
-    return next_click_from_error(np.zeros_like(gt), gt, rng)
+    return next_click_from_error(np.zeros_like(gt), gt, rng, spacing)
 
 
 def sample_click_uniform(

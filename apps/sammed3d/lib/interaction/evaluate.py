@@ -77,8 +77,8 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int((p & g).sum()) / denom
 
 
-def next_click(pred: np.ndarray, gt: np.ndarray):
-    """next_click_from_error evaluated on the bounding box of pred | gt (plus one voxel).
+def next_click(pred: np.ndarray, gt: np.ndarray, spacing: Optional[Sequence[float]] = None):
+    """next_click_from_error (centres in mm with `spacing`) on the bounding box of pred | gt (plus one voxel).
 
     Same answer as on the whole volume (outside the box nothing is in error, and the one-voxel
     margin gives the distance transform the same boundary), but a 512x512x61 CT costs a box's
@@ -93,7 +93,7 @@ def next_click(pred: np.ndarray, gt: np.ndarray):
         lo.append(max(0, int(nz[0]) - 1))
         hi.append(min(any_.shape[ax], int(nz[-1]) + 2))
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    res = next_click_from_error(pred[box], gt[box])
+    res = next_click_from_error(pred[box], gt[box], spacing=spacing)
     if res is None:
         return None
     (i, j, k), include = res
@@ -101,15 +101,19 @@ def next_click(pred: np.ndarray, gt: np.ndarray):
 
 
 def evaluate_target(engine, case: str, image_path: str, gt: np.ndarray, value: int, num_clicks: int) -> List[float]:
-    """Dice after each of `num_clicks` simulated clicks for one target (label value)."""
+    """Dice after each of `num_clicks` simulated clicks for one target (label value).
+
+    Click centres are measured in mm on the image's stored grid (its spacing, from the engine).
+    """
     label = f"eval-{value}"
+    spacing = engine.volume(image_path).image.GetSpacing()
     engine.reset(case, label)
     fg: List[List[int]] = []
     bg: List[List[int]] = []
     pred = np.zeros(gt.shape, dtype=np.uint8)
     dices: List[float] = []
     for _ in range(num_clicks):
-        click = next_click(pred, gt)
+        click = next_click(pred, gt, spacing)
         if click is None:  # perfect: further clicks change nothing
             dices.append(dices[-1] if dices else 1.0)
             continue

@@ -103,7 +103,7 @@ def medsam_target_dices(pred: VolumePredictor, gt: np.ndarray, spacing: Sequence
     mask = propagate_box(pred, roi, clip_to_roi=True).mask
     out.append(dice(mask, gt))
     while len(out) < num_actions:
-        click = next_click(mask, gt)
+        click = next_click(mask, gt, spacing)
         if click is None:
             out.append(out[-1])
             continue

@@ -154,6 +154,11 @@ class SegmentationEngine:
         self.cache.clear()
 
     # ------------------------------------------------------------------ embeddings for scoring
+    def volume(self, image_path: str) -> LoadedVolume:
+        """The volume as clicks see it (loaded once, then from the cache): stored grid, spacing, affine."""
+        with self._lock:
+            return self._request("", image_path, None, {"load": 0.0}).volume
+
     def point_embedding(self, image_id: str, image_path: str, point, modality: Optional[str] = None) -> "CropEmbedding":
         """The crop a first include click at `point` (stored voxel index) would use, encoded.
 
