@@ -75,7 +75,7 @@ def make_data(out: str, n_train: int, n_test: int):
 
 def dice_after_one_click(client, case, labels, tmp):
     gt = read_label(os.path.join(labels, f"{case}.nii.gz")) > 0
-    (point, _) = first_click(gt)
+    (point, _) = first_click(gt, spacing=SPACING)  # centre in mm, as the evaluation command
     out, res = client.infer("sammed3d", case, {"label": "lobe", "foreground": [list(point)], "background": [],
                                                "reset_state": True})
     pred = read_label(out) > 0
