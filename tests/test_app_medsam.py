@@ -79,3 +79,38 @@ def test_bad_box_requests_are_4xx_and_the_server_keeps_serving(server, client, p
     assert 400 <= r.status_code < 500, r.text
     assert fragment in r.text.lower()
     assert client.info()["models"]["medsam_box"]
+
+
+def test_other_requests_are_answered_while_a_box_runs(server, client, data):
+    """The infer route runs off the event loop (lib/guards/infer.py): while a MedSAM box is being
+    computed, /info and another annotator's SAM-Med3D click are answered. MONAI Label's own route
+    would hold both until the box is done."""
+    import threading
+    import time
+
+    import SimpleITK as sitk
+
+    image_id = "synth_oblique_mr"  # not used by the other tests here: its slices are not encoded yet
+    c = [s // 2 for s in sitk.ReadImage(image_path(data, image_id)).GetSize()]
+    roi = [c[0] - 2, c[0] + 2, c[1] - 2, c[1] + 2, c[2] - 2, c[2] + 2]  # 5 slices whichever axis is chosen
+    box = {}
+
+    def run_box():
+        box["result"] = client.infer("medsam_box", image_id, {"label": "probe-concurrency", "roi": roi})
+        box["done"] = time.monotonic()
+
+    worker = threading.Thread(target=run_box)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while "probe-concurrency" not in server.log():  # MONAI Label logs the request as it starts it
+        assert time.monotonic() < deadline and worker.is_alive(), "the box request never started"
+        time.sleep(0.02)
+    assert client.info()["models"]["medsam_box"]
+    info_done = time.monotonic()
+    _, click = client.infer("sammed3d", "synth_ras_ct", {"label": "other-annotator", "foreground": [c], "background": []})
+    click_done = time.monotonic()
+    worker.join(timeout=300)
+    assert "done" in box, "the box request did not finish"
+    assert click["voxels"] >= 0 and box["result"][1]["slices_encoded"] >= 1
+    assert info_done < box["done"] and click_done < box["done"], \
+        "/info or the click waited for the box: the inference blocked the server"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lib.datastore import HISTORY, SafeLocalDatastore, current_label_files, history
+from lib.datastore import HISTORY, SafeLocalDatastore, current_label_files, history, serialise_dicomweb_fetches
 
 
 def _img(path, value=0, shape=(6, 5, 4)):
@@ -79,3 +79,60 @@ def test_unknown_image_is_refused(store):
 
     with pytest.raises(ImageNotFoundException):
         ds.save_label("nope", _img(tmp / "x.nii.gz", 1), "final", {})
+
+
+class _SlowFetchStore:
+    """Stands in for MONAI Label's DICOMWebDatastore: a first fetch takes a while, unlocked."""
+
+    def __init__(self, path):
+        import threading
+
+        self._datastore_path = str(path)
+        self.active, self.peak, self.calls = {}, {}, []
+        self._count = threading.Lock()
+
+    def _fetch(self, series_id, kind):
+        import time
+
+        with self._count:
+            self.active[series_id] = self.active.get(series_id, 0) + 1
+            self.peak[series_id] = max(self.peak.get(series_id, 0), self.active[series_id])
+            self.calls.append((kind, series_id))
+        time.sleep(0.2)
+        with self._count:
+            self.active[series_id] -= 1
+        return f"/cache/{series_id}.nii.gz"
+
+    def get_image_uri(self, image_id):
+        return self._fetch(image_id, "image")
+
+    def get_label_uri(self, label_id, label_tag, image_id=""):
+        return self._fetch(label_id, "label")
+
+
+def test_a_series_is_fetched_by_one_caller_at_a_time(tmp_path):
+    import threading
+    import time
+
+    ds = serialise_dicomweb_fetches(_SlowFetchStore(tmp_path))
+    same = [threading.Thread(target=ds.get_image_uri, args=("1.2.3",)) for _ in range(3)]
+    same.append(threading.Thread(target=lambda: ds.get_image_uri(image_id="1.2.3")))  # MONAI Label's keyword call
+    t0 = time.monotonic()
+    for t in same:
+        t.start()
+    for t in same:
+        t.join()
+    assert ds.peak["1.2.3"] == 1, "two callers fetched the same series at once"
+    assert time.monotonic() - t0 >= 0.8  # four fetches of 0.2 s, one after the other
+
+    # different series still go in parallel; labels (SEG series) are locked the same way
+    other = [threading.Thread(target=ds.get_image_uri, args=("4.5.6",)),
+             threading.Thread(target=ds.get_label_uri, args=("7.8.9", "final"))]
+    t0 = time.monotonic()
+    for t in other:
+        t.start()
+    for t in other:
+        t.join()
+    assert time.monotonic() - t0 < 0.35
+    assert ds.get_label_uri(label_id="7.8.9", label_tag="final") == "/cache/7.8.9.nii.gz"
+    assert ("label", "7.8.9") in ds.calls

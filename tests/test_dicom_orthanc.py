@@ -108,6 +108,40 @@ def test_click_and_final_label_round_trip_through_the_pacs(server, pacs, name):
     assert summary["voxels"] > 0 and summary["seg_series"]
 
 
+def test_two_first_clicks_at_once_on_a_new_series(server, pacs):
+    """Inference runs off the event loop (lib/guards/infer.py), so two requests can reach a series
+    that is not in the server's cache at the same moment. It is fetched by one of them at a time
+    (lib/datastore.py), and both get the same mask."""
+    import shutil
+    import threading
+
+    from monailabel.client import MONAILabelClient
+
+    with open(os.path.join(pacs["dicom"], "manifest.json")) as f:
+        uid = {s["name"]: s["SeriesInstanceUID"] for s in json.load(f)["series"]}["synth_small_ct"]
+    # start-up scoring may have fetched it already: drop the cached copy (the server re-fetches)
+    for cached in [p for p in (pacs["root"] / "dicom-cache").rglob("*") if p.name.startswith(uid)]:
+        shutil.rmtree(cached) if cached.is_dir() else cached.unlink()
+    results, errors = {}, []
+
+    def click(who):
+        try:
+            client = MONAILabelClient(server.url, tmpdir=str(pacs["root"] / f"client-{who}"))
+            _, res = client.infer("sammed3d", uid, {"label": f"organ-{who}", "foreground": [[20, 18, 10]],
+                                                    "background": []})
+            results[who] = res
+        except Exception as e:  # reported below with the server log
+            errors.append(f"{who}: {e}")
+
+    threads = [threading.Thread(target=click, args=(w,)) for w in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, f"{errors}\n{server.log_tail(40)}"
+    assert results["a"]["voxels"] == results["b"]["voxels"]
+
+
 def test_labeled_series_leave_the_unlabeled_pool(server, pacs):
     """After the round trips above saved SEGs, the datastore counts them as labeled, and the SEG
     series themselves are not offered as images."""

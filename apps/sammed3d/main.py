@@ -124,7 +124,10 @@ class SAMMed3DApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()  # DICOMweb: every saved label is a new SEG series
+            from lib.datastore import serialise_dicomweb_fetches
+
+            # DICOMweb: every saved label is a new SEG series; a series is fetched once at a time
+            return serialise_dicomweb_fetches(super().init_datastore())
         from lib.datastore import SafeLocalDatastore  # atomic label saves, earlier saves kept
         from monailabel.config import settings
 

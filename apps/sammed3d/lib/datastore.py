@@ -95,3 +95,36 @@ def history(label_path: str, image_id: str) -> List[str]:
     """Earlier saved labels of `image_id`, oldest first."""
     folder = os.path.join(label_path, HISTORY, image_id)
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+FETCH_LOCKS = ".sammed3d-fetch-locks"
+
+
+def serialise_dicomweb_fetches(datastore):
+    """Make a DICOMweb datastore's first access of a series safe to run twice at once.
+
+    MONAI Label's DICOMWebDatastore downloads a series into `<cache>/<id>/` and converts it to
+    `<cache>/<id>.nii.gz` the first time `get_image_uri(id)` (or `get_label_uri` for a SEG) is
+    called, with no lock: it only checks whether those paths exist yet. The server answers
+    inference in worker threads (lib/guards/infer.py), and scoring and training run in subprocesses
+    that fetch series too, so two callers can download and convert the same series into the same
+    paths at once. Here each fetch holds a file lock per series id (threads and processes alike);
+    fetches of different series still run in parallel.
+    """
+    import hashlib
+
+    folder = os.path.join(datastore._datastore_path, FETCH_LOCKS)  # the DICOMweb cache folder
+    os.makedirs(folder, exist_ok=True)
+
+    def locked(fetch, id_name: str):
+        def fetch_under_lock(*args, **kwargs):  # MONAI Label passes the id by position or by name
+            series_id = args[0] if args else kwargs.get(id_name)
+            name = hashlib.sha1(str(series_id).encode()).hexdigest() + ".lock"
+            with FileLock(os.path.join(folder, name)):
+                return fetch(*args, **kwargs)
+        return fetch_under_lock
+
+    # instance attributes: MONAI Label builds the datastore (clients, credentials) and we keep it
+    datastore.get_image_uri = locked(datastore.get_image_uri, "image_id")
+    datastore.get_label_uri = locked(datastore.get_label_uri, "label_id")
+    return datastore

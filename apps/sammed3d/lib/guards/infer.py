@@ -13,6 +13,13 @@ inference and then answers 500, and without `label_info` in params it runs it an
 
 The guard route has the same path, parameters and RBAC dependency, checks exactly these two
 things, and hands every other request unchanged to MONAI Label's own `run_inference`.
+
+It runs that function in a worker thread. MONAI Label's route is `async` and calls the inference
+directly, so while one inference runs the event loop is blocked and every other request waits:
+/info, datastore calls, and the clicks of every other annotator, for as long as a MedSAM box takes
+(about a minute on a 2-core CPU). In a thread, other requests are answered meanwhile; the engines
+serialise their own work with locks, and a DICOMweb series is fetched by one caller at a time
+(lib/datastore.py, serialise_dicomweb_fetches).
 """
 from typing import Any, Optional
 
@@ -47,6 +54,7 @@ def infer_route():
     from monailabel.endpoints import infer as ml_infer
     from monailabel.endpoints.user.auth import RBAC, User
     from monailabel.interfaces.utils.app import app_instance
+    from starlette.concurrency import run_in_threadpool
 
     # Same signature as MONAI Label's api_run_inference: clients cannot tell the routes apart.
     async def sammed3d_infer_guard(
@@ -64,10 +72,11 @@ def infer_route():
         require_input(image, file, session_id)
         if output == ml_infer.ResultType.dicom_seg:
             check_dicom_seg_output(app_instance().datastore(), p)
-        return ml_infer.run_inference(background_tasks, model, image, session_id, params, file, label, output)
+        return await run_in_threadpool(ml_infer.run_inference, background_tasks, model, image, session_id, params,
+                                       file, label, output)
 
     return APIRoute(f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}", sammed3d_infer_guard, methods=["POST"],
-                    name=ROUTE_NAME, summary="Run inference (SAM-Med3D app: malformed params get a 400)")
+                    name=ROUTE_NAME, summary="Run inference (SAM-Med3D app: malformed params get a 400; runs off the event loop)")
 
 
 def install_infer_guard(fastapi_app) -> bool:
