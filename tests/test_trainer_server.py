@@ -48,8 +48,14 @@ def test_train_publishes_and_the_server_hot_swaps(tmp_path):
         _, first = client.infer("sammed3d", image_id, params)
         assert first["model_version"].startswith("tiny@") and not first["cache_hit"]
 
-        client.train_start("sammed3d", {"max_epochs": 1, "num_clicks": 2, "loss_size": 32, "variants": 1,
-                                        "val_split": 0, "publish": "always", "max_components": 1})
+        options = {"max_epochs": 1, "num_clicks": 2, "loss_size": 32, "variants": 1, "val_split": 0,
+                   "publish": "always", "max_components": 1}
+        client.train_start("sammed3d", options)
+        # a second Train at once (a double click) is refused, not queued behind the first
+        import requests
+
+        again = requests.post(f"{server.url}/train/sammed3d", json=options, timeout=30)
+        assert again.status_code == 429 and "already running" in again.text.lower(), again.text
         status = wait_for_training(client)
         assert status["status"] == "DONE", server.log_tail(80)
 

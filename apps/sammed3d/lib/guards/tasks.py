@@ -6,7 +6,10 @@ subprocess (a 500 with run_sync). The guard routes check, in the server, what ne
 
 * an unknown trainer, scoring method or batch-infer model -> 404 naming the available ones;
 * train options the trainer would reject (lib/trainers/options.py) -> 400 naming the option;
-* no final label in the datastore -> 400 (there is nothing to train on).
+* no final label in the datastore -> 400 (there is nothing to train on);
+* a training already submitted or running -> 429, as MONAI Label answers once the training's
+  subprocess exists. Its own check looks only at the subprocess, so a second POST in the second or
+  so before that (a double click on Train) was queued behind the first instead of refused.
 
 Valid requests go unchanged to MONAI Label's own `run_model` / `run_method` / `run`.
 """
@@ -33,6 +36,18 @@ def check_train_request(app, model: str, params: Optional[Dict[str, Any]]) -> No
     if not any(d.get("label") for d in app.datastore().datalist()):
         raise HTTPException(status_code=400,
                             detail="no final labels in the datastore: save some labels (tag final) before training")
+
+
+def refuse_second_training(enqueue: bool) -> None:
+    """HTTPException(429) while a train task is submitted or running (unless the client asks to enqueue)."""
+    from monailabel.utils.async_tasks.utils import tasks
+
+    if enqueue:
+        return
+    busy = [t for t in tasks("train") if t.get("status") in ("SUBMITTED", "RUNNING")]
+    if busy:
+        raise HTTPException(status_code=429, detail=f"++++++++++ Train Task is Already Running (task {busy[0].get('id')}, "
+                                                    f"{busy[0].get('status', '').lower()}); pass enqueue=true to queue another")
 
 
 def check_scoring_request(app, method: str) -> None:
@@ -65,6 +80,7 @@ def task_routes():
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
     ):
         check_train_request(app_instance(), model, params)
+        refuse_second_training(bool(enqueue))
         return ml_train.run_model(model, params, run_sync, enqueue)
 
     async def sammed3d_scoring_guard(
