@@ -162,3 +162,29 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
     with open(store.live_path, "w") as f:
         json.dump({"version": name, "base_sha256": base.sha256, "sha256": "0" * 64}, f)
     assert not watcher.poll() and engine.model_version == before
+
+
+def test_concurrent_publishers_never_share_a_version(setup):
+    """Two processes (a server and a command-line training) may publish into one folder: each
+    version name is claimed exclusively, so no checkpoint overwrites another."""
+    import threading
+
+    store, names, errors = setup["store"], [], []
+    models = [_decoder_changed(tiny_model(), 0.01 * (i + 1)) for i in range(4)]
+    barrier = threading.Barrier(len(models))
+
+    def publish(m, i):
+        try:
+            barrier.wait()
+            names.append(publish_version(store, m, {"i": i}, setup["base_sha"], None, make_live=False))
+        except Exception as e:  # reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=publish, args=(m, i)) for i, m in enumerate(models)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(names) == ["v0001", "v0002", "v0003", "v0004"]
+    assert store.list_versions() == sorted(names)
+    assert sorted(store.metrics(n)["metrics"]["i"] for n in names) == [0, 1, 2, 3]  # none overwritten

@@ -22,19 +22,46 @@ def publish_version(store: VersionStore, model, metrics: Dict[str, Any], base_sh
                     parent: Optional[str], make_live: bool = True) -> str:
     """Write `model` as the next version vNNNN with its metrics; point LIVE.json at it. -> name."""
     os.makedirs(store.folder, exist_ok=True)
-    name = store.next_name()
+    name = reserve_name(store)
     path = store.checkpoint_path(name)
-    enc = encoder_fingerprint(model)
-    save_checkpoint(model, path,  # state_dict on any device; load_checkpoint maps to cpu
-                    version=name, parent=parent, base_sha256=base_sha256, encoder_sha256=enc,
-                    metrics=_plain(metrics), created=time.time())
-    meta = {"version": name, "path": path, "sha256": sha256_file(path), "encoder_sha256": enc,
-            "base_sha256": base_sha256, "parent": parent, "created": time.time(), "metrics": _plain(metrics)}
-    write_json_atomic(store.metrics_path(name), meta)
+    try:
+        enc = encoder_fingerprint(model)
+        save_checkpoint(model, path,  # state_dict on any device; load_checkpoint maps to cpu
+                        version=name, parent=parent, base_sha256=base_sha256, encoder_sha256=enc,
+                        metrics=_plain(metrics), created=time.time())
+        meta = {"version": name, "path": path, "sha256": sha256_file(path), "encoder_sha256": enc,
+                "base_sha256": base_sha256, "parent": parent, "created": time.time(), "metrics": _plain(metrics)}
+        write_json_atomic(store.metrics_path(name), meta)
+    except BaseException:
+        _release(store, name)
+        raise
     if make_live:
         store.set_live(name)
     logger.info(f"published model version {name} ({path}); parent {parent}; live: {make_live}")
     return name
+
+
+def reserve_name(store: VersionStore) -> str:
+    """Claim the next free vNNNN, also against other processes publishing into the same folder
+    (a second server, a command-line training): its metrics file is created with O_EXCL, and
+    `next_name` counts metrics files, so no two publishers write the same version."""
+    while True:
+        name = store.next_name()
+        try:
+            fd = os.open(store.metrics_path(name), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # another publisher claimed it between next_name and here
+            continue
+        os.close(fd)
+        return name
+
+
+def _release(store: VersionStore, name: str) -> None:
+    """Give a claimed name back when publishing failed before its metrics were written."""
+    try:
+        if os.path.getsize(store.metrics_path(name)) == 0:
+            os.remove(store.metrics_path(name))
+    except OSError:
+        pass
 
 
 def _plain(obj):
