@@ -218,9 +218,23 @@ def test_fast_click_chain_on_cuda_matches_the_reference(bf16, monkeypatch):
             assert float((g1[k] - g).norm() / g.norm()) <= (0.1 if bf16 else 1e-3), k
 
 
+def _sample_click_where(pred, gt, generator):
+    """The training click as first written (nested where()s), the reference for sample_click_uniform."""
+    b, spatial = pred.shape[0], pred.shape[2:]
+    pred, gt = pred.reshape(b, -1).bool(), gt.reshape(b, -1).bool()
+    err = pred ^ gt
+    has_err, has_gt = err.any(dim=1, keepdim=True), gt.any(dim=1, keepdim=True)
+    candidates = torch.where(has_err, err, torch.where(has_gt, gt, torch.ones_like(gt)))
+    scores = torch.rand(pred.shape, generator=generator, device=pred.device)
+    flat = torch.where(candidates, scores, torch.full_like(scores, -1.0)).argmax(dim=1)
+    _, h, w = spatial
+    coords = torch.stack([flat // (h * w), (flat // w) % h, flat % w], dim=1).float()[:, None, :]
+    return coords, gt.gather(1, flat[:, None]).long()
+
+
 def test_fast_view_pieces_match_the_model():
     from lib.interaction.clicks import sample_click_uniform
-    from lib.trainers.fastchain import TrainingView, sample_click_uniform_lean, upsample_trilinear
+    from lib.trainers.fastchain import TrainingView, upsample_trilinear
     from lib.training.losses import dice_ce_loss, dice_ce_loss_reference
 
     torch.manual_seed(1)
@@ -249,6 +263,6 @@ def test_fast_view_pieces_match_the_model():
             pred[1] = False if case == 2 else pred[1]
         if case == 3:
             gt[:], pred[:] = False, False
-        got = sample_click_uniform_lean(pred, gt, torch.Generator().manual_seed(case))
-        want = sample_click_uniform(pred, gt, torch.Generator().manual_seed(case))
+        got = sample_click_uniform(pred, gt, torch.Generator().manual_seed(case))
+        want = _sample_click_where(pred, gt, torch.Generator().manual_seed(case))
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

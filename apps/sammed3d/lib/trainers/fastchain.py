@@ -34,7 +34,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lib.interaction.clicks import sample_click_uniform
 
 
 def interp_matrix(n_in: int, n_out: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -76,29 +75,6 @@ def upsample_trilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     x = _mat(h, size, x.device) @ x.reshape(b * c * size, h, w)  # (BC*S, S, W)
     x = x @ _mat(w, size, x.device).t()  # (BC*S, S, S)
     return x.reshape(b, c, size, size, size)
-
-
-def sample_click_uniform_lean(pred: torch.Tensor, gt: torch.Tensor, generator: Optional[torch.Generator] = None):
-    """Same contract, random stream and result as clicks.sample_click_uniform (one voxel drawn uniformly
-    from the error region per item; no error: inside gt labelled 1, or anywhere labelled 0), with the
-    candidate mask built by boolean ops and the others shifted by -2 instead of where() (fewer passes)."""
-    if pred.shape != gt.shape or pred.dim() != 5 or pred.shape[1] != 1:
-        return sample_click_uniform(pred, gt, generator)
-    b, spatial = pred.shape[0], pred.shape[2:]
-    pred = pred.reshape(b, -1).bool()
-    gt = gt.reshape(b, -1).bool()
-    err = pred ^ gt
-    has_err = err.any(dim=1, keepdim=True)
-    has_gt = gt.any(dim=1, keepdim=True)
-    others = ~err & (has_err | ~(gt | ~has_gt))  # not a candidate (candidates: as in sample_click_uniform)
-    scores = torch.rand(pred.shape, generator=generator, device=pred.device)
-    # non-candidates move to [-2, -1), candidates keep their exact scores in [0, 1): the same argmax as
-    # setting the others to -1 (adding to the candidates instead would round ties into them)
-    flat = torch.add(scores, others, alpha=-2.0).argmax(dim=1)
-    labels = gt.gather(1, flat[:, None]).long()
-    d, h, w = spatial
-    coords = torch.stack([flat // (h * w), (flat // w) % h, flat % w], dim=1).float()[:, None, :]
-    return coords, labels
 
 
 class _ZeroGradTie(torch.autograd.Function):
@@ -245,11 +221,6 @@ class TrainingView:
         return self._emb[1]
 
     # -- the click_losses interface --------------------------------------------------------------
-    @staticmethod
-    def sample_click(pred: torch.Tensor, gt: torch.Tensor, generator: Optional[torch.Generator] = None):
-        """lib.interaction.clicks.sample_click_uniform, same random draws and result, fewer passes."""
-        return sample_click_uniform_lean(pred, gt, generator)
-
     def upsample_logits(self, low: torch.Tensor) -> torch.Tensor:
         return upsample_trilinear(low, self.size)
 

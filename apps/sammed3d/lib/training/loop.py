@@ -82,12 +82,11 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
     pred = torch.zeros_like(gt)
     mask_only = {int(rs.integers(2, 9)), num_clicks - 1}
     total = torch.zeros((), device=emb.device)
-    sample = getattr(model, "sample_click", sample_click_uniform)  # a view may bring an equivalent, faster one
     for it in range(num_clicks):
         if it in mask_only and it > 0:
             coords = labels = None
         else:
-            coords, labels = sample(pred, gt, generator)
+            coords, labels = sample_click_uniform(pred, gt, generator)
         with _autocast(emb.device, bf16):
             low = model.decode(emb, coords, labels, low).float()
         up = model.upsample_logits(low)
