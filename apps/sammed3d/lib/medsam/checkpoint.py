@@ -66,6 +66,7 @@ def load_lite_medsam(path: str, map_location: str = "cpu", fuse: bool = True,
     model.eval()
     if fuse:
         model.image_encoder.fuse_batchnorm()
+    model.image_encoder.to(memory_format=torch.channels_last)  # see LiteMedSAM.encode
     if device is not None:
         model.to(device)
     return model

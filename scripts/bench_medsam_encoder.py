@@ -1,0 +1,65 @@
+"""Time one LiteMedSAM slice encoding (256x256) three ways on this machine: eager (what the server
+runs), channels-last memory format, and torch.compile (inductor). Medians of `--repeats`,
+interleaved; also prints the compile time and the largest difference from eager. docs/medsam.md quotes it.
+
+    .venv/bin/python scripts/bench_medsam_encoder.py [--threads 2] [--repeats 7] [--no-compile]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
+
+from lib.medsam import load_lite_medsam, locate_weights  # noqa: E402
+
+
+def interleaved_medians(variants, repeats: int):
+    """{name: (median seconds, output)}: each variant warmed up twice, then timed in turn, so slow
+    phases of a shared machine hit all of them alike."""
+    outs = {name: (fn(), fn())[1] for name, fn in variants.items()}
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (statistics.median(times[name]), outs[name]) for name in variants}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-compile", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    encoder = load_lite_medsam(locate_weights().path).image_encoder
+    x = torch.randn(1, 3, 256, 256)
+    variants = {"eager": lambda: encoder(x)}
+    cl_encoder = copy.deepcopy(encoder).to(memory_format=torch.channels_last)
+    cl_x = x.to(memory_format=torch.channels_last)
+    variants["channels-last"] = lambda: cl_encoder(cl_x)
+    with torch.inference_mode():
+        if not args.no_compile:
+            compiled = torch.compile(encoder)
+            t = time.perf_counter()
+            compiled(x)
+            print(f"torch.compile: first call (compile) {time.perf_counter() - t:.1f} s")
+            variants["torch.compile"] = lambda: compiled(x)
+        res = interleaved_medians(variants, args.repeats)
+    ref = res["eager"][1]
+    for name, (sec, out) in res.items():
+        print(f"{name}: median {sec:.3f} s over {args.repeats} (max |diff| from eager {float((out - ref).abs().max()):.1e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
