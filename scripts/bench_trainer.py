@@ -1,7 +1,8 @@
 """Trainer steps per second with and without the frozen-encoder embedding cache (CPU by default).
 
 One step = a batch of training crops through the SAM-Med3D click-simulation recipe (num_clicks
-decoder iterations, DiceCE, backward, AdamW) -- exactly lib.trainers.finetune's step.
+decoder iterations, DiceCE, backward, clipping, AdamW) -- lib.training.recipe.train_step, as the
+fine-tuning task runs it.
   * cached:    embeddings of the crop variants were computed earlier (epoch >= 2 of a run): the
                step reads them from the EmbeddingCache and runs the click chain
   * no cache:  what the same trainer does without the cache: each example is cropped through the
@@ -37,8 +38,9 @@ sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 
 from lib.model import build_sam_med3d, load_checkpoint  # noqa: E402
 from lib.trainers.data import CropSource, EmbeddingCache, find_targets, make_variants  # noqa: E402
-from lib.trainers.finetune import ClickChain, _example, build_optimizer, set_trainable  # noqa: E402
+from lib.trainers.finetune import _example  # noqa: E402
 from lib.trainers.options import FineTuneOptions  # noqa: E402
+from lib.training.recipe import ClickChain, build_optimizer, click_rngs, set_trainable, train_step  # noqa: E402
 from lib.training.phantoms import generate_phantom  # noqa: E402
 from lib.versions import encoder_fingerprint  # noqa: E402
 
@@ -100,11 +102,8 @@ class Path:
         idx = self.rs.integers(len(self.targets), size=self.opts.batch_size)
         xs, ys = zip(*[_example(self.model, self.targets[i], self.variants[i][self.rs.integers(len(self.variants[i]))],
                                 self.source, self.cache, True, self.sha, self.opts, "cpu") for i in idx])
-        self.opt.zero_grad(set_to_none=True)
-        loss, _ = self.chain(torch.cat(xs), torch.cat(ys), step, self.opts.num_clicks, not self.cached)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.opts.grad_clip)
-        self.opt.step()
+        train_step(self.chain, self.opt, torch.cat(xs), torch.cat(ys), self.opts, *click_rngs(step, "cpu"),
+                   encode=not self.cached)
         self.times.append(time.perf_counter() - t0)
 
 

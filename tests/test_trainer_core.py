@@ -150,12 +150,12 @@ def test_prompt_encoder_learns_only_when_asked(samples):
 
 def _chain_step(model, fast, x, y, loss_size, seed=3, clicks=5, bf16=False):
     """One cached-embedding training step (forward, backward, AdamW) -> (loss, dice, grads, new weights)."""
-    from lib.trainers.finetune import ClickChain, build_optimizer, set_trainable
+    from lib.training.recipe import ClickChain, build_optimizer, click_rngs, set_trainable
 
     set_trainable(model, ("prompt_encoder", "mask_decoder"))
     opt = build_optimizer(model, FineTuneOptions(lr=1e-2))
     opt.zero_grad(set_to_none=True)
-    loss, dice = ClickChain(model, bf16, loss_size, fast=fast)(x, y, seed, clicks, False)
+    loss, dice = ClickChain(model, bf16, loss_size, fast=fast)(x, y, *click_rngs(seed, x.device), clicks, False)
     loss.backward()
     grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
     opt.step()
@@ -234,7 +234,7 @@ def _sample_click_where(pred, gt, generator):
 
 def test_fast_view_pieces_match_the_model():
     from lib.interaction.clicks import sample_click_uniform
-    from lib.trainers.fastchain import TrainingView, upsample_trilinear
+    from lib.model.training_view import TrainingView, upsample_trilinear
     from lib.training.losses import dice_ce_loss, dice_ce_loss_reference
 
     torch.manual_seed(1)

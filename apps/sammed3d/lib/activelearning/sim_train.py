@@ -1,11 +1,11 @@
 """The simulation's model steps: fine-tune the decoder on cached embeddings, evaluate, score.
 
-Fine-tuning (`fine_tune_decoder`) is the trainer's recipe on cached embeddings (the encoder is
-frozen, so a volume's embedding never changes): `lib.trainers.finetune.ClickChain` runs the
-SAM-Med3D click chain (the newest click drawn uniformly from the error region, the previous
-low-res logits fed back, mask-only iterations) with DiceCE on the 32^3 loss grid; the trainable
-parts are chosen with `set_trainable` and the optimiser is `build_optimizer` (AdamW), gradients
-clipped at 1. Every round starts again from the base weights, so a curve point measures the
+Fine-tuning (`fine_tune_decoder`) is the training recipe (lib.training.recipe, as the fine-tuning
+task uses it) on cached embeddings (the encoder is frozen, so a volume's embedding never changes):
+`ClickChain` runs the SAM-Med3D click chain (the newest click drawn uniformly from the error
+region, the previous low-res logits fed back, mask-only iterations) with DiceCE on the 32^3 loss
+grid; the trainable parts are chosen with `set_trainable`, the optimiser is `build_optimizer`
+(AdamW, one lr for all learning parts) and `train_step` clips gradients at 1. Every round starts again from the base weights, so a curve point measures the
 labelled set, not the number of rounds.
 
 Evaluation (`evaluate`) follows the session's evaluation click rule (`lib.interaction.clicks`):
@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..interaction.clicks import next_click_from_error
-from ..trainers.finetune import ClickChain, build_optimizer, set_trainable
-from ..trainers.options import FineTuneOptions
 from ..training.losses import dice_score
+from ..training.recipe import ClickChain, RecipeOptions, build_optimizer, click_rngs, set_trainable, train_step
 from .prompts import LocationPrior
 from .sim_pool import S, Volume
 from .uncertainty import Perturbation, model_decoder, point_uncertainty
@@ -48,14 +47,12 @@ def fine_tune_decoder(model, base_state: Dict[str, torch.Tensor], labelled: Sequ
     """
     model.load_state_dict(base_state)
     set_trainable(model, parts)
-    opts = FineTuneOptions(train_parts=tuple(parts), lr=lr, decoder_lr_ratio=1.0, weight_decay=weight_decay)
+    opts = RecipeOptions(lr=lr, decoder_lr_ratio=1.0, weight_decay=weight_decay, num_clicks=num_clicks, grad_clip=1.0)
     opt = build_optimizer(model, opts)
-    params = [p for g in opt.param_groups for p in g["params"]]
     chain = ClickChain(model, bf16=False, loss_size=LOW)
     rs = np.random.default_rng(seed)
     order: List[int] = []
     losses = []
-    model.train()
     for _ in range(steps):
         idx = []
         while len(idx) < min(batch, max(len(labelled), 1) * 4):
@@ -64,12 +61,8 @@ def fine_tune_decoder(model, base_state: Dict[str, torch.Tensor], labelled: Sequ
             idx.append(order.pop())
         emb = torch.cat([labelled[i].emb for i in idx])
         tgt = torch.stack([labelled[i].target_low for i in idx])  # already on the loss grid
-        loss, _ = chain(emb, tgt, int(rs.integers(2 ** 31)), num_clicks, False)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(float(loss.detach()) / num_clicks)
+        rs_click, gen = click_rngs(int(rs.integers(2 ** 31)), emb.device)
+        losses.append(train_step(chain, opt, emb, tgt, opts, rs_click, gen, encode=False)["loss"])
     model.eval()
     set_trainable(model, ())
     return losses

@@ -1,10 +1,11 @@
 """fine_tune(model, samples, options) -> (model, metrics): SAM-Med3D fine-tuning on labelled volumes.
 
 Usable without a server (active learning, notebooks); the MONAI Label train task (task.py) wraps it
-and adds publishing. Recipe (lib.training.loop): per step, 11 simulated click iterations with the
-newest click drawn uniformly from the error region, the previous logits fed back, two mask-only
-iterations, DiceCE on 128^3 upsampled logits summed over iterations; AdamW with the paper's ratios
-(encoder lr, prompt encoder + decoder 0.1 x lr). Crops come from the session's preprocessing
+and adds publishing. Recipe (lib.training.recipe, shared with from-scratch training): per step, 11
+simulated click iterations with the newest click drawn uniformly from the error region, the previous
+logits fed back, two mask-only iterations, DiceCE on the upsampled logits (the loss grid: 128^3 on
+CUDA, 64^3 on CPU unless loss_size says otherwise) summed over iterations, gradients clipped; AdamW
+with the paper's ratios (encoder lr, prompt encoder + decoder 0.1 x lr). Crops come from the session's preprocessing
 (lib.session.extract_training_crop); with the encoder frozen (default) their embeddings are
 computed once per (image, crop variant, encoder) and reused across epochs (data.EmbeddingCache).
 
@@ -37,11 +38,11 @@ from torch import nn
 
 from lib.interaction.evaluate import evaluate_target
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
+from lib.training.recipe import ClickChain, build_optimizer, click_rngs, resolve_loss_size, set_trainable, train_step
 from lib.versions import encoder_fingerprint
 
-from .chain import ClickChain, _LossGrid, loss_targets, resolve_loss_size  # noqa: F401 (public via this module)
 from .data import CropSource, EmbeddingCache, Target, cache_key, find_targets, make_variants
-from .options import PARTS, FineTuneOptions, options_from_request
+from .options import FineTuneOptions, options_from_request
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -61,28 +62,6 @@ def split_samples(samples: Sequence[Dict], val_split: float, seed: int = 0) -> T
     val = [samples[i] for i in sorted(order[:n_val])]
     train = [samples[i] for i in sorted(order[n_val:])]
     return train, val
-
-
-def set_trainable(model, parts: Sequence[str]) -> List[str]:
-    """requires_grad per part; -> names of the parts that learn."""
-    for name in PARTS:
-        for p in getattr(model, name).parameters():
-            p.requires_grad_(name in parts)
-    return [p for p in PARTS if p in parts]
-
-
-def build_optimizer(model, opts: FineTuneOptions) -> torch.optim.AdamW:
-    """AdamW: encoder at lr, prompt encoder + mask decoder at lr * decoder_lr_ratio (paper's ratios)."""
-    groups = []
-    enc = [p for p in model.image_encoder.parameters() if p.requires_grad]
-    if enc:
-        groups.append({"params": enc, "lr": opts.lr, "name": "image_encoder"})
-    dec = [p for m in (model.prompt_encoder, model.mask_decoder) for p in m.parameters() if p.requires_grad]
-    if dec:
-        groups.append({"params": dec, "lr": opts.lr * opts.decoder_lr_ratio, "name": "prompt_encoder+mask_decoder"})
-    # foreach: the same update as the default per-parameter loop (bit-identical), one kernel per
-    # op over all tensors instead of one per parameter (the CPU default is the loop).
-    return torch.optim.AdamW(groups, weight_decay=opts.weight_decay, foreach=True)
 
 
 def _device(opts: FineTuneOptions, rank: int, world: int) -> torch.device:
@@ -177,7 +156,6 @@ def _train(rank, world, device, model, train_targets, val_targets, opts, callbac
     if world > 1:
         net = nn.parallel.DistributedDataParallel(chain, device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=True)  # the IoU head never gets a loss
-    learned = [p for g in optimizer.param_groups for p in g["params"]]
     cache = EmbeddingCache(opts.cache_dir) if (encoder_frozen and opts.embedding_cache) else None
     source = CropSource(opts.modality)
     variants = [make_variants(opts.variants, opts.jitter, opts.flip, np.random.default_rng([opts.seed, i]))
@@ -234,13 +212,10 @@ def _train(rank, world, device, model, train_targets, val_targets, opts, callbac
             x = torch.cat(xs).to(device)
             y = torch.cat(ys).to(device)
             seed = int(np.random.default_rng([opts.seed, epoch, step, rank]).integers(2**31))
-            optimizer.zero_grad(set_to_none=True)
-            loss, dice = net(x, y, seed, opts.num_clicks, cache is None)  # cached: x is the embedding
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(learned, opts.grad_clip if opts.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            losses.append(float(loss.detach()) / opts.num_clicks)
-            dices.append(float(dice.mean()))
+            rs_click, gen = click_rngs(seed, x.device)
+            r = train_step(net, optimizer, x, y, opts, rs_click, gen, encode=cache is None)  # cached: x is the embedding
+            losses.append(r["loss"])
+            dices.append(r["dice"])
             global_step += 1
             if main:
                 progress.step(losses[-1], global_step)

@@ -6,24 +6,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from lib.training.recipe import PARTS, RecipeOptions
+
 logger = logging.getLogger(__name__)
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 KEY_METRICS = ("dice@1", "dice@5", "dice_mean")
 PUBLISH = ("improved", "always", "never")
 
 
 @dataclass
-class FineTuneOptions:
-    # what learns and how fast (AdamW; the paper's ratio: prompt encoder + decoder at 0.1 x lr)
+class FineTuneOptions(RecipeOptions):
+    """The recipe's options (lr, decoder_lr_ratio, weight_decay, num_clicks, grad_clip: inherited,
+    same defaults; lr * decoder_lr_ratio = 8e-5 is the paper's fine-tuning lr) plus the task's own."""
+    # what learns, for how long
     train_parts: Tuple[str, ...] = ("mask_decoder",)
     max_epochs: int = 10
-    lr: float = 8e-4  # encoder lr; prompt encoder + decoder get lr * decoder_lr_ratio (8e-5: the paper's fine-tuning lr)
-    decoder_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
     batch_size: int = 2
     steps_per_epoch: int = 0  # 0: one pass over the training targets (per process)
-    num_clicks: int = 11  # simulated click iterations per step (SAM-Med3D)
-    grad_clip: float = 1.0
     loss_size: int = 0  # DiceCE/click grid: 128 = the recipe (128^3 upsampled logits); 64 or 32 are 8x/64x cheaper; 0: 128 on CUDA, 64 on CPU
     # data
     val_split: float = 0.2
@@ -53,14 +51,26 @@ class FineTuneOptions:
     val_samples: Optional[List[Dict[str, str]]] = field(default=None, repr=False)  # explicit held-out set
 
     def to_config(self) -> Dict[str, Any]:
-        """JSON-friendly defaults for the train task's /info config (lists as plain strings)."""
+        """JSON-friendly defaults for the train task's /info config (lists as plain strings), in the
+        order the task has always listed them (the recipe's fields sit among the task's own)."""
         out = {}
-        for f in dataclasses.fields(self):
-            if f.name in ("val_samples", "work_dir", "stats_path", "tensorboard_dir", "cache_dir"):
+        for name in sorted((f.name for f in dataclasses.fields(self)), key=_config_position):
+            if name in ("val_samples", "work_dir", "stats_path", "tensorboard_dir", "cache_dir"):
                 continue
-            v = getattr(self, f.name)
-            out[f.name] = "+".join(v) if isinstance(v, tuple) else v
+            v = getattr(self, name)
+            out[name] = "+".join(v) if isinstance(v, tuple) else v
         return out
+
+
+# /info lists these first, in this order (a client shows them as listed); the rest follow in field order
+_CONFIG_HEAD = ("train_parts", "max_epochs", "lr", "decoder_lr_ratio", "weight_decay", "batch_size",
+                "steps_per_epoch", "num_clicks", "grad_clip")
+
+
+def _config_position(name: str) -> Tuple[int, int]:
+    if name in _CONFIG_HEAD:
+        return 0, _CONFIG_HEAD.index(name)
+    return 1, [f.name for f in dataclasses.fields(FineTuneOptions)].index(name)
 
 
 _ALIASES = {"epochs": "max_epochs", "learning_rate": "lr", "train_batch_size": "batch_size"}

@@ -1,121 +1,52 @@
-"""The SAM-Med3D training step with click simulation, the optimiser recipe, and click validation.
+"""From-scratch training of the default model (scripts/train_default_model.py): its options, the
+recipe's optimiser and step applied to a whole model, and click validation on held-out crops.
 
-Training step (public SAM-Med3D `interaction()`): the encoder runs once per batch; then
-`num_clicks` (11) decoder iterations, each with the newest click only (drawn uniformly in the error
-region of the current prediction) plus the previous low-res logits (zeros at first). At one random
-iteration (0-based index in [2, 9), as the code's np.random.randint(2, 9)) and at the last one the
-decoder gets the mask alone, no point. DiceCE with sigmoid on the 128^3 trilinearly upsampled
-logits, summed over iterations. The low-res logits are fed back without detaching, as in the
-public code, so gradients flow through the chain of refinements.
+The optimiser and the step are lib.training.recipe's, shared with the fine-tuning task and the
+active-learning simulation. Here the encoder learns too (unless freeze_encoder), encoding and
+decoding run under bf16 autocast on CUDA, and the loss is on the model's own 128^3 grid through the
+model's own decode (the reference view, so any model with the Sam3D interface trains the same way).
 
 Validation follows the evaluation rule (clicks.next_click_from_error, centre of the largest error
 component), reporting Dice after 1 and 5 clicks.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..interaction.clicks import first_click, next_click_from_error, sample_click_uniform
-from .losses import dice_ce_loss, dice_score
+from ..interaction.clicks import first_click, next_click_from_error
+from . import recipe
+from .losses import dice_score
+from .recipe import PARTS, RecipeOptions, bf16_autocast, click_losses, set_lr_scale, set_trainable
+
+__all__ = ["TrainConfig", "build_optimizer", "click_losses", "evaluate_clicks", "set_lr_scale", "summarise",
+           "train_step"]
 
 
 @dataclass
-class TrainConfig:
-    lr: float = 8e-4  # encoder learning rate (paper)
-    decoder_lr_ratio: float = 0.1  # prompt encoder + mask decoder lr = ratio * lr (paper)
-    weight_decay: float = 0.1
-    num_clicks: int = 11
-    grad_clip: float = 1.0
+class TrainConfig(RecipeOptions):
     bf16: bool = True  # autocast bf16 on CUDA (ignored on CPU)
     freeze_encoder: bool = False
 
 
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: encoder at lr, prompt encoder + decoder at decoder_lr_ratio * lr.
-
-    With freeze_encoder the encoder's parameters get requires_grad=False and are left out.
-    Each group keeps its base lr in 'base_lr' so a schedule can scale it.
-    """
-    for p in model.image_encoder.parameters():
-        p.requires_grad_(not cfg.freeze_encoder)
-    dec = [p for m in (model.prompt_encoder, model.mask_decoder) for p in m.parameters() if p.requires_grad]
-    groups = [{"params": dec, "lr": cfg.lr * cfg.decoder_lr_ratio, "base_lr": cfg.lr * cfg.decoder_lr_ratio,
-               "name": "prompt+decoder"}]
-    if not cfg.freeze_encoder:
-        groups.insert(0, {"params": list(model.image_encoder.parameters()), "lr": cfg.lr, "base_lr": cfg.lr,
-                          "name": "encoder"})
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-
-
-def set_lr_scale(optimizer: torch.optim.Optimizer, scale: float) -> None:
-    """Set every group's lr to base_lr * scale (warm-up / cosine schedules)."""
-    for g in optimizer.param_groups:
-        g["lr"] = g["base_lr"] * scale
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: int, rs: np.random.Generator,
-                 generator: Optional[torch.Generator], bf16: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run the simulated-click chain on precomputed embeddings.
-
-    Args:
-        emb: (B, C, 8, 8, 8) image embeddings (with grad unless the encoder is frozen).
-        targets: (B, 1, 128, 128, 128) float 0/1 (the size model.upsample_logits returns; a model
-            wrapper may upsample to a smaller loss grid and give targets on that grid).
-    Returns:
-        (summed loss over iterations (scalar), Dice per item after the last iteration (B,)).
-    """
-    b = emb.shape[0]
-    gt = targets > 0.5
-    # mask input: 4x the embedding grid (32^3 for 128^3 crops), whatever resolution the loss uses
-    low = torch.zeros((b, 1) + tuple(4 * s for s in emb.shape[2:]), device=emb.device, dtype=torch.float32)
-    pred = torch.zeros_like(gt)
-    mask_only = {int(rs.integers(2, 9)), num_clicks - 1}
-    total = torch.zeros((), device=emb.device)
-    for it in range(num_clicks):
-        if it in mask_only and it > 0:
-            coords = labels = None
-        else:
-            coords, labels = sample_click_uniform(pred, gt, generator)
-        with _autocast(emb.device, bf16):
-            low = model.decode(emb, coords, labels, low).float()
-        up = model.upsample_logits(low)
-        total = total + dice_ce_loss(up, targets)
-        pred = (up > 0).detach()
-    return total, dice_score(pred, gt)
+    """The recipe's AdamW after making every part trainable (the encoder left out with freeze_encoder)."""
+    set_trainable(model, PARTS[1:] if cfg.freeze_encoder else PARTS)
+    return recipe.build_optimizer(model, cfg)
 
 
 def train_step(model, optimizer, images: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
                rs: np.random.Generator, generator: Optional[torch.Generator] = None) -> Dict[str, float]:
-    """One optimiser step on a batch.
+    """One recipe step on a batch of crops: images (B, 1, 128, 128, 128) z-normalised, targets 0/1.
 
-    Args:
-        images: (B, 1, 128, 128, 128) z-normalised crops; targets: (B, 1, 128, 128, 128) 0/1.
-    Returns:
-        {"loss": summed DiceCE / num_clicks, "dice": mean Dice after the last iteration,
-         "grad_norm": total gradient norm before clipping}.
+    -> {"loss": summed DiceCE / num_clicks, "dice": mean Dice after the last iteration,
+        "grad_norm": total gradient norm before clipping}.
     """
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    enc_ctx = torch.no_grad() if cfg.freeze_encoder else contextlib.nullcontext()
-    with enc_ctx, _autocast(images.device, cfg.bf16):
-        emb = model.encode(images)
-    loss, dice = click_losses(model, emb.float(), targets, cfg.num_clicks, rs, generator, cfg.bf16)
-    loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-    optimizer.step()
-    return {"loss": float(loss.detach()) / cfg.num_clicks, "dice": float(dice.mean()), "grad_norm": float(gnorm)}
+    chain = recipe.ClickChain(model, bf16=cfg.bf16, fast=False, bf16_encode=cfg.bf16)
+    return recipe.train_step(chain, optimizer, images, targets, cfg, rs, generator)
 
 
 @torch.no_grad()
@@ -139,7 +70,7 @@ def evaluate_clicks(model, images: torch.Tensor, targets: torch.Tensor, n_clicks
         gt = targets[s:s + batch].to(device) > 0.5
         gt_np = gt[:, 0].cpu().numpy()
         b = img.shape[0]
-        with _autocast(device, bf16):
+        with bf16_autocast(device, bf16):
             emb = model.encode(img).float()
         low = torch.zeros((b, 1, 32, 32, 32), device=device)
         pred_np = np.zeros_like(gt_np)
@@ -155,7 +86,7 @@ def evaluate_clicks(model, images: torch.Tensor, targets: torch.Tensor, n_clicks
             sl = slice(None) if accumulate else slice(-1, None)
             coords = torch.tensor([p[sl] for p in pts], dtype=torch.float32, device=device)
             labels = torch.tensor([lb[sl] for lb in lab], dtype=torch.int64, device=device)
-            with _autocast(device, bf16):
+            with bf16_autocast(device, bf16):
                 low = model.decode(emb, coords, labels, low).float()
             pred = model.upsample_logits(low) > 0
             pred_np = pred[:, 0].cpu().numpy()

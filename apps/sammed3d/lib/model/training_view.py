@@ -1,4 +1,11 @@
-"""A faster, numerically equivalent model view for the training click chain (lib.training.loop.click_losses).
+"""Model views for the training click chain (lib.training.recipe.click_losses): the reference view
+on a loss grid, and a faster, numerically equivalent view of Sam3D's decoder.
+
+``training_view(model, loss_size, fast)`` picks one. Any model with the Sam3D interface (encode,
+decode, upsample_logits, image_size) gets the reference view: ``model.decode`` and, on a coarser
+loss grid, trilinear upsampling plus the click mapping of ``LossGridView``. Only a model whose decode
+*is* ``Sam3D.decode`` over this package's prompt encoder and mask decoder gets ``TrainingView``,
+because it re-implements that decoder from its parameters.
 
 click_losses calls ``view.decode(emb, coords, labels, low)`` and ``view.upsample_logits(low)`` 11
 times per step, with backward through all of them. ``Sam3D.decode`` is written for one inference
@@ -34,6 +41,9 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .mask_decoder import MaskDecoder3D
+from .prompt_encoder import PromptEncoder3D
+from .sam3d import Sam3D
 
 
 def interp_matrix(n_in: int, n_out: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -191,12 +201,47 @@ def _deconv_weight(conv) -> torch.Tensor:
     return conv.weight.permute(0, 2, 3, 4, 1).reshape(cin, -1)
 
 
+class LossGridView:
+    """The reference view on a coarser loss grid (loss_size^3 instead of the crop's image_size^3),
+    through the model's own decode: any model with the Sam3D interface.
+
+    upsample_logits goes to loss_size; clicks drawn on that grid are mapped to crop voxel
+    coordinates (voxel centres) before the decoder sees them.
+    """
+
+    def __init__(self, model, loss_size: int):
+        self.model, self.size = model, int(loss_size)
+        self.scale = model.image_size / self.size
+
+    def decode(self, emb, coords, labels, mask_input):
+        if coords is not None and self.scale != 1:
+            coords = coords * self.scale + (self.scale - 1) / 2
+        return self.model.decode(emb, coords, labels, mask_input)
+
+    def upsample_logits(self, low):
+        return F.interpolate(low.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+
+
+def has_sam3d_decoder(model) -> bool:
+    """True when TrainingView computes exactly model.decode: Sam3D's decode over its own decoder parts."""
+    return (isinstance(model, Sam3D) and type(model).decode is Sam3D.decode
+            and isinstance(model.prompt_encoder, PromptEncoder3D) and isinstance(model.mask_decoder, MaskDecoder3D))
+
+
+def training_view(model, loss_size: Optional[int] = None, fast: bool = True):
+    """The view click_losses decodes through: TrainingView when ``fast`` and the model is a Sam3D
+    (see has_sam3d_decoder); otherwise the model itself on its own grid, LossGridView on a coarser one."""
+    size = int(loss_size or model.image_size)
+    if fast and has_sam3d_decoder(model):
+        return TrainingView(model, size)
+    return model if size == model.image_size else LossGridView(model, size)
+
+
 class TrainingView:
-    """Model view for click_losses: decode + upsample to a loss grid of ``loss_size``^3.
+    """Sam3D's decode + upsampling to a loss grid of ``loss_size``^3, computed with less data movement.
 
     Clicks drawn on the loss grid are mapped to crop voxel coordinates (voxel centres) before the
-    prompt encoder sees them, as lib.trainers.finetune's loss grid always did (identity when
-    loss_size == the crop size).
+    prompt encoder sees them, as LossGridView does (identity when loss_size == the crop size).
     """
 
     def __init__(self, model, loss_size: Optional[int] = None):
@@ -205,7 +250,6 @@ class TrainingView:
         self.scale = model.image_size / self.size
         self._pe = None
         self._emb = (None, None)
-        self.chunked = True  # CPU: the decoder's last stage through _UpscaleTail (cache-sized chunks)
 
     # -- helpers --------------------------------------------------------------------------------
     def _dense_pe(self) -> torch.Tensor:
@@ -248,7 +292,7 @@ class TrainingView:
         x1 = keys @ _deconv_weight(deconv1)  # (B, XYZ, k1^3 * C1)
         x1 = x1.reshape(b, -1, deconv1.out_channels) + deconv1.bias
         x1 = act1(F.layer_norm(x1, (x1.shape[-1],), ln.weight, ln.bias, ln.eps))  # (B, XYZ k1^3, C1)
-        if self.chunked and x1.device.type == "cpu" and not _autocast_on("cpu"):
+        if x1.device.type == "cpu" and not _autocast_on("cpu"):  # the last stage in cache-sized chunks
             kc = deconv2.out_channels * deconv2.kernel_size[0] ** 3
             masks = _UpscaleTail.apply(x1, _deconv_weight(deconv2), deconv2.bias.repeat(kc // deconv2.out_channels),
                                        hyper[0], act2.approximate, max(16, (1 << 16) // kc))
