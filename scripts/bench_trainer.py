@@ -17,7 +17,7 @@ so load from other jobs on the machine hits them alike. Medians; the first step 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_trainer.py --threads 1 --model default --steps 5 --reference
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_trainer.py --threads 1 --model released --steps 3 --reference
 
-Data: CT phantoms (lib.training.phantoms) written as NIfTI; targets = their labelled objects.
+Data: CT phantoms (lib.synthetic.phantoms) written as NIfTI; targets = their labelled objects.
 """
 import argparse
 import copy
@@ -30,7 +30,6 @@ import tempfile
 import time
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +40,8 @@ from lib.trainers.data import CropSource, EmbeddingCache, find_targets, make_var
 from lib.trainers.finetune import _example  # noqa: E402
 from lib.trainers.options import FineTuneOptions  # noqa: E402
 from lib.training.recipe import ClickChain, build_optimizer, click_rngs, set_trainable, train_step  # noqa: E402
-from lib.training.phantoms import generate_phantom  # noqa: E402
+from lib.synthetic.cases import write_nifti  # noqa: E402
+from lib.synthetic.phantoms import generate_phantom  # noqa: E402
 from lib.versions import encoder_fingerprint  # noqa: E402
 
 
@@ -49,12 +49,8 @@ def phantom_samples(folder, n):
     out = []
     for s in range(n):
         img, lab, _ = generate_phantom(1000 + s, (128, 128, 128), modality="ct")
-        paths = []
-        for arr, name in ((img, f"img{s}.nii.gz"), (lab.astype(np.uint8), f"lab{s}.nii.gz")):
-            im = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
-            im.SetSpacing((1.5, 1.5, 1.5))
-            paths.append(os.path.join(folder, name))
-            sitk.WriteImage(im, paths[-1])
+        paths = [write_nifti(img, os.path.join(folder, f"img{s}.nii.gz"), (1.5, 1.5, 1.5), dtype=img.dtype),
+                 write_nifti(lab, os.path.join(folder, f"lab{s}.nii.gz"), (1.5, 1.5, 1.5), dtype=np.uint8)]
         out.append({"image": paths[0], "label": paths[1]})
     return out
 

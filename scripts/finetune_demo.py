@@ -2,7 +2,7 @@
 volumes sent as FINAL labels, POST /train/sammed3d, then Dice after 1 click on held-out volumes.
 
 The structure: a synthetic "lung lobe" -- a large (35-50 mm radius), dark (about -820 HU), deformed
-blob inside the CT body of a phantom (lib.training.phantoms), like the lungs the default model
+blob inside the CT body of a phantom (lib.synthetic.cases.lung_lobe_case), like the lungs the default model
 fails on (model card: Dice@1 0.01-0.02 on the real lungs). Everything goes through a real
 `monailabel start_server` and MONAILabelClient, as 3D Slicer drives it.
 
@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-import SimpleITK as sitk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
@@ -27,36 +26,12 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from lib.interaction.clicks import first_click  # noqa: E402
 from lib.interaction.evaluate import dice, read_label  # noqa: E402
-from lib.training.phantoms import generate_phantom  # noqa: E402
-from lib.training.shapes import random_shape  # noqa: E402
+from lib.synthetic.cases import lung_lobe_case, write_nifti  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
 SHAPE = (128, 128, 112)
 SPACING = (1.5, 1.5, 1.8)
-
-
-def make_volume(seed: int):
-    """CT phantom (as background) + one lung-like lobe (label 1) -> (image HU, label) in (i, j, k)."""
-    rs = np.random.default_rng(10_000 + seed)
-    img, _, _ = generate_phantom(seed, SHAPE, spacing=1.5, modality="ct")
-    half = np.array(SHAPE) * 1.5 / 2
-    centre = rs.uniform(-0.2, 0.2, size=3) * half
-    sdf, _, _ = random_shape(rs, "blob", centre, float(rs.uniform(35.0, 50.0)))
-    axes = [(np.arange(n) - (n - 1) / 2) * 1.5 for n in SHAPE]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
-    import torch
-
-    inside = (sdf(torch.from_numpy(grid)) < 0).numpy()
-    lobe = -820.0 + rs.normal(0, 25, size=SHAPE) + 60.0 * np.sin(grid[0] / 7.0) * np.cos(grid[1] / 9.0)
-    img = np.where(inside, lobe, img).astype(np.float32)
-    return img, inside.astype(np.uint8)
-
-
-def write(arr, path, dtype):
-    im = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)).astype(dtype))
-    im.SetSpacing(SPACING)  # stored anisotropic: the session resamples to 1.5 mm RAS
-    im.SetOrigin((-96.0, -96.0, -100.0))
-    sitk.WriteImage(im, path)
+ORIGIN = (-96.0, -96.0, -100.0)
 
 
 def make_data(out: str, n_train: int, n_test: int):
@@ -67,9 +42,10 @@ def make_data(out: str, n_train: int, n_test: int):
     for name, seed in cases:
         path = os.path.join(studies, f"{name}.nii.gz")
         if not os.path.exists(path):
-            img, lab = make_volume(seed)
-            write(img, path, np.float32)
-            write(lab, os.path.join(labels, f"{name}.nii.gz"), np.uint8)
+            img, lab = lung_lobe_case(seed, SHAPE)
+            # stored anisotropic: the session resamples to 1.5 mm RAS
+            write_nifti(img, path, SPACING, ORIGIN, dtype=np.float32)
+            write_nifti(lab, os.path.join(labels, f"{name}.nii.gz"), SPACING, ORIGIN, dtype=np.uint8)
     return studies, labels, [c for c, _ in cases if c.startswith("train")], [c for c, _ in cases if c.startswith("test")]
 
 

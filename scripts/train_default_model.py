@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the embedded default SAM-Med3D model (reduced size, from scratch, encoder included).
 
-Data: synthetic phantoms generated on the training device (lib/training/phantoms.py), optionally
+Data: synthetic phantoms generated on the training device (lib/synthetic/phantoms.py), optionally
 mixed with real volumes prepared by scripts/prepare_real_volumes.py (.npz at 1.5 mm; only their
 training structures are used; held-out structures are only evaluated).
 
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from lib.model import build_sam_med3d, save_checkpoint  # noqa: E402
 from lib.training.crops import CROP_SIZE, load_npz_volume, make_crop, pick_target  # noqa: E402
 from lib.training.loop import TrainConfig, build_optimizer, evaluate_clicks, set_lr_scale, summarise, train_step  # noqa: E402
-from lib.training.phantoms import generate_phantom_torch  # noqa: E402
+from lib.synthetic.phantoms import generate_phantom_torch  # noqa: E402
 from lib.training.pool import VolumePool  # noqa: E402
 
 VERSION = "default-v1"

@@ -2,10 +2,10 @@
 import os
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from lib.model import build_sam_med3d, save_checkpoint
+from lib.synthetic.cases import ellipsoid_case, write_nifti
 
 TINY_CONFIG = {"encoder_embed_dim": 48, "encoder_depth": 2, "encoder_num_heads": 2, "encoder_global_attn_indexes": [1],
                "window_size": 4, "prompt_embed_dim": 48, "mlp_ratio": 2,
@@ -23,31 +23,13 @@ def tiny_checkpoint(path: str, seed: int = 0, version: str = "tiny") -> str:
 
 
 def write_volume(folder, name: str, seed: int, shape=(56, 52, 40), spacing=(2.0, 2.0, 2.5), two_blobs=False):
-    """A CT-like volume (HU) with one bright ellipsoid (label 1) and, optionally, a second one
-    (label 1, another component). LPS-stored NIfTI with a non-trivial affine. -> (image, label) paths."""
-    rs = np.random.default_rng(seed)
-    i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    img = rs.normal(0, 20, size=shape).astype(np.float32) + 40.0
-    lab = np.zeros(shape, np.uint8)
-    centres = [(shape[0] * 0.4, shape[1] * 0.5, shape[2] * 0.5)]
-    if two_blobs:
-        centres.append((shape[0] * 0.75, shape[1] * 0.3, shape[2] * 0.5))
-    for c in centres:
-        r = rs.uniform(5, 8, size=3)
-        inside = ((i - c[0]) / r[0]) ** 2 + ((j - c[1]) / r[1]) ** 2 + ((k - c[2]) / r[2]) ** 2 < 1
-        lab[inside] = 1
-        img[inside] += 300.0
-    img[:2] = -1000.0  # some air: CT
+    """lib.synthetic.cases.ellipsoid_case as LPS-stored NIfTI with a non-trivial affine -> (image, label) paths."""
+    img, lab = ellipsoid_case(seed, shape, two_blobs)
     os.makedirs(os.path.join(folder, "labels"), exist_ok=True)
     paths = []
     for arr, sub, dtype in ((img, "", np.float32), (lab, "labels", np.uint8)):
-        im = sitk.GetImageFromArray(arr.transpose(2, 1, 0).astype(dtype))
-        im.SetSpacing(spacing)
-        im.SetOrigin((10.0, -20.0, 5.0))
-        im.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
-        p = os.path.join(folder, sub, f"{name}.nii.gz")
-        sitk.WriteImage(im, p)
-        paths.append(p)
+        paths.append(write_nifti(arr, os.path.join(folder, sub, f"{name}.nii.gz"), spacing, (10.0, -20.0, 5.0),
+                                 (-1, 0, 0, 0, -1, 0, 0, 0, 1), dtype))
     return paths[0], paths[1]
 
 

@@ -1,1 +1,3 @@
-"""Training of SAM-Med3D: synthetic phantoms, crops, click-simulation loop, checkpoints (pure torch/numpy/scipy)."""
+"""Training of SAM-Med3D: the shared recipe (optimiser and step), losses, training crops, the
+device-resident volume pool, and from-scratch training of the default model (pure torch/numpy).
+Synthetic training data comes from lib.synthetic."""

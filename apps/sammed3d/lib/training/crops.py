@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .phantoms import generate_phantom_torch
+from ..synthetic.phantoms import generate_phantom_torch
 
 CROP_SIZE = 128
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .crops import CROP_SIZE, load_npz_volume, make_crop, pick_target
-from .phantoms import generate_phantom_torch
+from ..synthetic.phantoms import generate_phantom_torch
 
 
 class VolumePool:
