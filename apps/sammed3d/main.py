@@ -36,7 +36,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from lib.dicom import advertise_segments, install_ohif_asset_route, ohif_segment_names
 from lib.infers import SAMMed3DInfer
-from lib.guards import image_uri_or_404, install_guards, unknown_task_404
+from lib.guards import configure_limits, image_uri_or_404, install_guards, unknown_task_404
 from lib.infers.medsam_box import build_medsam_task
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
@@ -60,6 +60,7 @@ class SAMMed3DApp(MONAILabelApp):
         # Segment names for /info: OHIF offers only these for include clicks (docs/dicom.md).
         self.segment_names = _startup_check(ohif_segment_names, conf)
         self.al_combine = _startup_check(_al_combine, conf)  # combined score's rule (docs/activelearning.md)
+        _startup_check(configure_limits, conf)  # --conf max_upload_mb / max_voxels (docs/reliability.md)
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -12,18 +12,30 @@ changes two things:
 * the label it replaces is first kept as `labels/<tag>/.history/<id>/<seq>-<UTC time><ext>` (a
   hard link, so no extra space), so every earlier save can be restored by copying it back. MONAI Label's folder scans match label file
   names by extension and never descend into the `.history` folder.
+
+It also keeps every read and write inside the studies folder (docs/reliability.md):
+
+* image ids and label tags that are not plain names (`../x`, `/tmp/x`, NUL, encoded forms; see
+  lib/guards/paths.py) raise UnsafePathError instead of becoming a path;
+* a file or label folder that is a symlink pointing out of the studies folder is not listed, not
+  served (get_image_uri/get_label_uri answer "", i.e. not found), not trained on and not zipped;
+* the datastore JSON is written atomically (MONAI Label truncates it in place, so a crash could
+  leave it empty), and a corrupt one found at start is moved aside (`<name>.corrupt-<time>`), logged,
+  and rebuilt from the files, instead of stopping the server.
 """
+import json
 import logging
 import os
 import shutil
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import ImageNotFoundException
 
+from lib.guards.paths import UnsafePathError, inside, name_problem
 from lib.model.checkpoint import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -32,17 +44,121 @@ HISTORY = ".history"
 
 
 class SafeLocalDatastore(LocalDatastore):
-    """LocalDatastore whose label saves are atomic and keep every replaced label."""
+    """LocalDatastore whose label saves are atomic and keep every replaced label, and whose paths
+    all stay inside the studies folder."""
+
+    def __init__(self, datastore_path: str, *args, **kwargs):
+        self._root = os.path.realpath(datastore_path)
+        config = kwargs.get("datastore_config", "datastore_v2.json")
+        recover_corrupt_json(os.path.join(datastore_path, config))
+        super().__init__(datastore_path, *args, **kwargs)
+
+    # ------------------------------------------------------------------ paths stay inside
+    def _checked(self, value: str, what: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise UnsafePathError(f"{what} {value!r:.80} {problem}")
+        return value
+
+    def _inside(self, path: str, what: str) -> str:
+        if not inside(path, self._root):
+            e = UnsafePathError(f"{what} resolves outside the studies folder (a link pointing out); the server "
+                                "does not follow it: copy the file into the studies folder")
+            e.status_code = 403
+            raise e
+        return path
+
+    def _list_files(self, path, patterns):
+        files = super()._list_files(path, patterns)
+        outside = [n for n in files if not inside(os.path.join(path, n), self._root)]
+        for n in outside:
+            logger.warning(f"ignored {os.path.join(path, n)}: a link pointing outside the studies folder")
+            files.pop(n)
+        return files
+
+    def get_image_uri(self, image_id: str) -> str:
+        uri = super().get_image_uri(image_id)
+        return uri if not uri or inside(uri, self._root) else ""
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        if name_problem(label_tag) or name_problem(label_id):
+            return ""
+        uri = super().get_label_uri(label_id, label_tag)
+        return uri if not uri or inside(uri, self._root) else ""
+
+    def link_out(self, image_id: str, tag: Optional[str] = None) -> Optional[str]:
+        """The path of `image_id`'s file (or its `tag` label) in the studies folder when it is a link
+        pointing outside it; None otherwise (lets the guards answer 403 instead of 404)."""
+        if name_problem(image_id) or (tag is not None and name_problem(tag)):
+            return None
+        folder = self._datastore.image_path() if tag is None else self._datastore.label_path(tag)
+        exts = [e.replace("*", "") for e in self._extensions]
+        for path in [os.path.join(folder, image_id + e) for e in exts] + [folder]:
+            if os.path.lexists(path) and not inside(path, self._root):
+                return path
+        return None
+
+    def datalist(self, full_path=True) -> List[Dict[str, Any]]:
+        rows = super().datalist(full_path=True)
+        kept = [r for r in rows if all(inside(p, self._root) for p in r.values())]
+        if len(kept) != len(rows):
+            logger.warning(f"datalist: {len(rows) - len(kept)} entries skipped (links pointing outside the studies folder)")
+        if not full_path:
+            kept = [{k: os.path.relpath(v, self._root) for k, v in r.items()} for r in kept]
+        return kept
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        if image_id:
+            self._checked(image_id, "image id")
+        else:
+            self._checked(self._to_id(os.path.basename(image_filename))[0], "image file name")
+        _, ext = self._to_id(os.path.basename(image_filename))
+        dest = os.path.join(self._datastore.image_path(), (image_id or self._to_id(os.path.basename(image_filename))[0]) + ext)
+        self._inside(dest, "the image's file")
+        return super().add_image(image_id, image_filename, image_info)
+
+    def remove_image(self, image_id: str) -> None:
+        obj = self._datastore.objects.get(image_id)
+        if obj:  # MONAI Label removes the link's target (realpath): refuse a link pointing out
+            self._inside(os.path.join(self._datastore.image_path(), self._filename(image_id, obj.image.ext)), "the image file")
+        return super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        self._checked(label_id, "image id")
+        self._checked(label_tag, "tag")
+        uri = super().get_label_uri(label_id, label_tag)
+        if uri:
+            self._inside(uri, "the label file")
+        return super().remove_label(label_id, label_tag)
+
+    def _update_datastore_file(self, lock=True):
+        """MONAI Label's, written atomically (temp file, fsync, rename): a crash keeps the old file."""
+        def write():
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write(self._datastore_config_path, lambda f: f.write(text.encode()), tmp_suffix=".part")
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         obj = self._datastore.objects.get(image_id)
         if not obj:
             raise ImageNotFoundException(f"Image {image_id} not found")
         label_tag = label_tag or DefaultLabelTag.FINAL.value
+        self._checked(image_id, "image id")
+        self._checked(label_tag, "tag")
         _, label_ext = self._to_id(os.path.basename(label_filename))
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
         dest = os.path.join(label_path, name)
+        self._inside(label_path if os.path.lexists(label_path) else os.path.dirname(label_path), "the label folder")
+        if os.path.lexists(dest):
+            self._inside(dest, "the label file")
         logger.info(f"Saving label {image_id} => {label_tag} => {dest} (atomic, previous kept)")
 
         with FileLock(self._lock_file):
@@ -61,6 +177,26 @@ class SafeLocalDatastore(LocalDatastore):
             obj.labels[label_tag] = DataModel(info=label_info, ext=label_ext)
             self._update_datastore_file(lock=False)
         return image_id
+
+
+def recover_corrupt_json(path: str) -> Optional[str]:
+    """Move a datastore JSON that is not valid aside (`<path>.corrupt-<UTC time>`) and say so in the
+    log; the datastore is then rebuilt from the image and label files. Returns the new name."""
+    if not os.path.isfile(path):
+        return None
+    from monailabel.datastore.local import LocalDatastoreModel
+
+    try:
+        with open(path) as f:
+            LocalDatastoreModel.model_validate_json(f.read())
+        return None
+    except (ValueError, UnicodeDecodeError) as e:  # pydantic's ValidationError is a ValueError
+        moved = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        os.replace(path, moved)
+        logger.error(f"datastore file {path} is corrupt ({str(e).splitlines()[0][:200]}); moved to {moved}; "
+                     "rebuilding the datastore from the image and label files (label info such as 'previous' and "
+                     "scores is lost; the files are not)")
+        return moved
 
 
 def keep_previous(label_path: str, image_id: str, extensions) -> List[str]:

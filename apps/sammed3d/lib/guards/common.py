@@ -3,9 +3,12 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from typing import Any, Dict, Optional
 
 from fastapi import HTTPException
+
+from .paths import UnsafePathError, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def parse_params_field(params: Optional[str]) -> Dict[str, Any]:
         return {}
     try:
         value = json.loads(params)
+    except RecursionError:
+        raise HTTPException(status_code=400, detail="params must be a JSON object; it is nested too deeply to parse")
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         shown = params if len(params) <= 80 else params[:77] + "..."
         raise HTTPException(status_code=400, detail=f"params must be a JSON object; cannot parse {shown!r}: {e}")
@@ -44,21 +49,45 @@ def parse_params_field(params: Optional[str]) -> Dict[str, Any]:
     return value
 
 
-def image_uri_or_404(datastore, image: str) -> str:
+def image_uri_or_404(datastore, image: str, allow_path: bool = True) -> str:
     """The datastore's file/folder for image id `image`; HTTPException(404) when there is none.
 
     MONAI Label 0.8.5 answers an unknown id with a plain 500 (LocalDatastore raises, DICOMweb
     lookups fail); clients need a 404. A path that exists (an uploaded file) is returned as is."""
-    if isinstance(image, str) and os.path.exists(image):
-        return image
+    if allow_path and isinstance(image, str) and os.path.isabs(image) and os.path.exists(image):
+        return image  # set by MONAI Label itself (an uploaded file, a session); the routes refuse paths
     try:
         uri = datastore.get_image_uri(image)
     except Exception as e:  # e.g. a DICOMweb lookup of a series that does not exist
         logger.info(f"image {image!r} lookup failed: {e}")
         uri = None
     if not uri:
+        link = getattr(datastore, "link_out", lambda *a: None)(image)
+        if link:
+            raise HTTPException(status_code=403, detail=f"image {image!r} is a link pointing outside the studies folder "
+                                                        "(the server does not follow it): copy the file into the studies folder")
         raise HTTPException(status_code=404, detail=f"image {image!r} not found in the datastore")
     return uri
+
+
+def known_image(datastore, image) -> str:
+    """The file of datastore image id `image`: 400 for an id that is not a plain name (a path,
+    `..`, NUL, ...), 403 for a link pointing out of the studies folder, 404 for an unknown id."""
+    check_name(image, "image")
+    return image_uri_or_404(datastore, image, allow_path=False)
+
+
+@contextmanager
+def as_4xx():
+    """Datastore refusals as client errors: unsafe paths 400/403, unknown image or label 404."""
+    from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
+
+    try:
+        yield
+    except UnsafePathError as e:
+        raise HTTPException(status_code=getattr(e, "status_code", 400), detail=str(e))
+    except (ImageNotFoundException, LabelNotFoundException) as e:
+        raise HTTPException(status_code=404, detail=str(e))
 
 
 def unknown_task_404(kind: str, name: Any, available) -> HTTPException:

@@ -16,6 +16,11 @@ unchanged, to MONAI Label's own `save_label`.
 Image uploads (`PUT /datastore/image`, the deprecated `PUT /datastore/`) with a file name of an
 image format must be a readable 3D image (400 otherwise; MONAI Label stores anything), and
 removing an image id that does not exist is a 404 (MONAI Label: 500).
+
+Every value that becomes a path is a plain name (lib/guards/paths.py): the image id, the label
+tag and the uploaded file's name; `tag=/tmp/x` and `image=../x` wrote outside the studies folder.
+Headers may claim at most `--conf max_voxels` voxels and a DICOM upload must not inflate past the
+upload limit (lib/guards/limits.py), checked before anything is allocated.
 """
 import os
 import shutil
@@ -26,7 +31,9 @@ import numpy as np
 import SimpleITK as sitk
 from fastapi import HTTPException
 
-from .common import image_uri_or_404, insert_first, parse_params_field
+from .common import as_4xx, insert_first, known_image, parse_params_field
+from .limits import check_dicom, check_voxels
+from .paths import check_name, check_optional_name, upload_name
 
 ROUTE_NAME = "sammed3d_save_label_guard"
 PASS_THROUGH = (".bin", ".dcm")  # geometry comes from the DICOM series, not from the upload
@@ -49,6 +56,7 @@ def check_label_file(label_path: str, image_path: Optional[str], name: str = "la
     except RuntimeError as e:
         raise HTTPException(status_code=400, detail=f"cannot read {name} file: {str(e).strip().splitlines()[-1]}")
     size = tuple(int(s) for s in label.GetSize())
+    check_voxels(size, name)
     if label.GetDimension() != 3 and not (label.GetDimension() == 4 and size[3] == 1):
         raise HTTPException(status_code=400, detail=f"{name} must be a 3D image, got size {list(size)}")
     if not image_path or not os.path.isfile(image_path):
@@ -116,10 +124,15 @@ def datastore_routes():
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
     ):
         parse_params_field(params)
-        image_path = image_uri_or_404(app_instance().datastore(), image)
-        if not _suffix(label.filename).lower().endswith(PASS_THROUGH):
+        check_name(tag or DefaultLabelTag.FINAL.value, "tag")
+        upload_name(label.filename)
+        image_path = known_image(app_instance().datastore(), image)
+        if _suffix(label.filename).lower().endswith(".dcm"):
+            _checked_upload(label, check_dicom)
+        elif not _suffix(label.filename).lower().endswith(PASS_THROUGH):
             _checked_upload(label, lambda path: check_label_file(path, image_path))
-        return ml_datastore.save_label(background_tasks, image, params, tag, label, user.username)
+        with as_4xx():
+            return ml_datastore.save_label(background_tasks, image, params, tag, label, user.username)
 
     async def sammed3d_add_image_guard(
         background_tasks: BackgroundTasks,
@@ -129,14 +142,25 @@ def datastore_routes():
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
     ):
         parse_params_field(params)
-        if _suffix(file.filename).lower().endswith(IMAGE_FORMATS):
+        check_optional_name(image, "image")
+        upload_name(file.filename)
+        if not image:  # MONAI Label takes the id from the file name
+            check_name(os.path.basename(file.filename or "upload.nii.gz").split(".")[0], "image",
+                       "name the file like 'case_001.nii.gz' or pass ?image=case_001")
+        suffix = _suffix(file.filename).lower()
+        if suffix.endswith(IMAGE_FORMATS):
             _checked_upload(file, check_image_file)
-        return ml_datastore.add_image(background_tasks, image, params, file, user.username)
+        elif suffix.endswith(".dcm"):
+            _checked_upload(file, check_dicom)
+        with as_4xx():
+            return ml_datastore.add_image(background_tasks, image, params, file, user.username)
 
     async def sammed3d_remove_image_guard(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        check_name(id, "image")
         if id not in app_instance().datastore().list_images():
             raise HTTPException(status_code=404, detail=f"image {id!r} not found in the datastore")
-        return ml_datastore.remove_image(id, user.username)
+        with as_4xx():
+            return ml_datastore.remove_image(id, user.username)
 
     api = f"{settings.MONAI_LABEL_API_STR}/datastore"
     routes = [APIRoute(f"{api}/label", sammed3d_save_label_guard, methods=["PUT"], name=ROUTE_NAME,

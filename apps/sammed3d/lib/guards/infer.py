@@ -11,8 +11,14 @@ It also answers `output=dicom_seg` up front: outside a DICOMweb datastore MONAI 
 inference and then answers 500, and without `label_info` in params it runs it and then answers
 404. Both are a 400 here, before any work.
 
-The guard route has the same path, parameters and RBAC dependency, checks exactly these two
-things, and hands every other request unchanged to MONAI Label's own `run_inference`.
+It also keeps every path-like value a plain name (lib/guards/paths.py): the `image` id and the
+`session_id` (400 for `../x`, `/etc/x`, NUL, encoded forms), the uploaded files' names, and
+`params` may not name another image or session (`{"image": "/some/file.nii.gz"}` replaced the id
+and MONAI Label read that file). Uploaded images must have a header within `--conf max_voxels`,
+and a request carries at most MAX_CLICKS points (lib/guards/limits.py).
+
+The guard route has the same path, parameters and RBAC dependency, checks these things, and
+hands every other request unchanged to MONAI Label's own `run_inference`.
 
 It runs that function in a worker thread. MONAI Label's route is `async` and calls the inference
 directly, so while one inference runs the event loop is blocked and every other request waits:
@@ -26,6 +32,8 @@ from typing import Any, Optional
 from fastapi import HTTPException
 
 from .common import insert_first, parse_params_field
+from .limits import check_clicks
+from .paths import check_optional_name, check_text, upload_name
 
 ROUTE_NAME = "sammed3d_infer_guard"
 
@@ -35,6 +43,29 @@ def require_input(image: str, file: Any, session_id: str) -> None:
     if not image and not file and not session_id:
         raise HTTPException(status_code=400,
                             detail="no input image: give the `image` id (query), an uploaded `file`, or a `session_id`")
+
+
+def check_request_paths(image: str, session_id: str, params: dict, file: Any, label: Any) -> None:
+    """400 for any path-like value: ids, upload names, params that would replace the image."""
+    check_optional_name(image, "image")
+    check_optional_name(session_id, "session_id")
+    for key in ("image", "session"):
+        if key in params and not (key == "image" and params[key] == image):
+            raise HTTPException(status_code=400, detail=(
+                f"params.{key} is not accepted: give the image id as the `image` query parameter "
+                "(or upload the file, or pass session_id)"))
+    check_text(params.get("label"), "label")
+    check_clicks(params)
+    for upload in (file, label):
+        if upload is not None and not isinstance(upload, str):
+            upload_name(getattr(upload, "filename", None))
+
+
+def check_uploaded_image(file: Any) -> None:
+    from .datastore import IMAGE_FORMATS, _checked_upload, _suffix, check_image_file
+
+    if file is not None and not isinstance(file, str) and _suffix(file.filename).lower().endswith(IMAGE_FORMATS):
+        _checked_upload(file, check_image_file)
 
 
 def check_dicom_seg_output(datastore, params: dict) -> None:
@@ -70,6 +101,8 @@ def infer_route():
     ):
         p = parse_params_field(params)
         require_input(image, file, session_id)
+        check_request_paths(image, session_id, p, file, label)
+        check_uploaded_image(file)
         if output == ml_infer.ResultType.dicom_seg:
             check_dicom_seg_output(app_instance().datastore(), p)
         return await run_in_threadpool(ml_infer.run_inference, background_tasks, model, image, session_id, params,
