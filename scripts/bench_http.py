@@ -6,7 +6,10 @@
 A synthetic 512x512x61 CT (0.75 x 0.75 x 5 mm, int16 .nii.gz) is copied --reps times so that every
 "first click" lands on an image the server has not seen (volume load + preprocess + encode +
 decode + write + transfer). A "repeat click" adds one more include click inside the same crop
-(decode only). Medians are reported, with the server's own per-stage latencies beside them.
+(decode only), once per requested format (--formats: the default .nii.gz, OHIF's raw .nrrd, ...).
+Medians are reported, with the server's own per-stage latencies beside them. Unless --no-compare,
+a second server writes label files the previous way (SimpleITK, SAMMED3D_LABEL_WRITER=sitk); the
+two take turns click by click, and every pair of label files is compared voxel for voxel.
 
 The model is the released size (vit_b_ori, 100.5 M parameters) with random weights (fixed seed),
 saved to a temp checkpoint and passed with --conf checkpoint. Random weights make the mask shape
@@ -74,9 +77,28 @@ def machine() -> str:
             f"load average {load} at the end (other jobs on the machine inflate the numbers)")
 
 
+FORMATS = {  # name -> request options (what the client asks for)
+    "nii.gz": {},  # default: the image's own format (.nii.gz here)
+    "nrrd": {"result_extension": ".nrrd", "result_compress": False},  # OHIF's request
+    "nrrd.gz": {"result_extension": ".nrrd", "result_compress": True},
+    "seg.nrrd": {"result_extension": ".seg.nrrd"},
+    "nii": {"result_extension": ".nii"},
+}
+WRITERS = {"new": {}, "sitk": {"SAMMED3D_LABEL_WRITER": "sitk"}}  # today's path: SimpleITK writes the file
+
+
+def read_label(path: str) -> tuple:
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(img), img.GetOrigin(), img.GetSpacing(), img.GetDirection()
+
+
 def run(args) -> dict:
     from monailabel.client import MONAILabelClient
 
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    writers = ["new", "sitk"] if args.compare else ["new"]
     work = tempfile.mkdtemp(prefix="bench-http-")
     try:
         studies = os.path.join(work, "studies")
@@ -86,28 +108,49 @@ def run(args) -> dict:
             shutil.copyfile(os.path.join(studies, "ct_0.nii.gz"), os.path.join(studies, f"ct_{r}.nii.gz"))
         ckpt = released_random_checkpoint(os.path.join(work, "random_released.pt"))
         conf = {"checkpoint": ckpt, "device": args.device, "max_crops": "1", "modality": "CT"}
-        first, repeat, server_first, server_repeat, voxels = [], [], [], [], []
-        with LocalServer(studies, conf) as server:
-            client = MONAILabelClient(server.url, tmpdir=os.path.join(work, "client"))
+        out = {w: {"first": [], "server_first": [], "repeat": {f: [] for f in formats},
+                   "server_repeat": {f: [] for f in formats}, "bytes": {f: [] for f in formats}} for w in writers}
+        voxels, mismatches, compared = [], [], 0
+        servers = {w: LocalServer(studies, conf, env=WRITERS[w]) for w in writers}
+        try:
+            for server in servers.values():  # both up before any timing: they take turns, so load hits both alike
+                server.start()
+            clients = {w: MONAILabelClient(servers[w].url, tmpdir=os.path.join(work, "client", w)) for w in writers}
             centre = [300, 250, 30]  # inside the liver-like blob
             for r in range(args.reps):
                 image = f"ct_{r}"
-                fg = [centre]
-                t = time.perf_counter()
-                _, res = client.infer("sammed3d", image, {"label": "liver", "foreground": fg, "background": []})
-                first.append(time.perf_counter() - t)
-                server_first.append(res["latencies"])
-                assert not res["cache_hit"], "first click must run the encoder"
-                for n in range(args.repeats):
-                    fg = fg + [[centre[0] + 3 * (n + 1), centre[1] - 2 * (n + 1), centre[2]]]
+                for w in writers:  # the first click of this image on each server in turn
                     t = time.perf_counter()
-                    _, res = client.infer("sammed3d", image, {"label": "liver", "foreground": fg, "background": []})
-                    repeat.append(time.perf_counter() - t)
-                    server_repeat.append(res["latencies"])
-                    voxels.append(res["voxels"])
-                    assert res["cache_hit"], "repeat click inside the crop must not re-encode"
-        return {"first": first, "repeat": repeat, "server_first": server_first, "server_repeat": server_repeat,
-                "voxels": voxels,
+                    _, res = clients[w].infer("sammed3d", image, {"label": "liver", "foreground": [centre], "background": []})
+                    out[w]["first"].append(time.perf_counter() - t)
+                    out[w]["server_first"].append(res["latencies"])
+                    assert not res["cache_hit"], "first click must run the encoder"
+                fg = [centre]
+                for n in range(args.repeats):
+                    for f in formats:
+                        fg = fg + [[centre[0] + 3 * (len(fg)), centre[1] - 2 * (len(fg) % 7), centre[2]]]
+                        got = {}
+                        for w in writers:  # the same click on each server in turn: same mask, two writers
+                            params = {"label": "liver", "foreground": fg, "background": []}
+                            params.update(FORMATS[f])
+                            t = time.perf_counter()
+                            path, res = clients[w].infer("sammed3d", image, params)
+                            out[w]["repeat"][f].append(time.perf_counter() - t)
+                            out[w]["server_repeat"][f].append(res["latencies"])
+                            out[w]["bytes"][f].append(os.path.getsize(path))
+                            assert res["cache_hit"], "repeat click inside the crop must not re-encode"
+                            got[w] = read_label(path)
+                            if w == "new":
+                                voxels.append(res["voxels"])
+                        if len(got) == 2:
+                            compared += 1
+                            a, b = got["new"], got["sitk"]
+                            if not (np.array_equal(a[0], b[0]) and a[0].dtype == b[0].dtype and a[1:] == b[1:]):
+                                mismatches.append((image, f, n))
+        finally:
+            for server in servers.values():
+                server.stop()
+        return {"writers": out, "formats": formats, "voxels": voxels, "compared": compared, "mismatches": mismatches,
                 "command": " ".join([os.path.relpath(sys.executable, REPO)] + sys.argv), "machine": machine(),
                 "device": args.device, "reps": args.reps, "repeats": args.repeats}
     finally:
@@ -121,31 +164,51 @@ def stage_medians(latencies) -> str:
 
 def report(r: dict) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    med_f, med_r = statistics.median(r["first"]), statistics.median(r["repeat"])
-    target_f, target_r = (5.0, 0.5) if r["device"] == "cpu" else (0.4, 0.1)
-    return "\n".join([
+    target_f, target_r = (1.2, 0.1) if r["device"] == "cpu" else (0.4, 0.1)
+    w = r["writers"]
+    names = list(w)
+    med = statistics.median
+    lines = [
         "## HTTP",
         "",
         "Round trip through `MONAILabelClient.infer` (request, inference, label file written, sent and saved",
         "by the client) against a real `monailabel start_server`; synthetic 512x512x61 CT, released-size",
-        "model with random weights, `--conf max_crops 1`.",
+        "model with random weights, `--conf max_crops 1`. \"new\" writes the label file with",
+        "`lib/infers/labelfile.py`; \"sitk\" is the previous path (SimpleITK writes the whole volume;",
+        "`SAMMED3D_LABEL_WRITER=sitk`), run in a second server in the same run, the two taking turns click by click.",
         "",
         f"- Command: `{r['command']}`",
-        f"- Machine: {r['machine']}; device {r['device']}; commit {commit}; {time.strftime('%Y-%m-%d')}",
+        f"- Machine: {r['machine']}; device {r['device']}; commit {commit}; {time.strftime('%Y-%m-%d %H:%M')}",
         "",
-        "| click | median round trip (s) | min / max (s) | n | target (s) |",
-        "|---|---|---|---|---|",
-        f"| first (new image: load, preprocess, encode, decode, write) | {med_f:.3f} | "
-        f"{min(r['first']):.3f} / {max(r['first']):.3f} | {len(r['first'])} | {target_f} |",
-        f"| repeat (same crop: decode, paste, write) | {med_r:.3f} | "
-        f"{min(r['repeat']):.3f} / {max(r['repeat']):.3f} | {len(r['repeat'])} | {target_r} |",
+        "| click | format | " + " | ".join(f"{n}: median (s)" for n in names) + " | "
+        + " | ".join(f"{n}: min / max (s)" for n in names) + " | n | file bytes, median (" + " / ".join(names) + ") | target (s) |",
+        "|---|---|" + "---|" * (2 * len(names)) + "---|---|---|",
+        "| first (new image: load, preprocess, encode, decode, write) | nii.gz | "
+        + " | ".join(f"{med(w[n]['first']):.3f}" for n in names) + " | "
+        + " | ".join(f"{min(w[n]['first']):.3f} / {max(w[n]['first']):.3f}" for n in names)
+        + f" | {len(w[names[0]]['first'])} | - | {target_f} |",
+    ]
+    for f in r["formats"]:
+        lines.append(
+            f"| repeat (same crop: decode, paste, write) | {f} | "
+            + " | ".join(f"{med(w[n]['repeat'][f]):.3f}" for n in names) + " | "
+            + " | ".join(f"{min(w[n]['repeat'][f]):.3f} / {max(w[n]['repeat'][f]):.3f}" for n in names)
+            + f" | {len(w[names[0]]['repeat'][f])} | " + " / ".join(f"{med(w[n]['bytes'][f]):.0f}" for n in names)
+            + f" | {target_r} |")
+    lines += ["", "Server-side medians (s):", ""]
+    for n in names:
+        lines.append(f"- {n}, first click: {stage_medians(w[n]['server_first'])}.")
+        for f in r["formats"]:
+            lines.append(f"- {n}, repeat click, {f}: {stage_medians(w[n]['server_repeat'][f])}.")
+    lines += [
         "",
-        f"Server-side medians (s), first click: {stage_medians(r['server_first'])}.",
-        f"Repeat click: {stage_medians(r['server_repeat'])}.",
-        f"Mask size, median: {statistics.median(r['voxels']):.0f} voxels (random weights fill much of the crop);",
-        "`write` is mostly the gzip of the .nii.gz label, which grows with how irregular the mask is.",
-        "",
-    ])
+        f"Mask size, median: {statistics.median(r['voxels']):.0f} voxels (random weights fill much of the crop).",
+    ]
+    if r["compared"]:
+        lines.append(f"Labels compared new vs sitk (SimpleITK read: voxels, dtype, origin, spacing, direction): "
+                     f"{r['compared']} clicks, {len(r['mismatches'])} different.")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def write_section(path: str, section: str) -> None:
@@ -167,10 +230,17 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="first clicks (one per image copy)")
     p.add_argument("--repeats", type=int, default=3, help="repeat clicks after each first click")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"repeat-click formats, from {list(FORMATS)}")
+    p.add_argument("--no-compare", dest="compare", action="store_false",
+                   help="skip the second server with today's SimpleITK writer")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md, section HTTP")
     args = p.parse_args(argv)
-    section = report(run(args))
+    result = run(args)
+    section = report(result)
     print(section)
+    if result["mismatches"]:
+        print(f"LABELS DIFFER between the writers: {result['mismatches']}", file=sys.stderr)
+        return 1
     if args.write_docs:
         write_section(os.path.join(REPO, "docs", "benchmarks.md"), section)
     return 0
