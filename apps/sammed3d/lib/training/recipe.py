@@ -147,7 +147,8 @@ class ClickChain(nn.Module):
 
     Args:
         bf16: decode under bf16 autocast (CUDA only).
-        loss_size: edge of the DiceCE grid (None: the crop, model.image_size).
+        loss_size: edge of the DiceCE grid; None: whatever grid model.upsample_logits returns (the
+            targets are used as given, so a fully convolutional model may train on smaller crops).
         fast: decode through TrainingView when the model is a Sam3D (same function, less data
             movement); False: the model's own decode (the reference).
         bf16_encode: encode under bf16 autocast too. From-scratch training does (speed); the
@@ -163,7 +164,7 @@ class ClickChain(nn.Module):
         self.mask_decoder = model.mask_decoder
         self._model = (model,)
         self.bf16, self.bf16_encode, self.fast = bf16, bf16_encode, fast
-        self.loss_size = int(loss_size or model.image_size)
+        self.loss_size = int(loss_size) if loss_size else None
 
     def train(self, mode: bool = True):
         self._model[0].train(mode)
@@ -179,8 +180,9 @@ class ClickChain(nn.Module):
             with contextlib.nullcontext() if learns else torch.no_grad(), bf16_autocast(x.device, self.bf16_encode):
                 x = model.encode(x)
         view = training_view(model, self.loss_size, self.fast)
-        return click_losses(view, x.float(), loss_targets(targets, self.loss_size), num_clicks, rs, generator,
-                            self.bf16)
+        if self.loss_size is not None:
+            targets = loss_targets(targets, self.loss_size)
+        return click_losses(view, x.float(), targets, num_clicks, rs, generator, self.bf16)
 
 
 def train_step(chain: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
