@@ -4,7 +4,7 @@ import torch
 
 from lib.training.crops import CropDataset, bbox_centre, crop_or_pad, make_crop, pick_target, znormalise
 from lib.training.losses import dice_ce_loss, dice_score
-from lib.synthetic.phantoms import generate_phantom, generate_phantom_torch
+from lib.synthetic.phantoms import generate_phantom
 
 
 def test_phantom_is_deterministic_and_seed_dependent():

@@ -19,7 +19,6 @@ DistributedDataParallel, validation and progress on rank 0.
 """
 from __future__ import annotations
 
-import copy
 import datetime
 import logging
 import math

@@ -116,7 +116,7 @@ class CropDataset(Dataset):
     Item i is deterministic given (seed, i): it builds phantom `seed * 1_000_003 + i` (or picks a
     real volume with probability `real_fraction`), chooses one labelled structure at random and
     returns make_crop(...) -> (image (1,128,128,128), target (1,128,128,128)).
-    Used with a multi-worker DataLoader on CPU, and by the tests; the GPU trainer uses PhantomPool.
+    Used with a multi-worker DataLoader on CPU, and by the tests; the GPU trainer uses pool.VolumePool.
     """
 
     def __init__(self, length: int, seed: int = 0, phantom_shape=(144, 144, 144), npz_dir: Optional[str] = None,
