@@ -79,7 +79,10 @@ def known_image(datastore, image) -> str:
 
 @contextmanager
 def as_4xx():
-    """Datastore refusals as client errors: unsafe paths 400/403, unknown image or label 404."""
+    """Datastore refusals as client errors: unsafe paths 400/403, unknown image or label 404; a full
+    disk is 507 (Insufficient Storage) saying that nothing saved before was lost."""
+    import errno
+
     from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
     try:
@@ -88,6 +91,13 @@ def as_4xx():
         raise HTTPException(status_code=getattr(e, "status_code", 400), detail=str(e))
     except (ImageNotFoundException, LabelNotFoundException) as e:
         raise HTTPException(status_code=404, detail=str(e))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        logger.error(f"disk full while saving: {e}")
+        raise HTTPException(status_code=507, detail=(
+            "the server's disk is full: this save was not stored; every label saved before is intact. "
+            "Free space on the studies folder's disk, then save again"))
 
 
 def unknown_task_404(kind: str, name: Any, available) -> HTTPException:
