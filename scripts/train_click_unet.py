@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Train the offline default model (ClickUNet3D, lib/model/click_unet.py): resumable, CPU-friendly.
+
+Data: lib/dataengine (real backgrounds from scripts/prepare_real_volumes.py with licensed labels,
+supervoxel regions and synthetic lesions; phantoms), on 64^3 crops by default (the model is fully
+convolutional and serves 128^3 crops; 64^3 trains 8x cheaper on a CPU).
+Step: the SAM-Med3D click recipe (lib.training.loop.click_losses: newest click drawn uniformly in
+the error region, previous logits fed back, mask-only iterations), DiceCE on a loss grid of
+--loss-size^3, AdamW, gradient clipping.
+
+Resumable: every --checkpoint-min minutes OUT/state.pt (model, optimiser, step) and OUT/model.pt
+(app checkpoint the server loads) are replaced atomically; a new run with the same --out continues
+from state.pt. OUT/train_log.jsonl gets a line per step and a dev-set evaluation (Dice after 1 and
+5 clicks on fixed 128^3 crops drawn with a seed the training never uses) every --eval-every-min.
+
+    .venv/bin/python scripts/train_click_unet.py --out work_data/click_unet --npz-dir work_data/train_npz \
+        --minutes 120 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from lib.dataengine import TrainingSampler  # noqa: E402
+from lib.model import CLICK_UNET_CONFIG, atomic_write, build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from lib.training.loop import click_losses, evaluate_clicks, summarise  # noqa: E402
+
+DEV_SEED = 987_654  # the dev crops' sampler seed; training uses --seed (never this one)
+
+
+class CropLossView:
+    """The model seen by click_losses on a crop of any size, with the loss on loss_size^3: clicks
+    drawn on the loss grid are mapped to crop voxel centres; logits are upsampled to the loss grid."""
+
+    def __init__(self, model, crop: int, loss_size: int):
+        self.model, self.size, self.scale = model, int(loss_size), crop / loss_size
+
+    def decode(self, emb, coords, labels, mask_input):
+        if coords is not None and self.scale != 1:
+            coords = coords * self.scale + (self.scale - 1) / 2
+        return self.model.decode(emb, coords, labels, mask_input)
+
+    def upsample_logits(self, low):
+        return F.interpolate(low.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--npz-dir", default=None)
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--config", default=None, help="model config JSON (default: CLICK_UNET_CONFIG)")
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--loss-size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--num-clicks", type=int, default=6)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dev-crops", type=int, default=16)
+    p.add_argument("--checkpoint-min", type=float, default=5.0)
+    p.add_argument("--eval-every-min", type=float, default=20.0)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--init", default=None, help="start from this app checkpoint (ignored when resuming)")
+    return p.parse_args(argv)
+
+
+def dev_set(sampler: TrainingSampler, n: int):
+    imgs, tgts, kinds = [], [], []
+    for i in range(n):
+        rs_index = DEV_SEED + i
+        x, y, k = sampler.sample(rs_index, crop=128)
+        imgs.append(x)
+        tgts.append(y)
+        kinds.append(k)
+    return torch.stack(imgs), torch.stack(tgts), kinds
+
+
+def evaluate(model, dev, threads):
+    x, y, kinds = dev
+    t = time.time()
+    res = evaluate_clicks(model, x, y, n_clicks=5, batch=2)
+    out = summarise(res)
+    for kind in sorted(set(kinds)):
+        sel = [i for i, k in enumerate(kinds) if k == kind]
+        out[f"{kind}_dice@5"] = float(np.mean([res["dice@5"][i] for i in sel]))
+    out["seconds"] = round(time.time() - t, 1)
+    model.train()
+    return out
+
+
+def save_state(path, model, opt, step, args):
+    payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+               "config": model.config, "args": vars(args)}
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.time()
+    device = torch.device(args.device)
+    config = json.loads(args.config) if args.config else dict(CLICK_UNET_CONFIG)
+    model = build_model(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state_path = os.path.join(args.out, "state.pt")
+    step = 0
+    if os.path.exists(state_path):
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        step = int(st["step"])
+        print(f"resumed at step {step}", flush=True)
+    elif args.init:
+        model.load_state_dict(load_checkpoint(args.init)[0].state_dict())
+    sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=args.seed)
+    dev_sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=DEV_SEED)
+    dev = dev_set(dev_sampler, args.dev_crops)
+    print(f"params {sum(p.numel() for p in model.parameters()):,}; data ready ({time.time() - t0:.0f} s); "
+          f"real volumes {[v.name for v in sampler.real]}", flush=True)
+    log = open(os.path.join(args.out, "train_log.jsonl"), "a")
+    if step == 0:
+        ev = evaluate(model, dev, args.threads)
+        log.write(json.dumps({"step": 0, "dev": ev, "time": time.time()}) + "\n")
+        log.flush()
+    last_ckpt = last_eval = time.time()
+    model.train()
+    ema = None
+    while time.time() - t0 < args.minutes * 60 and not (args.max_steps and step >= args.max_steps):
+        ts = time.time()
+        x, y, kinds = sampler.batch(range(step * args.batch, (step + 1) * args.batch))
+        x, y = x.to(device), y.to(device)
+        scale = min(1.0, (step + 1) / args.warmup_steps)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * scale
+        rs = np.random.default_rng([args.seed, step])
+        gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
+        y_loss = (F.avg_pool3d(y, args.crop // args.loss_size) >= 0.5).float() if args.loss_size != args.crop else y
+        emb = model.encode(x)
+        loss, dice = click_losses(CropLossView(model, args.crop, args.loss_size), emb, y_loss, args.num_clicks,
+                                  rs, gen, False)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        lv = float(loss.detach()) / args.num_clicks
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        rec = {"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "dice": round(float(dice.mean()), 4),
+               "grad_norm": round(float(gnorm), 3), "kinds": kinds, "s": round(time.time() - ts, 2)}
+        log.write(json.dumps(rec) + "\n")
+        if step % 20 == 0:
+            log.flush()
+            print(json.dumps(rec), flush=True)
+        if not math.isfinite(lv):
+            raise SystemExit(f"non-finite loss at step {step}")
+        if time.time() - last_ckpt > args.checkpoint_min * 60:
+            save_state(state_path, model, opt, step, args)
+            save_checkpoint(model, os.path.join(args.out, "model.pt"), version=f"click-unet-step{step}")
+            last_ckpt = time.time()
+        if time.time() - last_eval > args.eval_every_min * 60:
+            ev = evaluate(model, dev, args.threads)
+            log.write(json.dumps({"step": step, "dev": ev, "time": time.time()}) + "\n")
+            log.flush()
+            print("dev", step, json.dumps(ev), flush=True)
+            last_eval = time.time()
+    save_state(state_path, model, opt, step, args)
+    save_checkpoint(model, os.path.join(args.out, "model.pt"), version=f"click-unet-step{step}")
+    ev = evaluate(model, dev, args.threads)
+    log.write(json.dumps({"step": step, "dev": ev, "time": time.time(), "final": True}) + "\n")
+    log.close()
+    print("final dev", step, json.dumps(ev), flush=True)
+
+
+if __name__ == "__main__":
+    main()

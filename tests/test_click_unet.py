@@ -1,0 +1,107 @@
+"""ClickUNet3D, the convolutional default model: contract shapes, click maps, checkpoint round
+trip, serving through the SegmentationEngine, and that the click recipe trains it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.model import CLICK_UNET_CONFIG, CheckpointError, ClickUNet3D, build_model, load_checkpoint, save_checkpoint
+from lib.model.click_unet import ClickMaps
+from lib.session import SegmentationEngine
+from lib.training.loop import click_losses
+from test_session_fakes import ras_affine, smooth_volume, write_nifti
+
+SMALL = {**CLICK_UNET_CONFIG, "image_size": 64, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8,
+         "decoder_widths": [8, 8, 8], "groups": 2}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return build_model({**SMALL, **kw})
+
+
+def test_contract_shapes_and_mask_only_decode():
+    m = _model().eval()
+    emb = m.encode(torch.randn(2, 1, 64, 64, 64))
+    assert emb.shape == (2, 8, 16, 16, 16)
+    coords = torch.tensor([[[10.0, 20.0, 30.0]], [[40.0, 5.0, 60.0]]])
+    low = m.decode(emb, coords, torch.ones(2, 1, dtype=torch.long), None)
+    assert low.shape == (2, 1, 16, 16, 16)
+    # mask-only step (no points) and a SAM-style 4x-sized zero mask input are both accepted
+    again = m.decode(emb, None, None, torch.zeros(2, 1, 64, 64, 64))
+    assert again.shape == (2, 1, 16, 16, 16)
+    assert m.upsample_logits(low).shape == (2, 1, 64, 64, 64)
+
+
+def test_click_maps_peak_at_the_clicked_cell_and_keep_polarities_apart():
+    maps = ClickMaps(64, [1.0, 6.0])
+    coords = torch.tensor([[[4 * 3 + 1.5, 4 * 7 + 1.5, 4 * 11 + 1.5], [1.5, 1.5, 1.5]]])
+    labels = torch.tensor([[1, 0]])
+    out = maps(coords, labels, None, 1)
+    assert out.shape == (1, 5, 16, 16, 16)
+    narrow_pos, narrow_neg = out[0, 0], out[0, 1]
+    assert narrow_pos[3, 7, 11] == pytest.approx(1.0) and narrow_pos.argmax() == np.ravel_multi_index((3, 7, 11), (16,) * 3)
+    assert narrow_neg[0, 0, 0] == pytest.approx(1.0) and narrow_neg[3, 7, 11] < 1e-6
+    assert out[0, 2].max() == pytest.approx(1.0) and out[0, 2, 3, 7, 15] > 0.5  # wide map reaches 4 cells away
+    # padding labels (-1) contribute to neither polarity
+    pad = maps(coords, torch.tensor([[1, -1]]), None, 1)
+    assert pad[0, 1].abs().max() == 0
+    # previous logits come in squashed as the last channel
+    prev = torch.full((1, 1, 16, 16, 16), 8.0)
+    assert torch.allclose(maps(None, None, prev, 1)[0, 4], torch.tanh(torch.tensor(2.0)).expand(16, 16, 16))
+
+
+def test_checkpoint_round_trip_and_bad_config(tmp_path):
+    m = _model().eval()
+    path = str(tmp_path / "cu.pt")
+    save_checkpoint(m, path, version="t1")
+    loaded, info = load_checkpoint(path)
+    assert isinstance(loaded, ClickUNet3D) and info["version"] == "t1" and not info["released_architecture"]
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        a = m.decode(m.encode(x), torch.tensor([[[30.0, 30.0, 30.0]]]), torch.ones(1, 1, dtype=torch.long), None)
+        b = loaded.decode(loaded.encode(x), torch.tensor([[[30.0, 30.0, 30.0]]]), torch.ones(1, 1, dtype=torch.long), None)
+    assert torch.equal(a, b)
+    torch.save({"model_state_dict": m.state_dict(), "config": {**SMALL, "encoder_widths": [4, 8]}}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="encoder_widths"):
+        load_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def test_served_through_the_segmentation_engine(tmp_path):
+    affine = ras_affine((1.0, 1.0, 2.0), np.diag([-1.0, -1.0, 1.0]))
+    path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((70, 60, 30)), affine)
+    m = _model(image_size=128)
+    eng = SegmentationEngine(m, "cu-test")
+    r = eng.segment("img", path, "a", [[35, 30, 15]], [])
+    assert r.mask.shape == (70, 60, 30) and r.mask.dtype == np.uint8
+    r2 = eng.segment("img", path, "a", [[35, 30, 15]], [[10, 10, 5]])
+    assert r2.cache_hit and r2.mask.shape == (70, 60, 30)
+
+
+def test_click_recipe_trains_it_on_a_ball():
+    """A few steps of the click chain on one ball target lower the loss (the model can learn)."""
+    m = _model()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(64.0)] * 3, indexing="ij"))
+    ball = (((grid - 32) ** 2).sum(0) < 14 ** 2).float()[None, None]
+    image = (ball * 2 - 1 + 0.1 * torch.randn_like(ball))
+    losses = []
+    for step in range(30):
+        emb = m.encode(image)
+        y = F.avg_pool3d(ball, 2) >= 0.5
+
+        class View:
+            def decode(self, e, c, l, mi):
+                return m.decode(e, None if c is None else c * 2 + 0.5, l, mi)
+
+            def upsample_logits(self, low):
+                return F.interpolate(low, size=(32,) * 3, mode="trilinear", align_corners=False)
+
+        loss, _ = click_losses(View(), emb, y.float(), 3, np.random.default_rng(step), torch.Generator().manual_seed(step), False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
