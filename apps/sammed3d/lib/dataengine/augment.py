@@ -55,7 +55,8 @@ def randomise_appearance(crop: torch.Tensor, rs: np.random.Generator, is_ct: boo
             x = F.conv3d(F.pad(x[None, None], [1, 1, 1, 1, 1, 1], mode="replicate"), w.view(shape),
                          padding=0)[0, 0][tuple(slice(1, -1) if a != axis else slice(None) for a in range(3))]
     if rs.random() < 0.7:
-        x = x + torch.randn(x.shape, generator=None, device=x.device, dtype=x.dtype) * float(rs.uniform(0, 0.06))
+        gen = torch.Generator(device=x.device).manual_seed(int(rs.integers(2**62)))  # deterministic per sample
+        x = x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * float(rs.uniform(0, 0.06))
     return x.clamp_min(0) + 1e-3
 
 
