@@ -1,0 +1,350 @@
+"""Classical click-to-segment methods: the comparison rows of the evaluation command (issue 14).
+
+Two methods a user without a learned model would reach for, driven by the SAME simulated clicks
+as the model (lib.interaction.evaluate):
+
+* ``random_walker``: scikit-image's random walker (Grady 2006), with the voxel spacing passed on;
+* ``geodesic``: a geodesic-distance region (as GeoS / DeepIGeoS's geodesic maps, Criminisi et al.
+  2008, Wang et al. 2018): every voxel of the region goes to the nearer of the include and exclude
+  seeds, where the distance is the minimal path length in mm weighted by the image gradient,
+  ``cost = sqrt(1 + (gamma * |grad I|)^2)`` per mm (I: normalised intensity, grad in 1/mm),
+  computed with ``skimage.graph.MCP_Geometric`` (``sampling`` = spacing, 26-connected). The PyPI
+  packages FastGeodis and GeodisTK ship only source distributions whose build fails here (they
+  import torch / numpy at build time), so this is our own on scikit-image.
+
+What the user gives, and how it becomes seeds (one rule for both methods):
+
+* The region: the bounding box of all clicks so far plus ``margin_mm`` on every side (at least one
+  voxel), clamped to the image, on the image's STORED grid (no resampling; anisotropic voxels are
+  handled through the spacing). Outside the box the mask is empty. The box grows as include clicks
+  land outside it, as a user would redraw a region of interest.
+* Include clicks are foreground seeds, exclude clicks background seeds; each seed is the click's
+  voxel plus the voxels within ``seed_radius_mm`` (a small brush).
+* Background seeds on the box border: the faces of the box that lie inside the image (a face on the
+  image's own border is not a seed: the structure may continue past the scan). ``border="always"``
+  keeps them for every click; ``border="until_exclude"`` drops them once the user has placed an
+  exclude click. With no background seed at all (the box fills the image and no exclude click yet)
+  the whole box is foreground.
+* Intensities are normalised as the model's preprocessing does (lib.session.preprocess.normalise:
+  CT clamped to [-1000, 1000], then z-normalised with the statistics of the voxels > 0 of the box),
+  then smoothed with a Gaussian of ``sigma_mm`` (per-axis sigma in voxels = sigma_mm / spacing).
+
+Parameters were chosen once on development cases (synthetic phantoms and training-side MNI
+structures, never the test table): ``python -m lib.interaction.classical tune`` (see
+docs/eval/classical_tuning.md); the chosen values are ``TUNED`` below.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+METHODS = ("random_walker", "geodesic")
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    margin_mm: float = 20.0  # box around the clicks
+    border: str = "always"  # "always" | "until_exclude": box faces inside the image as background seeds
+    seed_radius_mm: float = 2.0  # brush radius around each click
+    sigma_mm: float = 1.0  # Gaussian pre-smoothing (0: none)
+    beta: float = 1000.0  # random walker edge weight (scikit-image scales it by 1 / (10 * std))
+    gamma: float = 10.0  # geodesic: weight of the gradient in the local cost
+    tol: float = 1e-3  # random walker conjugate-gradient tolerance
+
+
+# Chosen on the development cases (docs/eval/classical_tuning.md); never on test cases.
+TUNED: Dict[str, ClassicalParams] = {
+    "random_walker": ClassicalParams(),
+    "geodesic": ClassicalParams(),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Region, seeds, normalisation
+
+
+def roi_box(points: Sequence[Sequence[int]], shape: Sequence[int], spacing: Sequence[float],
+            margin_mm: float) -> Tuple[Tuple[slice, ...], List[Tuple[bool, bool]]]:
+    """Box of `points` plus margin_mm (>= 1 voxel) per axis, clamped to `shape`.
+
+    Returns the box as slices and, per axis, whether its low/high face lies inside the image
+    (True: a border-seed face; False: the face is the image's own border).
+    """
+    pts = np.asarray(points, dtype=np.int64).reshape(-1, 3)
+    box, inner = [], []
+    for a in range(3):
+        m = max(1, int(round(margin_mm / float(spacing[a]))))
+        lo = max(0, int(pts[:, a].min()) - m)
+        hi = min(int(shape[a]), int(pts[:, a].max()) + m + 1)
+        box.append(slice(lo, hi))
+        inner.append((lo > 0, hi < int(shape[a])))
+    return tuple(box), inner
+
+
+def _ball_offsets(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """Integer offsets (n, 3) of the voxels within radius_mm of the centre (always the centre)."""
+    r = [int(np.floor(radius_mm / float(s))) for s in spacing]
+    grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in r], indexing="ij"), -1).reshape(-1, 3)
+    d2 = ((grid * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1)
+    return grid[d2 <= radius_mm ** 2 + 1e-9]
+
+
+def seed_labels(roi_shape: Sequence[int], fg: Sequence[Sequence[int]], bg: Sequence[Sequence[int]],
+                inner_faces: Optional[List[Tuple[bool, bool]]], spacing: Sequence[float],
+                seed_radius_mm: float) -> np.ndarray:
+    """uint8 seed map of the box: 0 unlabelled, 1 foreground, 2 background.
+
+    fg/bg are box-local voxel indices. Border faces (inner_faces[a] = (low, high)) are background;
+    click brushes are painted after them (background first, then foreground), so a click always keeps
+    its own label.
+    """
+    lab = np.zeros(tuple(int(s) for s in roi_shape), dtype=np.uint8)
+    if inner_faces is not None:
+        for a, (lo, hi) in enumerate(inner_faces):
+            idx = [slice(None)] * 3
+            if lo:
+                idx[a] = 0
+                lab[tuple(idx)] = 2
+            if hi:
+                idx[a] = -1
+                lab[tuple(idx)] = 2
+    offs = _ball_offsets(seed_radius_mm, spacing)
+    for points, value in ((bg, 2), (fg, 1)):
+        for p in points:
+            q = offs + np.asarray(p, dtype=np.int64)[None]
+            q = q[((q >= 0) & (q < np.asarray(lab.shape))).all(1)]
+            lab[q[:, 0], q[:, 1], q[:, 2]] = value
+    for points, value in ((bg, 2), (fg, 1)):  # the click voxels themselves win over any brush
+        for p in points:
+            lab[tuple(int(v) for v in p)] = value
+    return lab
+
+
+def normalise_roi(roi: np.ndarray, ct: bool, spacing: Sequence[float], sigma_mm: float) -> np.ndarray:
+    """The model's normalisation (CT clamp, z-score over voxels > 0), then optional Gaussian smoothing."""
+    from lib.session.preprocess import normalise
+
+    x = normalise(np.ascontiguousarray(roi, dtype=np.float32), ct)[0, 0].numpy().astype(np.float64)
+    if sigma_mm > 0:
+        x = ndimage.gaussian_filter(x, [sigma_mm / float(s) for s in spacing], mode="nearest")
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# The two methods on a box (data: normalised float array, labels: seed map)
+
+
+def random_walker_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], beta: float,
+                         tol: float = 1e-3) -> np.ndarray:
+    """Boolean foreground of skimage.segmentation.random_walker (spacing passed on)."""
+    from skimage.segmentation import random_walker
+
+    if not (labels == 2).any():
+        return np.ones(labels.shape, dtype=bool)
+    if not (labels == 1).any():
+        return np.zeros(labels.shape, dtype=bool)
+    if (labels != 0).all():
+        return labels == 1
+    with warnings.catch_warnings():  # "probability outside [0, 1] within tolerance" at high beta
+        warnings.simplefilter("ignore")
+        out = random_walker(data, labels, beta=beta, mode="cg_j", tol=tol,
+                            spacing=np.asarray(spacing, dtype=np.float64), channel_axis=None)
+    return out == 1
+
+
+def geodesic_distance(data: np.ndarray, seeds: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
+    """Geodesic distance (mm-weighted) from the True voxels of `seeds` over the box."""
+    from skimage.graph import MCP_Geometric
+
+    grads = np.gradient(data, *[float(s) for s in spacing])
+    gmag2 = sum(g * g for g in grads)
+    cost = np.sqrt(1.0 + (gamma * gamma) * gmag2)
+    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
+    dist, _ = mcp.find_costs([tuple(int(v) for v in p) for p in np.argwhere(seeds)])
+    return dist
+
+
+def geodesic_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
+    """Voxels geodesically nearer to the foreground seeds than to the background seeds."""
+    if not (labels == 2).any():
+        return np.ones(labels.shape, dtype=bool)
+    if not (labels == 1).any():
+        return np.zeros(labels.shape, dtype=bool)
+    d_fg = geodesic_distance(data, labels == 1, spacing, gamma)
+    d_bg = geodesic_distance(data, labels == 2, spacing, gamma)
+    return d_fg < d_bg
+
+
+# ----------------------------------------------------------------------------------------------
+# The segmenter used by the evaluation command
+
+
+def segment_array(method: str, image: np.ndarray, ct: bool, spacing: Sequence[float], fg: Sequence[Sequence[int]],
+                  bg: Sequence[Sequence[int]], params: ClassicalParams) -> np.ndarray:
+    """Boolean mask on the stored grid of `image` ((i, j, k) array) from include/exclude clicks."""
+    if method not in METHODS:
+        raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
+    if not fg:
+        return np.zeros(image.shape, dtype=bool)
+    if params.border not in ("always", "until_exclude"):
+        raise ValueError(f"border must be 'always' or 'until_exclude', not {params.border!r}")
+    box, inner = roi_box(list(fg) + list(bg), image.shape, spacing, params.margin_mm)
+    lo = np.array([s.start for s in box])
+    local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in pts]  # noqa: E731
+    faces = inner if (params.border == "always" or not bg) else None
+    roi = image[box]
+    labels = seed_labels(roi.shape, local(fg), local(bg), faces, spacing, params.seed_radius_mm)
+    data = normalise_roi(roi, ct, spacing, params.sigma_mm)
+    if method == "random_walker":
+        region = random_walker_region(data, labels, spacing, params.beta, params.tol)
+    else:
+        region = geodesic_region(data, labels, spacing, params.gamma)
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[box] = region
+    return mask
+
+
+class ClassicalSegmenter:
+    """Loads volumes like the engine (lib.session.volume) and segments them with one classical method.
+
+    `segment(image_path, fg, bg)` returns a boolean (i, j, k) mask on the stored grid; `spacing(path)`
+    is the stored voxel size. The last volume is kept (one image at a time in the evaluation).
+    """
+
+    def __init__(self, method: str, params: Optional[ClassicalParams] = None, modality: Optional[str] = None):
+        if method not in METHODS:
+            raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
+        self.method = method
+        self.params = params or TUNED[method]
+        self.modality = modality
+        self._key = None
+        self._cached = None
+
+    def _load(self, image_path: str):
+        import SimpleITK as sitk
+
+        from lib.session.volume import file_key, is_ct, load_volume
+
+        key = file_key(image_path)
+        if key != self._key:
+            vol = load_volume(image_path)
+            arr = sitk.GetArrayFromImage(vol.image).transpose(2, 1, 0)  # stored (i, j, k)
+            self._cached = (arr, bool(is_ct(vol, self.modality)), tuple(float(s) for s in vol.image.GetSpacing()))
+            self._key = key
+        return self._cached
+
+    def spacing(self, image_path: str) -> Tuple[float, float, float]:
+        return self._load(image_path)[2]
+
+    def segment(self, image_path: str, fg, bg) -> np.ndarray:
+        arr, ct, spacing = self._load(image_path)
+        return segment_array(self.method, arr, ct, spacing, fg, bg, self.params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tuning on development cases (never the test table)
+
+GRID = {
+    "margin_mm": [10.0, 20.0, 40.0, 80.0],
+    "border": ["always", "until_exclude"],
+    "seed_radius_mm": [0.0, 2.0],
+    "sigma_mm": [0.0, 1.0],
+    "beta": [130.0, 1000.0, 4000.0, 16000.0],
+    "gamma": [3.0, 10.0, 30.0, 100.0, 300.0],
+}
+# Coordinate search: one parameter at a time, in this order, keeping the best value (highest mean
+# of Dice@1, @3 and @5 over the development targets), two passes.
+ORDER = {"random_walker": ["beta", "margin_mm", "border", "seed_radius_mm", "sigma_mm"],
+         "geodesic": ["gamma", "margin_mm", "border", "seed_radius_mm", "sigma_mm"]}
+
+
+def _score(rows: List[Dict]) -> float:
+    return float(np.mean([r["dice"] for r in rows if r["clicks"] in (1, 3, 5)]))
+
+
+def tune(method: str, pairs, values, num_clicks: int = 5, passes: int = 2, log=print,
+         start: Optional[ClassicalParams] = None, only: Optional[Sequence[str]] = None) -> Tuple[ClassicalParams, List[Dict]]:
+    """Coordinate search over GRID on development pairs -> (best params, one record per tried setting).
+
+    `start`: the setting to start from (default ClassicalParams()); `only`: the parameters to search.
+    """
+    from .evaluate import evaluate_method
+
+    start = start or ClassicalParams()
+    tried: Dict[Tuple, float] = {}
+    records: List[Dict] = []
+
+    def run(p: ClassicalParams) -> float:
+        key = tuple(sorted(asdict(p).items()))
+        if key not in tried:
+            t = time.perf_counter()
+            rows = evaluate_method(ClassicalSegmenter(method, p), method, pairs, values, num_clicks,
+                                   nsd_at=(), log=lambda *_: None)
+            tried[key] = _score(rows)
+            rec = dict(method=method, **asdict(p), score=tried[key], seconds=time.perf_counter() - t,
+                       **{f"dice@{n}": float(np.mean([r["dice"] for r in rows if r["clicks"] == n])) for n in (1, 3, 5)})
+            records.append(rec)
+            log(json.dumps(rec))
+        return tried[key]
+
+    best, best_score = start, run(start)
+    for _ in range(passes):
+        changed = False
+        for name in [n for n in ORDER[method] if not only or n in only]:
+            for v in GRID[name]:
+                cand = replace(best, **{name: v})
+                s = run(cand)
+                if s > best_score + 1e-9:
+                    best, best_score, changed = cand, s, True
+        if not changed:
+            break
+    return best, records
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lib.interaction.classical",
+                                description="Tune the classical comparison methods on development cases.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tune", help="coordinate search over GRID on a development folder (never the test table)")
+    t.add_argument("--data", required=True, help="development folder with images/ and labels/")
+    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    t.add_argument("--clicks", type=int, default=5)
+    t.add_argument("--passes", type=int, default=2)
+    t.add_argument("--out", required=True, help="CSV of every tried setting")
+    t.add_argument("--start", default=None, help='JSON {method: {param: value}} to start the search from')
+    t.add_argument("--only", nargs="+", default=None, help="search only these parameters")
+    args = p.parse_args(argv)
+    import csv
+
+    from .evaluate import find_pairs
+
+    pairs = find_pairs(args.data)
+    all_records, chosen = [], {}
+    for method in args.methods:
+        start = ClassicalParams(**json.loads(args.start).get(method, {})) if args.start else None
+        best, records = tune(method, pairs, None, args.clicks, args.passes, start=start, only=args.only)
+        chosen[method] = asdict(best)
+        all_records += records
+        print(f"{method}: best {json.dumps(asdict(best))} score {max(r['score'] for r in records):.4f}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    fields = list(all_records[0].keys())
+    with open(args.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(all_records)
+    print(json.dumps(chosen, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
