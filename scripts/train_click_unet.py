@@ -4,7 +4,7 @@
 Data: lib/dataengine (real backgrounds from scripts/prepare_real_volumes.py with licensed labels,
 supervoxel regions and synthetic lesions; phantoms), on 64^3 crops by default (the model is fully
 convolutional and serves 128^3 crops; 64^3 trains 8x cheaper on a CPU).
-Step: the SAM-Med3D click recipe (lib.training.loop.click_losses: newest click drawn uniformly in
+Step: the one training recipe (lib.training.recipe: build_optimizer, click_losses: newest click drawn uniformly in
 the error region, previous logits fed back, mask-only iterations), DiceCE on a loss grid of
 --loss-size^3, AdamW, gradient clipping.
 
@@ -30,29 +30,14 @@ sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from lib.dataengine import TrainingSampler  # noqa: E402
 from lib.model import CLICK_UNET_CONFIG, atomic_write, build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from lib.training.loop import click_losses, evaluate_clicks, summarise  # noqa: E402
+from lib.model.training_view import LossGridView  # noqa: E402
+from lib.training.loop import evaluate_clicks, summarise  # noqa: E402
+from lib.training.recipe import RecipeOptions, build_optimizer, click_losses, loss_targets, set_lr_scale  # noqa: E402
 
 DEV_SEED = 987_654  # the dev crops' sampler seed; training uses --seed (never this one)
-
-
-class CropLossView:
-    """The model seen by click_losses on a crop of any size, with the loss on loss_size^3: clicks
-    drawn on the loss grid are mapped to crop voxel centres; logits are upsampled to the loss grid."""
-
-    def __init__(self, model, crop: int, loss_size: int):
-        self.model, self.size, self.scale = model, int(loss_size), crop / loss_size
-
-    def decode(self, emb, coords, labels, mask_input):
-        if coords is not None and self.scale != 1:
-            coords = coords * self.scale + (self.scale - 1) / 2
-        return self.model.decode(emb, coords, labels, mask_input)
-
-    def upsample_logits(self, low):
-        return F.interpolate(low.float(), size=(self.size,) * 3, mode="trilinear", align_corners=False)
 
 
 def parse_args(argv=None):
@@ -118,13 +103,18 @@ def main(argv=None):
     device = torch.device(args.device)
     config = json.loads(args.config) if args.config else dict(CLICK_UNET_CONFIG)
     model = build_model(config).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    recipe = RecipeOptions(lr=args.lr, decoder_lr_ratio=1.0, weight_decay=args.weight_decay,
+                           num_clicks=args.num_clicks, grad_clip=args.grad_clip)
+    opt = build_optimizer(model, recipe)
     state_path = os.path.join(args.out, "state.pt")
     step = 0
     if os.path.exists(state_path):
         st = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
+        try:
+            opt.load_state_dict(st["optimizer"])
+        except ValueError as e:  # saved by an earlier optimiser layout: the moments restart
+            print(f"optimiser state not restored ({e}); continuing with fresh moments", flush=True)
         step = int(st["step"])
         print(f"resumed at step {step}", flush=True)
     elif args.init:
@@ -147,14 +137,12 @@ def main(argv=None):
         x, y, kinds = sampler.batch(range(step * args.batch, (step + 1) * args.batch))
         x, y = x.to(device), y.to(device)
         scale = min(1.0, (step + 1) / args.warmup_steps)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * scale
+        set_lr_scale(opt, scale)
         rs = np.random.default_rng([args.seed, step])
         gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
-        y_loss = (F.avg_pool3d(y, args.crop // args.loss_size) >= 0.5).float() if args.loss_size != args.crop else y
         emb = model.encode(x)
-        loss, dice = click_losses(CropLossView(model, args.crop, args.loss_size), emb, y_loss, args.num_clicks,
-                                  rs, gen, False)
+        loss, dice = click_losses(LossGridView(model, args.loss_size, crop=args.crop), emb,
+                                  loss_targets(y, args.loss_size), args.num_clicks, rs, gen, False)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)

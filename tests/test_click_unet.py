@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lib.model import CLICK_UNET_CONFIG, CheckpointError, ClickUNet3D, build_model, load_checkpoint, save_checkpoint
 from lib.model.click_unet import ClickMaps
 from lib.session import SegmentationEngine
-from lib.training.loop import click_losses
+from lib.model.training_view import LossGridView
+from lib.training.recipe import click_losses, loss_targets
 from test_session_fakes import ras_affine, smooth_volume, write_nifti
 
 SMALL = {**CLICK_UNET_CONFIG, "image_size": 64, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8,
@@ -90,16 +90,8 @@ def test_click_recipe_trains_it_on_a_ball():
     losses = []
     for step in range(30):
         emb = m.encode(image)
-        y = F.avg_pool3d(ball, 2) >= 0.5
-
-        class View:
-            def decode(self, e, c, l, mi):
-                return m.decode(e, None if c is None else c * 2 + 0.5, l, mi)
-
-            def upsample_logits(self, low):
-                return F.interpolate(low, size=(32,) * 3, mode="trilinear", align_corners=False)
-
-        loss, _ = click_losses(View(), emb, y.float(), 3, np.random.default_rng(step), torch.Generator().manual_seed(step), False)
+        loss, _ = click_losses(LossGridView(m, 32, crop=64), emb, loss_targets(ball, 32), 3,
+                               np.random.default_rng(step), torch.Generator().manual_seed(step), False)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -209,9 +209,11 @@ class LossGridView:
     coordinates (voxel centres) before the decoder sees them.
     """
 
-    def __init__(self, model, loss_size: int):
+    def __init__(self, model, loss_size: int, crop: Optional[int] = None):
+        # `crop`: the training crop's edge when a fully convolutional model trains on crops
+        # smaller than the image_size it serves (default: image_size)
         self.model, self.size = model, int(loss_size)
-        self.scale = model.image_size / self.size
+        self.scale = int(crop or model.image_size) / self.size
 
     def decode(self, emb, coords, labels, mask_input):
         if coords is not None and self.scale != 1:
