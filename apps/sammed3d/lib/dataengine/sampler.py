@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume, znormalise
-from ..training.phantoms import generate_phantom_torch
+from ..synthetic.phantoms import generate_phantom_torch
 from .augment import randomise_appearance, randomise_orientation
 from .lesions import insert_lesion
 from .supervoxels import SupervoxelGraph, compute_supervoxels
