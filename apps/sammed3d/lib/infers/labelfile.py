@@ -251,12 +251,7 @@ def file_order_data(mask: np.ndarray, dtype) -> Tuple[np.ndarray, int, np.ndarra
         sub = sub.astype(np.uint8)
     data = buf[:nbytes].view(dtype).reshape(nk, nj, ni)
     target = data[bk, bj, bi]
-    if dtype == np.uint8:
-        import torch  # its strided copy is ~1.5x numpy's for this transpose
-
-        torch.from_numpy(target).copy_(torch.from_numpy(sub).permute(2, 1, 0))
-    else:
-        target[...] = sub.transpose(2, 1, 0)
+    target[...] = sub.transpose(2, 1, 0)  # only the box is transposed (numpy: no thread pool to wake)
     first = (bk.start * nj * ni + bj.start * ni + bi.start) * dtype.itemsize
     last = ((bk.stop - 1) * nj * ni + (bj.stop - 1) * ni + bi.stop) * dtype.itemsize
     c0, c1 = first // CHUNK, (last - 1) // CHUNK + 1
