@@ -144,3 +144,26 @@ def test_surface_dice_tolerance_and_box_crop():
     assert surface_dice(edge, edge, spacing) == 1.0
     assert surface_dice(np.zeros_like(gt), gt, spacing) == 0.0
     assert surface_dice(np.zeros_like(gt), np.zeros_like(gt), spacing) == 1.0
+
+
+def test_coarse_factors_grow_the_finest_axis_first():
+    from lib.interaction.classical import coarse_factors
+
+    assert coarse_factors((100, 100, 10), (1.0, 1.0, 5.0), 10 ** 6) == (1, 1, 1)
+    assert coarse_factors((512, 512, 60), (0.7, 0.7, 5.0), 10 ** 6) == (4, 4, 1)  # 3.5 mm > 2.8 mm: stop at 4
+    assert coarse_factors((161, 197, 161), (1.0, 1.0, 1.0), 10 ** 6) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("method", ["random_walker", "geodesic"])
+def test_large_box_solved_coarse_stays_on_the_stored_grid(method):
+    spacing = (1.0, 1.0, 2.0)
+    shape = (70, 70, 35)
+    gt = _ellipsoid_mm(shape, spacing, (35, 35, 17), (15, 12, 20))
+    image = _noisy(gt)
+    params = ClassicalParams(**{**PARAMS.__dict__, "margin_mm": 30.0})
+    full = segment_array(method, image, False, spacing, [(35, 35, 17)], [], params)
+    coarse = segment_array(method, image, False, spacing, [(35, 35, 17)], [],
+                           ClassicalParams(**{**params.__dict__, "max_voxels": 20000}))
+    assert coarse.shape == shape and coarse[35, 35, 17]
+    assert dice(full, gt) > 0.9 and dice(coarse, gt) > 0.85 and dice(coarse, full) > 0.85
+    assert not np.array_equal(coarse, full)  # the coarse path really ran

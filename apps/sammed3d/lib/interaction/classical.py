@@ -60,6 +60,7 @@ class ClassicalParams:
     beta: float = 1000.0  # random walker edge weight (scikit-image scales it by 1 / (10 * std))
     gamma: float = 10.0  # geodesic: weight of the gradient in the local cost
     tol: float = 1e-3  # random walker conjugate-gradient tolerance
+    max_voxels: int = 1_500_000  # larger boxes are solved on a coarser grid (fixed budget, not tuned)
 
 
 # Chosen on the development cases (docs/eval/classical_tuning.md); never on test cases.
@@ -144,22 +145,30 @@ def normalise_roi(roi: np.ndarray, ct: bool, spacing: Sequence[float], sigma_mm:
 # The two methods on a box (data: normalised float array, labels: seed map)
 
 
-def random_walker_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], beta: float,
-                         tol: float = 1e-3) -> np.ndarray:
-    """Boolean foreground of skimage.segmentation.random_walker (spacing passed on)."""
+def random_walker_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], beta: float,
+                        tol: float = 1e-3) -> np.ndarray:
+    """(P(foreground) - P(background)) / 2 from skimage.segmentation.random_walker (spacing passed on)."""
     from skimage.segmentation import random_walker
 
     if not (labels == 2).any():
-        return np.ones(labels.shape, dtype=bool)
+        return np.full(labels.shape, 0.5)
     if not (labels == 1).any():
-        return np.zeros(labels.shape, dtype=bool)
+        return np.full(labels.shape, -0.5)
     if (labels != 0).all():
-        return labels == 1
+        return np.where(labels == 1, 0.5, -0.5)
     with warnings.catch_warnings():  # "probability outside [0, 1] within tolerance" at high beta
         warnings.simplefilter("ignore")
-        out = random_walker(data, labels, beta=beta, mode="cg_j", tol=tol,
-                            spacing=np.asarray(spacing, dtype=np.float64), channel_axis=None)
-    return out == 1
+        prob = random_walker(data, labels, beta=beta, mode="cg_j", tol=tol, return_full_prob=True,
+                             spacing=np.asarray(spacing, dtype=np.float64), channel_axis=None)
+    # Each label's probability is solved separately (to `tol`), so they need not sum to 1: compare them,
+    # as random_walker's own label output (argmax) does, instead of thresholding one at 0.5.
+    return 0.5 * (prob[0] - prob[1])  # channel 0 is label 1 (foreground)
+
+
+def random_walker_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], beta: float,
+                         tol: float = 1e-3) -> np.ndarray:
+    """Boolean foreground of the random walker (a voxel goes to the more probable label)."""
+    return random_walker_score(data, labels, spacing, beta, tol) > 0
 
 
 def geodesic_distance(data: np.ndarray, seeds: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
@@ -174,15 +183,64 @@ def geodesic_distance(data: np.ndarray, seeds: np.ndarray, spacing: Sequence[flo
     return dist
 
 
+def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
+    """Distance to the background seeds minus distance to the foreground seeds (> 0: foreground)."""
+    if not (labels == 2).any():
+        return np.ones(labels.shape)
+    if not (labels == 1).any():
+        return -np.ones(labels.shape)
+    return geodesic_distance(data, labels == 2, spacing, gamma) - geodesic_distance(data, labels == 1, spacing, gamma)
+
+
 def geodesic_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
     """Voxels geodesically nearer to the foreground seeds than to the background seeds."""
-    if not (labels == 2).any():
-        return np.ones(labels.shape, dtype=bool)
-    if not (labels == 1).any():
-        return np.zeros(labels.shape, dtype=bool)
-    d_fg = geodesic_distance(data, labels == 1, spacing, gamma)
-    d_bg = geodesic_distance(data, labels == 2, spacing, gamma)
-    return d_fg < d_bg
+    return geodesic_score(data, labels, spacing, gamma) > 0
+
+
+def coarse_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:
+    """Integer block factors per axis so the box has at most max_voxels; the finest axis grows first."""
+    f = [1, 1, 1]
+    while int(np.prod([-(-n // k) for n, k in zip(shape, f)])) > max_voxels:
+        a = min(range(3), key=lambda i: (float(spacing[i]) * f[i], -shape[i]))
+        f[a] += 1
+    return tuple(f)
+
+
+def _block_mean(x: np.ndarray, f: Sequence[int]) -> np.ndarray:
+    pad = [(0, (-n) % k) for n, k in zip(x.shape, f)]
+    x = np.pad(x, pad, mode="edge")
+    s = x.shape
+    return x.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
+
+
+def _coarse_labels(labels: np.ndarray, f: Sequence[int]) -> np.ndarray:
+    """A coarse voxel is a foreground seed if it holds one, else background if it holds one."""
+    pad = [(0, (-n) % k) for n, k in zip(labels.shape, f)]
+    x = np.pad(labels, pad)
+    s = x.shape
+    blocks = x.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2])
+    out = np.zeros(blocks.shape[::2], dtype=np.uint8)
+    out[(blocks == 2).any(axis=(1, 3, 5))] = 2
+    out[(blocks == 1).any(axis=(1, 3, 5))] = 1
+    return out
+
+
+def region_score(method: str, data: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
+                 params: ClassicalParams) -> np.ndarray:
+    """Score over the box (> 0: foreground). Boxes over params.max_voxels are solved on a grid coarsened
+    by integer block factors (block mean of the data; seeds kept) and the score is interpolated back
+    linearly, so the mask is still on the stored grid."""
+    f = coarse_factors(data.shape, spacing, params.max_voxels)
+    if f != (1, 1, 1):
+        cdata, clab = _block_mean(data, f), _coarse_labels(labels, f)
+        cspacing = [float(sp) * k for sp, k in zip(spacing, f)]
+        score = region_score(method, cdata, clab, cspacing, replace(params, max_voxels=int(1e18)))
+        zoom = [k for k in f]
+        up = ndimage.zoom(score, zoom, order=1, mode="nearest", grid_mode=True)
+        return up[: data.shape[0], : data.shape[1], : data.shape[2]]
+    if method == "random_walker":
+        return random_walker_score(data, labels, spacing, params.beta, params.tol)
+    return geodesic_score(data, labels, spacing, params.gamma)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,10 +263,9 @@ def segment_array(method: str, image: np.ndarray, ct: bool, spacing: Sequence[fl
     roi = image[box]
     labels = seed_labels(roi.shape, local(fg), local(bg), faces, spacing, params.seed_radius_mm)
     data = normalise_roi(roi, ct, spacing, params.sigma_mm)
-    if method == "random_walker":
-        region = random_walker_region(data, labels, spacing, params.beta, params.tol)
-    else:
-        region = geodesic_region(data, labels, spacing, params.gamma)
+    region = region_score(method, data, labels, spacing, params) > 0
+    region[labels == 1] = True  # the seeds themselves (they may be lost when solved on a coarser grid)
+    region[labels == 2] = False
     mask = np.zeros(image.shape, dtype=bool)
     mask[box] = region
     return mask
