@@ -1,4 +1,5 @@
-"""Faults: the server is SIGKILLed mid-save, finds its datastore JSON corrupt, runs out of disk.
+"""Faults: the server is SIGKILLed mid-save, mid-training (mid-epoch, mid-publish) and mid-scoring,
+finds its datastore JSON corrupt, runs out of disk.
 
 Each test drives a real `monailabel start_server` (conftest.server_factory, scripts/local_server)
 and checks, after the fault and a restart, that every label saved before is intact and readable,
@@ -214,3 +215,233 @@ def test_disk_full_on_a_real_tmpfs_gives_507_and_keeps_earlier_labels(conf, serv
         server.stop()
     finally:
         subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+# --------------------------------------------- SIGKILL during training (mid-epoch, publish) and scoring
+#
+# The kill point is made deterministic by a sitecustomize.py put on the server's PYTHONPATH: in
+# MONAI Label's task subprocess only (`python -m monailabel.interfaces.utils.app`, where training and
+# scoring run), it wraps os.replace -- the rename every atomic write of the app ends with -- and, at
+# the chosen point, writes a marker file and blocks. The test waits for the marker and SIGKILLs the
+# server's whole process group (uvicorn and the task subprocess), as a power cut or OOM kill would.
+
+FAULT_HOOK = r'''
+import os, sys, time
+
+FAULT, MARK = os.environ.get("SAMMED3D_TEST_FAULT"), os.environ.get("SAMMED3D_TEST_FAULT_MARK")
+
+
+def _in_task():
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "monailabel.interfaces.utils.app"
+
+
+def _hang(what):
+    with open(MARK + ".part", "w") as f:
+        f.write(what)
+    _replace(MARK + ".part", MARK)
+    while True:  # until SIGKILL
+        time.sleep(1)
+
+
+def _progress_step(self, loss, global_step):
+    _hang(f"mid-epoch: step {global_step} done, the epoch not finished")
+
+
+def replace(src, dst, *a, **k):
+    if _in_task():
+        name = os.path.basename(os.fspath(dst))
+        if FAULT == "mid-epoch" and name == "train_stats.json":  # training started: block in the next step
+            sys.modules["lib.trainers.progress"].Progress.step = _progress_step
+        elif FAULT == "publish-checkpoint" and name.startswith("v") and name.endswith(".pt"):
+            _hang(f"publish: {name} written to {os.path.basename(os.fspath(src))}, not renamed")
+        elif FAULT == "publish-live" and name == "LIVE.json" and os.path.isfile(os.path.join(os.path.dirname(os.fspath(dst)), "v0002.pt")):
+            _hang("publish: v0002.pt and v0002.json in place, LIVE.json not yet renamed")
+        elif FAULT == "scoring" and name == "datastore_v2.json":
+            with open(src) as f:
+                if f.read().count('"sammed3d_uncertainty"') >= 2:
+                    _hang("scoring: the second score record about to be written")
+    return _replace(src, dst, *a, **k)
+
+
+if FAULT and MARK:
+    _replace = os.replace
+    os.replace = replace
+'''
+
+
+def fault_env(tmp_path, fault):
+    """Env for a LocalServer whose task subprocess blocks at `fault` (see FAULT_HOOK) -> (env, marker)."""
+    from local_server import REPO as SERVER_REPO
+
+    hook = tmp_path / "fault_hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(FAULT_HOOK)
+    mark = str(tmp_path / f"fault-{fault}.reached")
+    path = os.pathsep.join(p for p in (str(hook), SERVER_REPO, os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "SAMMED3D_TEST_FAULT": fault, "SAMMED3D_TEST_FAULT_MARK": mark}, mark
+
+
+def wait_for_mark(server, mark, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(mark):
+        assert server.proc.poll() is None, server.log_tail(80)
+        assert time.monotonic() < deadline, f"fault point not reached in {timeout} s\n{server.log_tail(80)}"
+        time.sleep(0.1)
+    with open(mark) as f:
+        return f.read()
+
+
+def sigkill(server):
+    os.killpg(server.proc.pid, signal.SIGKILL)  # the uvicorn process and the task subprocess
+    server.proc.wait(timeout=30)
+    time.sleep(0.5)  # the group's other members are reaped by init
+
+
+def file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def training_setup(tmp_path):
+    """Two tiny labelled volumes, the tiny base checkpoint, and v0001 published and live (the last good version)."""
+    from trainer_utils import make_samples, tiny_checkpoint
+
+    import torch
+    from lib.model import load_checkpoint
+    from lib.trainers.publish import publish_version
+    from lib.versions import VersionStore
+    from lib.weights import sha256_file
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    samples = make_samples(str(tmp_path / "src"), 2, seed=7)
+    for s in samples:
+        os.link(s["image"], studies / os.path.basename(s["image"]))
+    ckpt = tiny_checkpoint(str(tmp_path / "tiny.pt"))
+    versions = str(tmp_path / "versions")
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        next(model.mask_decoder.parameters()).add_(0.01)  # a fine-tuned decoder: another checkpoint
+    assert publish_version(VersionStore(versions), model, {"epoch": 1}, sha256_file(ckpt), None) == "v0001"
+    conf = {"checkpoint": ckpt, "max_crops": "1", "versions_dir": versions}
+    return {"studies": str(studies), "samples": samples, "versions": versions, "conf": conf,
+            "v1_sha": sha256_file(os.path.join(versions, "v0001.pt")), "live": file_bytes(os.path.join(versions, "LIVE.json"))}
+
+
+TRAIN_OPTIONS = {"max_epochs": 3, "num_clicks": 2, "loss_size": 32, "variants": 1, "val_split": 0,
+                 "publish": "always", "max_components": 1}
+
+
+@pytest.mark.parametrize("fault", ["mid-epoch", "publish-checkpoint",
+                                   pytest.param("publish-live", marks=pytest.mark.slow)])  # 30 s each
+def test_sigkill_during_training_keeps_the_last_good_version_live(fault, training_setup, server_factory, tmp_path):
+    """SIGKILL while POST /train runs: in epoch 1 after its first optimiser step; with the new
+    version's checkpoint fully written to its temp file but not renamed; with v0002.pt and its
+    metrics in place but LIVE.json not yet switched. After a restart the server serves v0001 (the
+    last good version, same SHA-256), no file in the versions folder that a reader would pick up is
+    partial, and the labels are intact."""
+    from lib.versions import VersionStore
+    from lib.weights import sha256_file
+
+    d = training_setup
+    env, mark = fault_env(tmp_path, fault)
+    server = server_factory(d["studies"], d["conf"], env=env)
+    labels = {}
+    for s in d["samples"]:
+        image_id = os.path.basename(s["image"])[:-len(".nii.gz")]
+        with open(s["label"], "rb") as f:
+            r = requests.put(f"{server.url}/datastore/label", params={"image": image_id, "tag": "final"},
+                             files={"label": (os.path.basename(s["label"]), f)}, data={"params": "{}"}, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        labels[image_id] = sitk.GetArrayFromImage(sitk.ReadImage(s["label"]))
+    assert requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()["weights"]["version_name"] == "v0001"
+    r = requests.post(f"{server.url}/train/sammed3d", json=TRAIN_OPTIONS, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    reached = wait_for_mark(server, mark)
+    files_at_kill = sorted(os.listdir(d["versions"]))
+    sigkill(server)
+
+    store = VersionStore(d["versions"])
+    assert file_bytes(store.live_path) == d["live"], reached  # LIVE.json untouched: still v0001
+    assert sha256_file(store.checkpoint_path("v0001")) == d["v1_sha"]
+    leftovers = [n for n in os.listdir(d["versions"]) if n.startswith(".tmp-")]
+    if fault == "mid-epoch":
+        assert store.list_versions() == ["v0001"], files_at_kill
+    elif fault == "publish-checkpoint":
+        assert store.list_versions() == ["v0001"], files_at_kill  # the temp checkpoint is not a version
+        assert [n for n in leftovers if n.endswith(".pt")], files_at_kill  # (it was there, unrenamed)
+    else:
+        assert store.list_versions() == ["v0001", "v0002"]  # complete, loadable, not live
+        meta = store.metrics("v0002")
+        assert meta["sha256"] == sha256_file(store.checkpoint_path("v0002"))
+        from lib.model import load_checkpoint
+
+        load_checkpoint(store.checkpoint_path("v0002"))
+    for name in os.listdir(d["versions"]):  # every JSON a reader opens parses (an empty reserved name is skipped)
+        if name.endswith(".json") and not name.startswith(".tmp-") and os.path.getsize(os.path.join(d["versions"], name)):
+            with open(os.path.join(d["versions"], name)) as f:
+                json.load(f)
+
+    server = server_factory(d["studies"], d["conf"])  # restart, no fault hook
+    info = requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()
+    assert info["weights"]["version_name"] == "v0001" and info["weights"]["sha256"] == d["v1_sha"], info["weights"]
+    image_id = sorted(labels)[0]
+    r = requests.post(f"{server.url}/infer/sammed3d", params={"image": image_id, "output": "json"},
+                      data={"params": json.dumps({"label": "blob", "foreground": [[22, 26, 20]], "background": []})},
+                      timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    for image_id, want in labels.items():  # labels intact, byte for byte in voxels
+        r = requests.get(f"{server.url}/datastore/label", params={"label": image_id, "tag": "final"}, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        path = str(tmp_path / f"back-{image_id}.nii.gz")
+        with open(path, "wb") as f:
+            f.write(r.content)
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), want)
+    server.stop()
+
+
+def test_sigkill_during_scoring_leaves_loadable_score_records(tmp_path, conf, server_factory):
+    """SIGKILL while POST /scoring/uncertainty runs, just before its second score record is written.
+    After a restart: the datastore JSON is valid, the first record is whole and plain data, the
+    label saved before is intact, and the server answers /info, /activelearning and a click."""
+    from prepare_sample_data import prepare_synthetic
+
+    studies, truth = tmp_path / "studies", tmp_path / "truth"
+    studies.mkdir()
+    truth.mkdir()
+    prepare_synthetic(str(studies), str(truth))
+    ids = sorted(n.split(".")[0] for n in os.listdir(studies))
+    assert len(ids) >= 3, ids
+    for name in os.listdir(studies):  # three images: one labelled, two to score
+        if name.split(".")[0] not in ids[:3]:
+            os.remove(studies / name)
+    ids = ids[:3]
+    conf = {**conf, "al_feature_crops": "1", "al_n_jitter": "2", "versions_dir": str(tmp_path / "versions")}
+    env, mark = fault_env(tmp_path, "scoring")
+    server = server_factory(str(studies), conf, env=env)
+    labelled = ids[0]
+    assert save(server, labelled, label_file(str(studies), labelled, 1, str(tmp_path))).status_code == 200
+    r = requests.post(f"{server.url}/scoring/uncertainty", json={}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    wait_for_mark(server, mark)
+    sigkill(server)
+
+    objects = datastore_json(str(studies))["objects"]  # valid JSON
+    scored = {i: o["image"]["info"]["sammed3d_uncertainty"] for i, o in objects.items()
+              if "sammed3d_uncertainty" in o["image"].get("info", {})}
+    assert len(scored) == 1 and labelled not in scored, scored  # the first record whole, the second absent
+    rec = next(iter(scored.values()))
+    assert isinstance(rec["score"], float) and isinstance(rec["model_version"], str) and rec["prompts"] == "prior", rec
+
+    server = server_factory(str(studies), conf)  # restart, no fault hook
+    assert requests.get(f"{server.url}/info/", timeout=TIMEOUT).status_code == 200
+    assert saved_values(server, labelled, str(tmp_path)) == {1}
+    r = requests.post(f"{server.url}/activelearning/uncertainty", json={"client_id": "alice"}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["id"] in ids[1:], r.text
+    r = requests.post(f"{server.url}/infer/sammed3d", params={"image": ids[1], "output": "json"},
+                      data={"params": json.dumps({"label": "x", "foreground": [[10, 10, 10]], "background": []})},
+                      timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    server.stop()
