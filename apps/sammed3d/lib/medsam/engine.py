@@ -61,13 +61,14 @@ def choose_window(raw: np.ndarray, roi: Sequence[int], ct: bool, window: Window,
 
 class MedSAMEngine:
     def __init__(self, model: LiteMedSAM, model_version: str, device: str = "cpu", cache_bytes: int = 1 << 30,
-                 modality: Optional[str] = None, max_volumes: int = 2):
+                 modality: Optional[str] = None, max_volumes: int = 2, encode_batch: int = 2):
         self.model = model.to(device).eval()
         self.model_version = model_version
         self.device = device
         self.cache_bytes = int(cache_bytes)
         self.modality = modality
         self.max_volumes = max(1, int(max_volumes))
+        self.encode_batch = max(1, int(encode_batch))  # slices per encoder call (VolumePredictor)
         self._volumes: "OrderedDict[tuple, dict]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,7 +94,7 @@ class MedSAMEngine:
             per_volume = self.cache_bytes // self.max_volumes
             pred = VolumePredictor(self.model, entry["raw"], vol.image.GetSpacing(), vol.image.GetDirection(), ct,
                                    window=window, slice_axis=slice_axis, cache_bytes=max(per_volume // 2, EMBED_BYTES),
-                                   device=self.device)
+                                   device=self.device, encode_batch=self.encode_batch)
             entry["predictors"][key] = pred
             while len(entry["predictors"]) > 2:  # e.g. lung + soft tissue of one CT
                 entry["predictors"].popitem(last=False)

@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,6 +25,8 @@ import numpy as np
 
 from .predictor import VolumePredictor
 from .preprocess import box256_from_mask, box_to_256
+
+logger = logging.getLogger(__name__)
 
 
 class BoxError(ValueError):
@@ -93,16 +97,29 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
             seeds[int(s)] = box_to_256(b, frame.slice_shape)
     order = sorted(seeds)
 
-    def run(s: int, box256: np.ndarray) -> np.ndarray:
-        logits, iou = pred.predict_256(s, box256)
+    total = s1 - s0 + 1
+    progress = {"n": 0}
+    stats = getattr(pred, "stats", None)  # stand-in predictors (tests, evaluations) may have none
+    takes_ahead = "ahead" in inspect.signature(pred.predict_256).parameters
+
+    def run(s: int, box256: np.ndarray, ahead=()) -> np.ndarray:
+        t = time.perf_counter()
+        encoded = stats["encoded"] if stats is not None else 0
+        logits, iou = pred.predict_256(s, box256, ahead) if takes_ahead else pred.predict_256(s, box256)
         m = (logits > 0).numpy()  # sigmoid > 0.5
+        progress["n"] += 1
+        how = "" if stats is None else ("encoded, " if stats["encoded"] > encoded else "cached encoding, ")
+        logger.info("medsam box: slice %d (%d of at most %d), %s%d pixels, %.2f s", s, progress["n"], total,
+                    how, int(m.sum()), time.perf_counter() - t)
         res.boxes256[s] = tuple(float(v) for v in box256)
         res.iou[s] = iou
         if m.any():
             frame.put_slice(mask, s, m.astype(np.uint8))
         return m
 
-    firsts = {seed: run(seed, seeds[seed]) for seed in order}
+    # `ahead`: the slice propagation will most likely need next, encoded in the same model call
+    # (VolumePredictor.encode_batch); at worst one slice per direction is encoded in vain.
+    firsts = {seed: run(seed, seeds[seed], [seed + 1] if seed + 1 <= s1 else []) for seed in order}
     live = [seed for seed in order if firsts[seed].any()]  # an empty seed owns no slices
     done = list(live)
     for n, seed in enumerate(live):
@@ -114,7 +131,7 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
                 b = box256_from_mask(prev)
                 if b is None:
                     break
-                prev = run(s, b)
+                prev = run(s, b, [s + step] if lo <= s + step <= hi else [])
                 if not prev.any():
                     break
                 done.append(s)
