@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from skimage.filters import threshold_otsu
 
 from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume, znormalise
 from ..synthetic.phantoms import generate_phantom_torch
@@ -32,16 +33,18 @@ class _RealVolume:
         self.label = label.numpy()
         self.is_ct = is_ct
         self.train_values = [v for v in train_values if int((self.label == v).sum()) >= 50]
-        thr = np.percentile(self.image, 50)
-        self.foreground = self.image > thr
+        # tissue, not air or background noise: Otsu's threshold (the median put the air of a head
+        # scan, which fills most of its field of view, into the "foreground")
+        self.foreground = self.image > threshold_otsu(self.image[::2, ::2, ::2])
+        slic_mask = self.image > np.percentile(self.image, 50)  # the cached supervoxels were made with this
         sv_path = os.path.join(cache_dir, f"{self.name}.supervoxels{n_segments}.npy") if cache_dir else None
         if sv_path and os.path.exists(sv_path):
             sv = np.load(sv_path)
         else:
-            sv = compute_supervoxels(self.image, n_segments, mask=self.foreground)
+            sv = compute_supervoxels(self.image, n_segments, mask=slic_mask)
             if sv_path:
                 np.save(sv_path, sv)
-        self.graph = SupervoxelGraph(sv, self.image)
+        self.graph = SupervoxelGraph(sv, self.image, seed_mask=self.foreground)
 
 
 class TrainingSampler:

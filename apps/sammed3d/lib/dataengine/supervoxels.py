@@ -28,7 +28,8 @@ def compute_supervoxels(image: np.ndarray, n_segments: int, compactness: float =
 class SupervoxelGraph:
     """Supervoxel adjacency, sizes and mean intensities; draws random connected regions."""
 
-    def __init__(self, labels: np.ndarray, image: np.ndarray):
+    def __init__(self, labels: np.ndarray, image: np.ndarray, seed_mask: np.ndarray = None):
+        """`seed_mask`: regions start only in supervoxels mostly inside it (e.g. tissue, not air)."""
         self.labels = labels
         n = int(labels.max()) + 1
         flat = labels.reshape(-1)
@@ -46,7 +47,12 @@ class SupervoxelGraph:
         for a, b in p:
             self.neighbours.setdefault(int(a), []).append(int(b))
             self.neighbours.setdefault(int(b), []).append(int(a))
-        self.ids = np.array(sorted(self.neighbours), dtype=np.int64)
+        ids = np.array(sorted(self.neighbours), dtype=np.int64)
+        if seed_mask is not None:
+            inside = np.bincount(flat, weights=seed_mask.reshape(-1).astype(np.float64), minlength=n)
+            keep = ids[inside[ids] > 0.5 * self.size[ids]]
+            ids = keep if len(keep) else ids
+        self.ids = ids
 
     def random_region(self, rs: np.random.Generator, max_parts: int, tolerance: float) -> np.ndarray:
         """Ids of a connected region: from a random seed, repeatedly add the neighbour whose mean
