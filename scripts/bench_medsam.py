@@ -18,7 +18,7 @@ docs/medsam.md (lib.medsam.evaluate's evaluate_medsam: CTChest4, labels 5,6,3, 1
 with each variant and prints mean Dice after 2, 3, 5 and 10 actions.
 
     .venv/bin/python scripts/bench_medsam.py [--repeats 3] [--threads 2] [--bound] [--device cuda]
-    .venv/bin/python scripts/bench_medsam.py --encoders fp32,int8 --repeats 3 [--eval-row]
+    .venv/bin/python scripts/bench_medsam.py --encoders fp32,int8 --batches 1,2 --repeats 3 [--eval-row]
 """
 from __future__ import annotations
 
@@ -46,13 +46,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
-def eval_row(model, site: str) -> dict:
+def eval_row(model, site: str, batch: int = 2) -> dict:
     """Mean Dice after 2/3/5/10 actions of the evaluation row (docs/medsam.md) with this model."""
     from lib.medsam.evaluate import evaluate_medsam
 
     pairs = [("CTChest4", os.path.join(site, "slicerio", "data", "CTChest4.nrrd"),
               os.path.join(site, "slicerio", "data", "Segmentation.seg.nrrd"))]
-    engine = MedSAMEngine(model, "eval", cache_bytes=1 << 30)
+    engine = MedSAMEngine(model, "eval", cache_bytes=1 << 30, encode_batch=batch)
     t = time.perf_counter()
     rows = evaluate_medsam(engine, pairs, [5, 6, 3], 10, 5.0)
     out = {n: float(np.mean([r["dice"] for r in rows if r["clicks"] == n])) for n in (2, 3, 5, 10)}
@@ -91,6 +91,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (the total is exact: every slice mask comes back to the host; per-stage splits are not synchronised)")
     p.add_argument("--bound", action="store_true", help="also print the FLOP lower bound (see above)")
     p.add_argument("--encoders", default="fp32", help="comma-separated encoder variants: fp32, int8")
+    p.add_argument("--batches", default="2", help="comma-separated slices per encoder call (1 = the previous path)")
     p.add_argument("--eval-row", action="store_true", help="also run the evaluation row with each variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,13 +107,15 @@ def main() -> int:
     jj = np.nonzero(body.any(axis=(0, 2)))[0]
     k0 = 2
     roi = [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), k0, k0 + args.slices - 1]
-    names = [e.strip() for e in args.encoders.split(",") if e.strip()]
-    models = {}
-    for name in names:
-        models[name] = quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), name)
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    loaded = {e: quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), e) for e in encoders}
+    names = [f"{e} batch {b}" for e in encoders for b in batches]  # the first is the reference
+    models = {f"{e} batch {b}": loaded[e] for e in encoders for b in batches}
+    batch_of = {f"{e} batch {b}": b for e in encoders for b in batches}
     if args.repeats < 1:  # --repeats 0 --eval-row: only the evaluation rows
         for name in names:
-            row = eval_row(models[name], site)
+            row = eval_row(models[name], site, batch_of[name])
             print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
                   f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
         return 0
@@ -121,7 +124,8 @@ def main() -> int:
     masks, res, engine = {}, None, None
     for _ in range(args.repeats):
         for name in names:  # the variants take turns: load from other jobs hits them alike
-            engine = MedSAMEngine(models[name], "bench", device=args.device, cache_bytes=1 << 30)
+            engine = MedSAMEngine(models[name], "bench", device=args.device, cache_bytes=1 << 30,
+                                  encode_batch=batch_of[name])
             engine.volume(ct_path)  # file read outside the timing: the server keeps volumes cached too
             t = time.perf_counter()
             res = engine.segment_box(ct_path, roi, window="soft_tissue")
@@ -147,7 +151,7 @@ def main() -> int:
               f"all {', '.join(f'{c:.1f}' for c in cold[name])}), encode median {statistics.median(enc[name]):.1f} s{vs} |")
     if args.eval_row:
         for name in names:
-            row = eval_row(models[name], site)
+            row = eval_row(models[name], site, batch_of[name])
             print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
                   f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
     model = models[names[0]]

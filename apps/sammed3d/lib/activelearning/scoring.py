@@ -8,6 +8,8 @@ changed: an image whose stored score carries the live model version is skipped (
 
 Request options (JSON body of POST /scoring/<name>, all optional):
     force (false), images ([ids]: only these), max_images (0 = all), threads (conf scoring_threads),
+    nice (conf al_nice, default 10: the scoring subprocess runs at this lower CPU priority, so a click
+    that arrives meanwhile gets the cores first; 0 = the server's priority; see scripts/bench_scoring_click.py),
     n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("product", the default, | "rank":
     the combined method's rule; see select.py).
 """
@@ -35,7 +37,7 @@ from .uncertainty import make_perturbations, model_decoder, point_uncertainty
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
-            "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50}
+            "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50, "nice": 10}
 
 
 def live_version(app) -> str:
@@ -61,6 +63,29 @@ def torch_threads(n: Optional[int]):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def in_task_subprocess() -> bool:
+    """True in the subprocess MONAI Label starts for a scoring/training task (not in the server)."""
+    import sys
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "monailabel.interfaces.utils.app"
+
+
+def lower_priority(nice: int) -> int:
+    """Raise this process's nice value to `nice` (every thread: Linux keeps one per thread), only in
+    a task subprocess: the server's own threads are never touched. Returns the nice value now."""
+    if not nice or nice <= 0 or not in_task_subprocess():
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, int(nice))
+        except OSError:  # a thread that has just exited
+            pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def read_geometry(path: str):
@@ -258,6 +283,8 @@ class SAMMed3DScoring(ScoringMethod):
     def __call__(self, request, datastore):
         t = time.perf_counter()
         request = dict(request or {})
+        nice = lower_priority(int(request.get("nice", self.scorer.options["nice"]) or 0))
+        logger.info(f"scoring[{self.method}] at nice {nice}, {request.get('threads', self.scorer.options['threads'])} thread(s)")
         with torch_threads(int(request.get("threads", self.scorer.options["threads"]) or 0)):
             fn = getattr(self.scorer, f"update_{self.method}")
             result = fn(datastore, request)

@@ -1,0 +1,148 @@
+#!/usr/bin/env python
+"""Does a background scoring run slow the clicks? Click latency with and without scoring going on.
+
+    .venv/bin/python scripts/bench_scoring_click.py [--images 4] [--clicks 12] [--nice 0,10]
+
+A real `monailabel start_server` (released-size model, random weights, as scripts/bench_http.py) on
+synthetic 512x512x61 CTs. An annotator clicks on ct_0 (repeat clicks: decode, paste, write) about
+three times a second. Phases, in this order, for each scoring priority in --nice (0 = the previous
+behaviour: the scoring subprocess at the server's priority; 10 = the default now, --conf al_nice):
+  idle    -- --clicks repeat clicks, nothing else running;
+  scoring -- POST /scoring/combined {"force": true, "nice": N} (uncertainty + diversity of every
+             image in a subprocess), repeat clicks while it runs (and first clicks on images the
+             server has not seen, --first of them);
+  idle again, so slow phases of a shared machine show up on both sides.
+Reports medians per phase and the slow-down (scoring median / idle median - 1); the target is <= 20 %.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
+
+from bench_http import machine, released_random_checkpoint, synthetic_ct  # noqa: E402
+from local_server import LocalServer  # noqa: E402
+
+
+def scoring_running(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/scoring/?check_if_running=true", timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise
+
+
+def start_scoring(url: str, nice: int) -> None:
+    body = json.dumps({"force": True, "nice": nice}).encode()
+    req = urllib.request.Request(url + "/scoring/combined", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=4, help="images in the datastore (all are scored)")
+    p.add_argument("--clicks", type=int, default=12, help="repeat clicks per idle phase")
+    p.add_argument("--first", type=int, default=2, help="first clicks on unseen images during each scoring run")
+    p.add_argument("--nice", default="0,10", help="scoring priorities to compare (0 = previous behaviour)")
+    p.add_argument("--interval", type=float, default=0.3, help="seconds between clicks")
+    args = p.parse_args(argv)
+    from monailabel.client import MONAILabelClient
+
+    nices = [int(n) for n in args.nice.split(",")]
+    work = tempfile.mkdtemp(prefix="bench-scoring-")
+    try:
+        studies = os.path.join(work, "studies")
+        os.makedirs(studies)
+        synthetic_ct(os.path.join(studies, "ct_0.nii.gz"))
+        n_unseen = (args.first + 1) * len(nices)
+        for r in range(1, args.images + n_unseen):
+            shutil.copyfile(os.path.join(studies, "ct_0.nii.gz"), os.path.join(studies, f"ct_{r}.nii.gz"))
+        ckpt = released_random_checkpoint(os.path.join(work, "random_released.pt"))
+        conf = {"checkpoint": ckpt, "max_crops": "1", "modality": "CT"}
+        with LocalServer(studies, conf) as server:
+            client = MONAILabelClient(server.url, tmpdir=os.path.join(work, "client"))
+            centre = [300, 250, 30]
+            fg = [centre]
+            client.infer("sammed3d", "ct_0", {"label": "liver", "foreground": fg, "background": []})
+            unseen = iter(range(args.images, args.images + n_unseen))
+
+            def repeat_click() -> float:
+                fg.append([centre[0] + (len(fg) % 40), centre[1] - (len(fg) % 13), centre[2]])
+                t = time.perf_counter()
+                _, res = client.infer("sammed3d", "ct_0", {"label": "liver", "foreground": fg, "background": []})
+                dt = time.perf_counter() - t
+                assert res["cache_hit"], "repeat click must not re-encode"
+                return dt
+
+            def first_click() -> float:
+                t = time.perf_counter()
+                client.infer("sammed3d", f"ct_{next(unseen)}", {"label": "liver", "foreground": [centre]})
+                return time.perf_counter() - t
+
+            def idle(n):
+                out = []
+                for _ in range(n):
+                    out.append(repeat_click())
+                    time.sleep(args.interval)
+                return out
+
+            results = {}
+            idle(3)  # warm-up
+            for nice in nices:
+                before = idle(args.clicks)
+                first_idle = [first_click()]
+                start_scoring(server.url, nice)
+                t0 = time.perf_counter()
+                while not scoring_running(server.url) and time.perf_counter() - t0 < 30:
+                    time.sleep(0.1)
+                during, first_during = [], []
+                while scoring_running(server.url):
+                    if len(first_during) < args.first and len(during) % 6 == 5:
+                        first_during.append(first_click())
+                    during.append(repeat_click())
+                    time.sleep(args.interval)
+                run_s = time.perf_counter() - t0
+                after = idle(args.clicks)
+                results[nice] = {"idle": before + after, "scoring": during, "first_idle": first_idle,
+                                 "first_scoring": first_during, "run_s": run_s}
+                print(f"nice {nice}: scoring ran {run_s:.0f} s; {len(during)} repeat clicks during it", flush=True)
+            log = server.log()
+        med = statistics.median
+        print()
+        print(f"- Command: `{' '.join([os.path.relpath(sys.executable, REPO)] + sys.argv)}`")
+        print(f"- Machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
+        print()
+        print("| scoring priority | scoring run (s) | repeat click idle: median (s), n | during scoring: median (s), n "
+              "| slow-down | first click idle / during scoring (s) |")
+        print("|---|---|---|---|---|---|")
+        for nice, r in results.items():
+            slow = med(r["scoring"]) / med(r["idle"]) - 1 if r["scoring"] else float("nan")
+            fi = ", ".join(f"{x:.2f}" for x in r["first_idle"])
+            fd = ", ".join(f"{x:.2f}" for x in r["first_scoring"]) or "-"
+            label = f"nice {nice}" + (" (previous behaviour)" if nice == 0 else "")
+            print(f"| {label} | {r['run_s']:.0f} | {med(r['idle']):.3f}, {len(r['idle'])} | "
+                  f"{med(r['scoring']):.3f}, {len(r['scoring'])} | {100 * slow:+.0f} % | {fi} / {fd} |")
+        niced = [line for line in log.splitlines() if "scoring[combined] at nice" in line]
+        print()
+        print("server log:", *niced[-len(nices):], sep="\n  ")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
