@@ -2,7 +2,8 @@
 """Benchmark the interactive session end to end: click in -> mask on the original grid out.
 
 A synthetic 512 x 512 x 61 CT (0.7 x 0.7 x 5 mm, LPS-stored like a DICOM-derived NIfTI) and the
-released-size SAM-Med3D built with random weights. Measures, through SegmentationEngine.segment:
+released-size SAM-Med3D built with random weights (--models also takes click_unet, the convolutional
+default's architecture, or checkpoint paths; several run one after the other). Measures, through SegmentationEngine.segment:
   * first click, cold: nothing cached (file load + crop resample + encoder + decoder + paste);
   * first click, volume cached: a new crop of an image already loaded;
   * repeat click: a new click inside the cached crop (decoder + paste only).
@@ -10,6 +11,7 @@ Medians after warm-up; prints a markdown table with the per-stage breakdown.
 
     python scripts/bench_session.py                  # CPU
     python scripts/bench_session.py --device cuda --precision bf16
+    python scripts/bench_session.py --models released,click_unet --threads 2
 """
 import argparse
 import os
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps", "sammed3d"))
-from lib.model import build_sam_med3d  # noqa: E402
+from lib.model import CLICK_UNET_CONFIG, build_model, load_checkpoint  # noqa: E402
 from lib.session import SegmentationEngine  # noqa: E402
 
 STAGES = ("load", "preprocess", "encode", "decode", "paste", "total")
@@ -46,10 +48,19 @@ def synthetic_ct(path: str, shape=(512, 512, 61), spacing=(0.7, 0.7, 5.0), seed=
     return path
 
 
-def run(args):
+def make_model(name: str):
+    """'released': vit_b_ori at random weights; 'click_unet': ClickUNet3D at random weights; else a checkpoint path."""
     torch.manual_seed(0)
+    if name == "released":
+        return build_model(None)
+    if name == "click_unet":
+        return build_model(dict(CLICK_UNET_CONFIG))
+    return load_checkpoint(name)[0]
+
+
+def run(args, model_name: str):
     device = torch.device(args.device)
-    model = build_sam_med3d(None)
+    model = make_model(model_name)
     engine = SegmentationEngine(model, "random", device=device, precision=args.precision, max_crops=1, click_mode=args.click_mode)
     tmp = tempfile.mkdtemp(prefix="bench_session_")
     path = synthetic_ct(os.path.join(tmp, "ct.nii.gz"))
@@ -100,13 +111,21 @@ def main():
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--max-clicks", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--models", default="released",
+                   help="comma list, run one after the other: released (vit_b_ori), click_unet (the convolutional "
+                        "default's architecture), or checkpoint paths")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    for name in args.models.split(","):
+        report(args, name)
+
+
+def report(args, model_name: str):
     t = time.time()
-    cold, warm_vol, repeat, engine = run(args)
+    cold, warm_vol, repeat, engine = run(args, model_name)
     dev = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"\nSession benchmark: 512x512x61 CT (0.7x0.7x5 mm), released-size model (random weights), {dev}, "
+    print(f"\nSession benchmark: 512x512x61 CT (0.7x0.7x5 mm), model {model_name} (random weights unless a path), {dev}, "
           f"torch {torch.__version__}, precision {args.precision or 'fp32'}, click mode {args.click_mode}")
     print(f"medians in ms; first clicks n={len(cold)} after {args.first_warmup} warm-up, repeat clicks n={len(repeat)} after {args.repeat_warmup} warm-up\n")
     print("| case | " + " | ".join(STAGES) + " |")
