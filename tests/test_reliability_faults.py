@@ -1,11 +1,12 @@
-"""Faults: the server is SIGKILLed mid-save, mid-training (mid-epoch, mid-publish) and mid-scoring,
-finds its datastore JSON corrupt, runs out of disk.
+"""Faults: the server is SIGKILLed mid-save, mid-training (mid-epoch, mid-publish), mid-scoring and
+mid-DICOMweb fetch, finds its datastore JSON corrupt, runs out of disk.
 
 Each test drives a real `monailabel start_server` (conftest.server_factory, scripts/local_server)
 and checks, after the fault and a restart, that every label saved before is intact and readable,
 that an interrupted save is either whole or absent, and that the datastore JSON is valid.
 """
 import errno
+import gzip
 import json
 import os
 import shutil
@@ -224,6 +225,8 @@ def test_disk_full_on_a_real_tmpfs_gives_507_and_keeps_earlier_labels(conf, serv
 # scoring run), it wraps os.replace -- the rename every atomic write of the app ends with -- and, at
 # the chosen point, writes a marker file and blocks. The test waits for the marker and SIGKILLs the
 # server's whole process group (uvicorn and the task subprocess), as a power cut or OOM kill would.
+# The DICOMweb fetch faults block in the server process itself (the click's worker thread), in
+# pydicom's save_as (download) or shutil.copy (the converted file into the cache).
 
 FAULT_HOOK = r'''
 import os, sys, time
@@ -264,14 +267,65 @@ def replace(src, dst, *a, **k):
     return _replace(src, dst, *a, **k)
 
 
+def _dicom_download_hook():
+    """In the server process: after the 2nd instance of SERIES is saved into its cache folder, block."""
+    series, seen = os.environ.get("SAMMED3D_TEST_FAULT_SERIES"), []
+    _makedirs = os.makedirs
+
+    def makedirs(name, *a, **k):
+        out = _makedirs(name, *a, **k)
+        if not seen and not _in_task() and os.path.basename(os.fspath(name)) == series:
+            seen.append(name)  # the series' download starts (dicom_web_download_series): pydicom is loaded
+            import pydicom.dataset
+
+            save = pydicom.dataset.Dataset.save_as
+            folder, saved = os.fspath(name), []
+
+            def save_as(self, filename, *a2, **k2):
+                result = save(self, filename, *a2, **k2)
+                if os.path.dirname(os.fspath(filename)) == folder:
+                    saved.append(filename)
+                    if len(saved) == 2:
+                        _hang(f"dicom-download: 2 instances of {series} saved, the rest not fetched")
+                return result
+
+            pydicom.dataset.Dataset.save_as = save_as
+        return out
+
+    os.makedirs = makedirs
+
+
+def _dicom_convert_hook():
+    """In the server process: the converted SERIES.nii.gz is copied into the cache; half of it, then block."""
+    import shutil
+
+    series, _copy = os.environ.get("SAMMED3D_TEST_FAULT_SERIES"), shutil.copy
+
+    def copy(src, dst, *a, **k):
+        if not _in_task() and os.path.basename(os.fspath(dst)) == f"{series}.nii.gz":
+            with open(src, "rb") as f:
+                data = f.read()
+            with open(dst, "wb") as f:
+                f.write(data[:len(data) // 2])
+            _hang(f"dicom-convert: {len(data) // 2} of {len(data)} bytes of {series}.nii.gz copied into the cache")
+        return _copy(src, dst, *a, **k)
+
+    shutil.copy = copy
+
+
 if FAULT and MARK:
     _replace = os.replace
     os.replace = replace
+    if FAULT == "dicom-download":
+        _dicom_download_hook()
+    elif FAULT == "dicom-convert":
+        _dicom_convert_hook()
 '''
 
 
 def fault_env(tmp_path, fault):
-    """Env for a LocalServer whose task subprocess blocks at `fault` (see FAULT_HOOK) -> (env, marker)."""
+    """Env for a LocalServer that blocks at `fault` (see FAULT_HOOK) -> (env, marker): training and
+    scoring faults in the task subprocess, DICOMweb fetch faults in the server process."""
     from local_server import REPO as SERVER_REPO
 
     hook = tmp_path / "fault_hook"
@@ -364,6 +418,9 @@ def test_sigkill_during_training_keeps_the_last_good_version_live(fault, trainin
     sigkill(server)
 
     store = VersionStore(d["versions"])
+    with open(store.stats_path) as f:  # what the killed trainer left: a run that says it is running
+        left = json.load(f)
+    assert left["status"] == "RUNNING" and left["pid"] != server.proc.pid, left
     assert file_bytes(store.live_path) == d["live"], reached  # LIVE.json untouched: still v0001
     assert sha256_file(store.checkpoint_path("v0001")) == d["v1_sha"]
     leftovers = [n for n in os.listdir(d["versions"]) if n.startswith(".tmp-")]
@@ -387,6 +444,11 @@ def test_sigkill_during_training_keeps_the_last_good_version_live(fault, trainin
     server = server_factory(d["studies"], d["conf"])  # restart, no fault hook
     info = requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()
     assert info["weights"]["version_name"] == "v0001" and info["weights"]["sha256"] == d["v1_sha"], info["weights"]
+    stats = info["train_stats"]["sammed3d"]  # not RUNNING: the run was interrupted, and the file says so too
+    assert stats["status"] == "INTERRUPTED" and stats["run_id"] == left["run_id"] and "POST /train" in stats["message"], stats
+    with open(store.stats_path) as f:
+        assert json.load(f)["status"] == "INTERRUPTED"
+    assert "ended without finishing" in server.log()
     image_id = sorted(labels)[0]
     r = requests.post(f"{server.url}/infer/sammed3d", params={"image": image_id, "output": "json"},
                       data={"params": json.dumps({"label": "blob", "foreground": [[22, 26, 20]], "background": []})},
@@ -399,7 +461,43 @@ def test_sigkill_during_training_keeps_the_last_good_version_live(fault, trainin
         with open(path, "wb") as f:
             f.write(r.content)
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(path)), want)
+    if fault == "mid-epoch":  # a new training is accepted (not refused as already running) and finishes
+        r = requests.post(f"{server.url}/train/sammed3d", json={**TRAIN_OPTIONS, "max_epochs": 1, "publish": "never"},
+                          timeout=TIMEOUT)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 2 * TIMEOUT
+        while (task := requests.get(f"{server.url}/train/", timeout=TIMEOUT).json()).get("status") not in ("DONE", "ERROR"):
+            assert time.monotonic() < deadline, f"training did not finish: {task}\n{server.log_tail(60)}"
+            time.sleep(0.5)
+        assert task["status"] == "DONE", server.log_tail(60)
+        stats = requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()["train_stats"]["sammed3d"]
+        assert stats["status"] == "DONE" and stats["run_id"] != left["run_id"], stats
+        assert store.list_versions() == ["v0001"] and file_bytes(store.live_path) == d["live"]  # publish: never
     server.stop()
+
+
+def test_train_stats_left_running_by_a_dead_trainer_read_as_interrupted(tmp_path):
+    """Unit: a RUNNING stats file is INTERRUPTED only when its writer is gone (pid + start time)."""
+    import socket
+
+    from lib.trainers.progress import mark_interrupted, process_start, reconcile
+
+    me = {"status": "RUNNING", "pid": os.getpid(), "host": socket.gethostname(), "proc_start": process_start(os.getpid())}
+    assert reconcile(me) is me  # alive: left alone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = {**me, "pid": dead.pid, "proc_start": "1", "run_id": "r1", "epoch": 1, "total_epochs": 3}
+    assert reconcile(gone)["status"] == "INTERRUPTED" and "epoch 1 of 3" in reconcile(gone)["message"]
+    assert reconcile({**me, "proc_start": "1"})["status"] == "INTERRUPTED"  # same pid, another process (reused)
+    assert reconcile({**gone, "host": "another-host"})["status"] == "RUNNING"  # cannot tell: left alone
+    assert reconcile({"status": "RUNNING"})["status"] == "INTERRUPTED"  # written before files named their writer
+    assert reconcile({**gone, "status": "DONE"})["status"] == "DONE"
+    path = tmp_path / "train_stats.json"
+    path.write_text(json.dumps(gone))
+    assert mark_interrupted(str(path))["status"] == "INTERRUPTED"
+    assert json.loads(path.read_text())["status"] == "INTERRUPTED" and mark_interrupted(str(path)) is None
+    path.write_text(json.dumps(me))
+    assert mark_interrupted(str(path)) is None and json.loads(path.read_text()) == me
 
 
 def test_sigkill_during_scoring_leaves_loadable_score_records(tmp_path, conf, server_factory):
@@ -444,4 +542,108 @@ def test_sigkill_during_scoring_leaves_loadable_score_records(tmp_path, conf, se
                       data={"params": json.dumps({"label": "x", "foreground": [[10, 10, 10]], "background": []})},
                       timeout=TIMEOUT)
     assert r.status_code == 200, r.text
+    server.stop()
+
+
+# --------------------------------------------- SIGKILL during a DICOMweb fetch (Orthanc as the PACS)
+#
+# The first click on a series that is not in the server's DICOMweb cache downloads its instances into
+# <cache>/<series>/ and converts them to <cache>/<series>.nii.gz (MONAI Label's DICOMWebDatastore,
+# under lib.datastore.serialise_dicomweb_fetches' per-series file lock). The kill lands in the server
+# process, in the middle of either step (FAULT_HOOK: after 2 of 20 instances are saved; with half of
+# the converted file copied into the cache).
+
+ORTHANC_BIN = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists("/usr/sbin/Orthanc") else None)
+ORTHANC_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+DICOM_SERIES = "synth_small_ct"
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """Orthanc on a free port with one CT series (synth_small_ct, 20 slices): -> url, uid, grid."""
+    if not (ORTHANC_BIN and os.path.exists(ORTHANC_PLUGIN)):
+        pytest.skip("needs Orthanc + orthanc-dicomweb (bash scripts/orthanc/orthanc.sh install; scripts/test.sh does)")
+    from local_server import REPO as SERVER_REPO, free_port
+    from make_dicom_series import Series, write_all
+    from prepare_sample_data import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("pacs")
+    studies, truth = root / "studies", root / "truth"
+    studies.mkdir()
+    truth.mkdir()
+    prepare_synthetic(str(studies), str(truth))
+    image = sitk.ReadImage(image_file(str(studies), DICOM_SERIES))
+    manifest = write_all([Series(DICOM_SERIES, image, "CT")], str(root / "dicom"))
+    uid = manifest["series"][0]["SeriesInstanceUID"]
+    env = dict(os.environ, ORTHANC_HOME=str(root / "orthanc"), ORTHANC_HTTP_PORT=str(free_port()), PYTHON=sys.executable)
+    script = os.path.join(SERVER_REPO, "scripts", "orthanc", "orthanc.sh")
+    try:
+        subprocess.run(["bash", script, "start"], env=env, check=True, capture_output=True, text=True, timeout=60)
+        subprocess.run(["bash", script, "load", str(root / "dicom")], env=env, check=True, capture_output=True,
+                       text=True, timeout=120)
+        yield {"url": f"http://127.0.0.1:{env['ORTHANC_HTTP_PORT']}", "uid": uid, "size": image.GetSize(),
+               "voxels": sitk.GetArrayFromImage(image),
+               "spacing": image.GetSpacing(), "root": root}
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"Orthanc setup failed: {e.stdout}\n{e.stderr}")
+    finally:
+        subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=60)
+
+
+def dicomweb_env(cache):
+    return {"PATH": os.path.join(os.path.dirname(sys.executable)) + os.pathsep + os.environ.get("PATH", ""),  # dcmqi
+            "MONAI_LABEL_DICOMWEB_CACHE_PATH": cache, "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "CT"})}
+
+
+def click(server, image_id, timeout=TIMEOUT):
+    return requests.post(f"{server.url}/infer/sammed3d", params={"image": image_id, "output": "json"},
+                         data={"params": json.dumps({"label": "organ", "foreground": [[20, 18, 10]], "background": []})},
+                         timeout=timeout)
+
+
+@pytest.mark.parametrize("fault", ["dicom-download", "dicom-convert"])
+def test_sigkill_during_a_dicomweb_fetch_then_the_next_click_fetches_it_whole(fault, pacs, conf, server_factory, tmp_path):
+    """SIGKILL while the first click on a series downloads it (2 of 20 instances saved) or copies its
+    converted NIfTI into the cache (half written). After a restart the next click on that series
+    answers, on the whole series: the partial download or the half-written file is not used, and the
+    lock file left by the killed fetch does not block."""
+    from lib.datastore import FETCH_LOCKS
+
+    uid, cache = pacs["uid"], str(tmp_path / "dicom-cache")
+    env, mark = fault_env(tmp_path, fault)
+    env = {**env, **dicomweb_env(cache), "SAMMED3D_TEST_FAULT_SERIES": uid}
+    conf = {**conf, "download": "false", "versions_dir": str(tmp_path / "versions")}
+    server = server_factory(pacs["url"] + "/dicom-web", conf, env=env)
+
+    def first_click():  # never answered: the server dies under it
+        try:
+            click(server, uid)
+        except requests.RequestException:
+            pass
+
+    t = threading.Thread(target=first_click, daemon=True)
+    t.start()
+    reached = wait_for_mark(server, mark)
+    sigkill(server)
+    t.join(timeout=30)
+
+    [store] = [os.path.join(cache, n) for n in os.listdir(cache)]  # <cache>/<md5 of the DICOMweb URL>/
+    series_dir, nifti = os.path.join(store, uid), os.path.join(store, f"{uid}.nii.gz")
+    if fault == "dicom-download":  # what the kill left: a partial download, no NIfTI
+        assert len(os.listdir(series_dir)) == 2 and not os.path.exists(nifti), (reached, os.listdir(store))
+    else:  # every instance, and a half-written NIfTI in the cache
+        assert len(os.listdir(series_dir)) == pacs["size"][2], reached
+        with open(nifti, "rb") as f, pytest.raises(EOFError):  # cut short (SimpleITK would read it, zero-filled)
+            gzip.decompress(f.read())
+    assert os.listdir(os.path.join(store, FETCH_LOCKS)), "the killed fetch's lock file is still there"
+
+    server = server_factory(pacs["url"] + "/dicom-web", conf, env=dicomweb_env(cache))  # restart, no fault hook
+    r = click(server, uid, timeout=60)  # a stale lock would block: 60 s is far more than a fetch takes
+    assert r.status_code == 200, f"{r.status_code} {r.text[:300]}\n{server.log_tail(60)}"
+    assert "was not completely fetched" in server.log(), server.log_tail(40)  # discarded, and said so
+    assert len(os.listdir(series_dir)) == pacs["size"][2]  # the whole series was fetched again
+    cached = sitk.ReadImage(nifti)  # the whole converted series, not 2 slices or half a file
+    assert cached.GetSize() == pacs["size"] and np.allclose(cached.GetSpacing(), pacs["spacing"], atol=1e-3)
+    assert np.allclose(sitk.GetArrayFromImage(cached), pacs["voxels"], atol=1), "the cached image is not the series"
+    assert click(server, uid).status_code == 200  # and from the cache
     server.stop()

@@ -237,7 +237,8 @@ FETCH_LOCKS = ".sammed3d-fetch-locks"
 
 
 def serialise_dicomweb_fetches(datastore):
-    """Make a DICOMweb datastore's first access of a series safe to run twice at once.
+    """Make a DICOMweb datastore's first access of a series safe to run twice at once, and safe to
+    be killed half-way.
 
     MONAI Label's DICOMWebDatastore downloads a series into `<cache>/<id>/` and converts it to
     `<cache>/<id>.nii.gz` the first time `get_image_uri(id)` (or `get_label_uri` for a SEG) is
@@ -245,22 +246,104 @@ def serialise_dicomweb_fetches(datastore):
     inference in worker threads (lib/guards/infer.py), and scoring and training run in subprocesses
     that fetch series too, so two callers can download and convert the same series into the same
     paths at once. Here each fetch holds a file lock per series id (threads and processes alike);
-    fetches of different series still run in parallel.
+    fetches of different series still run in parallel. The lock is an flock: a killed process
+    releases it, so the lock file it leaves behind blocks nobody.
+
+    Existence is not completeness: a server killed while it downloads (some instances saved) or
+    copies the converted file (half of it written) leaves paths that MONAI Label then takes as the
+    series -- a 2-slice image served without an error, or a truncated .nii.gz that fails every
+    click. So a fetch counts as complete only when its marker `<locks>/<sha1>.done` exists,
+    written (after fsync of the files) once the fetch returned. Without the marker, whatever is
+    cached for the series is discarded, logged, and fetched again. (A cache filled before this
+    marker existed is fetched again once, series by series.) The datastore JSON in the cache is
+    written atomically too (SafeLocalDatastore._update_datastore_file).
     """
     import hashlib
 
+    from monailabel.interfaces.datastore import DefaultLabelTag
+
     folder = os.path.join(datastore._datastore_path, FETCH_LOCKS)  # the DICOMweb cache folder
     os.makedirs(folder, exist_ok=True)
+    model = getattr(datastore, "_datastore", None)  # MONAI Label's LocalDatastoreModel: the cache's layout
+    convert = getattr(datastore, "_convert_to_nifti", True)
 
-    def locked(fetch, id_name: str):
+    def cached_paths(kind: str, args, kwargs):
+        """-> (series id, the paths a complete fetch leaves), or (id, None) when nothing is fetched."""
+        if model is None:
+            return (args[0] if args else kwargs.get("image_id" if kind == "image" else "label_id")), None
+        if kind == "image":
+            image_id = args[0] if args else kwargs.get("image_id")
+            root, stem = model.image_path(), image_id
+        else:
+            image_id = args[0] if args else kwargs.get("label_id")
+            tag = args[1] if len(args) > 1 else kwargs.get("label_tag")
+            if tag != DefaultLabelTag.FINAL:
+                return image_id, None  # a local label (MONAI Label's LocalDatastore): nothing fetched
+            stem = args[2] if len(args) > 2 else kwargs.get("image_id", "")
+            root = model.label_path(DefaultLabelTag.FINAL)
+        if name_problem(str(image_id)) or (stem and name_problem(str(stem))):
+            return image_id, None  # not a plain name: MONAI Label refuses or misses it, nothing is removed
+        paths = [os.path.join(root, str(image_id))] + ([os.path.join(root, f"{stem}.nii.gz")] if convert else [])
+        return image_id, [os.path.realpath(p) for p in paths if inside(p, datastore._datastore_path)]
+
+    def complete(marker: str, paths: List[str]) -> bool:
+        if not os.path.exists(marker):
+            return False
+        series_dir, *files = paths
+        return os.path.isdir(series_dir) and bool(os.listdir(series_dir)) and all(os.path.isfile(p) for p in files)
+
+    def discard(series_id, paths: List[str]) -> None:
+        left = [p for p in paths if os.path.lexists(p)]
+        if left:
+            logger.warning(f"DICOMweb cache: series {series_id} was not completely fetched (a fetch was interrupted); "
+                           f"discarding {', '.join(left)} and fetching it again")
+        for p in left:
+            shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+
+    def locked(fetch, kind: str):
         def fetch_under_lock(*args, **kwargs):  # MONAI Label passes the id by position or by name
-            series_id = args[0] if args else kwargs.get(id_name)
-            name = hashlib.sha1(str(series_id).encode()).hexdigest() + ".lock"
-            with FileLock(os.path.join(folder, name)):
-                return fetch(*args, **kwargs)
+            series_id, paths = cached_paths(kind, args, kwargs)
+            digest = hashlib.sha1(str(series_id).encode()).hexdigest()
+            with FileLock(os.path.join(folder, digest + ".lock")):
+                if not paths:
+                    return fetch(*args, **kwargs)
+                fetched = f"{kind}:{series_id}:{os.path.basename(paths[-1])}"  # a label: its SEG and image ids
+                marker = os.path.join(folder, hashlib.sha1(fetched.encode()).hexdigest() + ".done")
+                if complete(marker, paths):
+                    return fetch(*args, **kwargs)  # MONAI Label finds the cached files
+                if os.path.exists(marker):
+                    os.remove(marker)
+                discard(series_id, paths)
+                result = fetch(*args, **kwargs)
+                if result and os.path.exists(result):
+                    _fsync_tree(paths)
+                    atomic_write(marker, lambda f: f.write(json.dumps({"series": str(series_id), "paths": paths,
+                                                                       "ts": time.time()}).encode()))
+                return result
         return fetch_under_lock
 
     # instance attributes: MONAI Label builds the datastore (clients, credentials) and we keep it
-    datastore.get_image_uri = locked(datastore.get_image_uri, "image_id")
-    datastore.get_label_uri = locked(datastore.get_label_uri, "label_id")
+    datastore.get_image_uri = locked(datastore.get_image_uri, "image")
+    datastore.get_label_uri = locked(datastore.get_label_uri, "label")
+    if hasattr(datastore, "_update_datastore_file"):  # the cache's datastore JSON, written atomically
+        datastore._update_datastore_file = SafeLocalDatastore._update_datastore_file.__get__(datastore)
     return datastore
+
+
+def _fsync_tree(paths: List[str]) -> None:
+    """fsync the files (and folders) a fetch wrote, before its marker says it is complete."""
+    for p in paths:
+        if not os.path.exists(p):
+            continue
+        names = [os.path.join(p, n) for n in os.listdir(p)] if os.path.isdir(p) else [p]
+        for name in names + [p if os.path.isdir(p) else os.path.dirname(p)]:
+            try:
+                fd = os.open(name, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)

@@ -3,12 +3,22 @@
 train_stats.json carries the keys MONAI Label's BasicTrainTask writes (prepare_stats: the ignite
 trainer's get_stats() plus epoch, start_ts, total_time | current_time, best_metric, train/eval
 blocks) -- the 3D Slicer plugin reads `epoch`, `total_epochs`, `total_time` and `best_metric`
-(its accuracy bar) -- plus a few of ours (run_id, live/published versions, cache statistics).
+(its accuracy bar) -- plus a few of ours (run_id, live/published versions, cache statistics, and
+who writes it: pid, host and the process's start time).
+
+A trainer that is SIGKILLed (or crashes, or is stopped) leaves the file saying "RUNNING" for ever.
+`reconcile` reports such a file as "INTERRUPTED" when the process that wrote it is gone (same host:
+no process with that pid and start time), and the server rewrites it so at start
+(`mark_interrupted`, lib/trainers/task.py); a new POST /train is accepted as usual (MONAI Label
+tracks running tasks in memory only).
 """
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
+import socket
 import time
 from typing import Any, Dict, List, Optional
 
@@ -26,7 +36,8 @@ class Progress:
         self.max_epochs, self.steps_per_epoch = max_epochs, steps_per_epoch
         self.key_metric, self.run_id = key_metric, run_id
         self.start_ts = time.time()
-        self.extra = dict(extra or {})
+        self.extra = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": process_start(os.getpid()),
+                      **dict(extra or {})}
         self.epoch = 0
         self.iteration = 0
         self.train_metrics: Dict[str, float] = {}
@@ -118,3 +129,67 @@ class Progress:
         if self.stats_path:
             write_json_atomic(self.stats_path, s)
         return s
+
+
+RUNNING, INTERRUPTED = "RUNNING", "INTERRUPTED"
+
+
+def process_start(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), None when
+    there is no such (living) process or no /proc. With the pid it names one process: pids are reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def writer_alive(stats: Dict[str, Any]) -> Optional[bool]:
+    """Is the process that wrote these stats still running? None when it cannot be told (another host)."""
+    pid, host = stats.get("pid"), stats.get("host")
+    if not isinstance(pid, int):
+        return False  # written before the file named its writer: no such trainer runs now
+    if host and host != socket.gethostname():
+        return None
+    start = process_start(pid)
+    if start is not None:
+        return stats.get("proc_start") in (None, start)
+    if not os.path.isdir("/proc"):  # no /proc: the pid alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return False
+
+
+def reconcile(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """The stats as a client should see them: "RUNNING" written by a process that is gone is "INTERRUPTED"."""
+    if not isinstance(stats, dict) or stats.get("status") != RUNNING or writer_alive(stats) is not False:
+        return stats
+    out = dict(stats)
+    out["status"] = INTERRUPTED
+    out["message"] = (f"training (run {stats.get('run_id')}, process {stats.get('pid')}) ended without finishing, at "
+                      f"epoch {stats.get('epoch')} of {stats.get('total_epochs')}: the process was killed, crashed or "
+                      "was stopped (see the server log). The live model is the last version published completely "
+                      "('published' lists this run's). Start a new training with POST /train.")
+    return out
+
+
+def mark_interrupted(stats_path: str) -> Optional[Dict[str, Any]]:
+    """At server start: rewrite a stats file left "RUNNING" by a dead trainer as "INTERRUPTED" (atomic).
+    Returns the new stats when it did, else None."""
+    try:
+        with open(stats_path) as f:
+            stats = json.load(f)
+    except (OSError, ValueError):
+        return None
+    fixed = reconcile(stats)
+    if fixed is stats:
+        return None
+    write_json_atomic(stats_path, fixed)
+    logger.warning(f"{stats_path}: {fixed['message']}")
+    return fixed

@@ -17,10 +17,11 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.model import load_checkpoint
-from lib.versions import VersionStore
+from lib.versions import VersionStore, in_task_subprocess
 
 from .finetune import fine_tune
 from .options import FineTuneOptions, options_from_request
+from .progress import mark_interrupted, reconcile
 from .publish import Publisher
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class SAMMed3DTrainTask(TrainTask):
         self.store = store
         self.live = live  # () -> (WeightsChoice served now, base WeightsChoice)
         self.defaults = defaults or FineTuneOptions()
+        if not in_task_subprocess():  # server start: a training killed with the last server is not RUNNING
+            mark_interrupted(store.stats_path)
 
     def config(self) -> Dict[str, Any]:
         return self.defaults.to_config()
@@ -52,7 +55,7 @@ class SAMMed3DTrainTask(TrainTask):
             import json
 
             with open(self.store.stats_path) as f:
-                return json.load(f)
+                return reconcile(json.load(f))  # "RUNNING" whose trainer is gone: "INTERRUPTED"
         except (OSError, ValueError):
             return {}
 
