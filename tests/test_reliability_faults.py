@@ -449,6 +449,9 @@ def test_sigkill_during_training_keeps_the_last_good_version_live(fault, trainin
     with open(store.stats_path) as f:
         assert json.load(f)["status"] == "INTERRUPTED"
     assert "ended without finishing" in server.log()
+    if fault == "publish-checkpoint":  # a minute old: it could be a publisher writing now, so it is kept
+        assert [n for n in os.listdir(d["versions"]) if n in leftovers] == leftovers
+        assert "v0002" not in info["trainers"]["sammed3d"]["versions"]  # the empty reserved v0002.json
     image_id = sorted(labels)[0]
     r = requests.post(f"{server.url}/infer/sammed3d", params={"image": image_id, "output": "json"},
                       data={"params": json.dumps({"label": "blob", "foreground": [[22, 26, 20]], "background": []})},
@@ -474,6 +477,46 @@ def test_sigkill_during_training_keeps_the_last_good_version_live(fault, trainin
         assert stats["status"] == "DONE" and stats["run_id"] != left["run_id"], stats
         assert store.list_versions() == ["v0001"] and file_bytes(store.live_path) == d["live"]  # publish: never
     server.stop()
+
+
+def test_a_killed_publish_leaves_no_version_and_old_temp_files_are_swept_at_start(tmp_path):
+    """Unit: what a publish killed at each step leaves -- an empty reserved vNNNN.json, with or without
+    its checkpoint -- is never listed, served or made live; at server start (resolve_served_weights)
+    temp files an hour old are removed, younger ones (a publisher may be writing) are kept."""
+    from trainer_utils import tiny_checkpoint
+
+    from lib.trainers.publish import publish_version, reserve_name
+    from lib.model import load_checkpoint
+    from lib.versions import VersionStore, resolve_served_weights
+    from lib.weights import WeightsError, sha256_file
+
+    ckpt = tiny_checkpoint(str(tmp_path / "tiny.pt"))
+    store = VersionStore(str(tmp_path / "versions"))
+    model, _ = load_checkpoint(ckpt)
+    assert publish_version(store, model, {}, sha256_file(ckpt), None) == "v0001"
+    assert reserve_name(store) == "v0002"  # killed right after reserving: an empty v0002.json
+    assert reserve_name(store) == "v0003"  # killed after the checkpoint's rename, before its metrics
+    shutil.copy(store.checkpoint_path("v0001"), store.checkpoint_path("v0003"))
+    assert os.path.getsize(store.metrics_path("v0002")) == os.path.getsize(store.metrics_path("v0003")) == 0
+    assert store.list_versions() == ["v0001"]
+    for name in ("v0002", "v0003"):
+        with pytest.raises(WeightsError, match="did not finish"):
+            store.choice_for(name)
+        with pytest.raises(WeightsError):
+            store.set_live(name)
+    assert publish_version(store, model, {}, sha256_file(ckpt), None) == "v0004"  # the reserved names are skipped
+    assert store.list_versions() == ["v0001", "v0004"]
+
+    old, young = tmp_path / "versions" / ".tmp-old.pt", tmp_path / "versions" / ".tmp-young.pt"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"x" * 100)
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    conf = {"checkpoint": ckpt, "versions_dir": store.folder}
+    resolve_served_weights(conf, str(tmp_path), write_pointer=False)  # a task subprocess: sweeps nothing
+    assert old.exists()
+    choice, _, _ = resolve_served_weights(conf, str(tmp_path))  # the server at start
+    assert not old.exists() and young.exists() and choice.path == store.checkpoint_path("v0004")
 
 
 def test_train_stats_left_running_by_a_dead_trainer_read_as_interrupted(tmp_path):

@@ -8,7 +8,9 @@ Layout of the versions folder (default ``apps/sammed3d/model/versions/``, ``--co
     train_stats.json         MONAI Label's training progress file (what the Slicer plugin reads)
 
 Publishing order (lib.trainers.publish): checkpoint (temp file + os.replace) -> metrics JSON (same)
--> LIVE.json (same). A crash at any point leaves LIVE.json naming a complete checkpoint.
+-> LIVE.json (same). A crash at any point leaves LIVE.json naming a complete checkpoint. What a
+kill can leave behind: a `.tmp-*` file (swept at server start once it is an hour old) and the empty
+`vNNNN.json` that reserved the name (never a version; the name is skipped by the next publish).
 
 Which weights are served (`resolve_served_weights`), on top of lib.weights.resolve_weights (the base):
   * ``--conf model_version vNNNN``  -> that version (rollback); the server also points LIVE.json at it
@@ -45,6 +47,7 @@ LIVE_FILE = "LIVE.json"
 STATS_FILE = "train_stats.json"
 VERSIONS_SUBDIR = "versions"
 _NAME = re.compile(r"^v(\d{4,})$")
+TEMP_MAX_AGE_S = 3600.0  # temp files older than this are swept at server start (VersionStore.sweep_temp_files)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -95,13 +98,39 @@ class VersionStore:
         return os.path.join(self.folder, STATS_FILE)
 
     def list_versions(self) -> List[str]:
-        """Complete versions (checkpoint present), oldest first."""
+        """Complete versions, oldest first: checkpoint present, and its metrics JSON not the empty file
+        that reserves the name (publish_version writes the metrics after the checkpoint: an empty one
+        means that publish was killed before it finished). An empty reserved name alone is no version."""
         names = []
         for p in glob.glob(os.path.join(self.folder, "v*.pt")):
             stem = os.path.basename(p)[:-3]
-            if _NAME.match(stem):
+            if _NAME.match(stem) and not self._reserved_only(stem):
                 names.append(stem)
         return sorted(names, key=lambda n: int(n[1:]))
+
+    def _reserved_only(self, name: str) -> bool:
+        try:
+            return os.path.getsize(self.metrics_path(name)) == 0
+        except OSError:
+            return False  # no metrics file at all: a checkpoint put there by hand is still a version
+
+    def sweep_temp_files(self, max_age_s: float = TEMP_MAX_AGE_S) -> List[str]:
+        """Remove `.tmp-*` files (atomic writes a killed process never renamed) not modified for
+        `max_age_s`. A publisher writing now keeps its temp file's mtime fresh and renames it within
+        seconds of its last write, so only abandoned ones are this old. -> the names removed."""
+        removed = []
+        now = time.time()
+        for p in glob.glob(os.path.join(self.folder, ".tmp-*")):
+            try:
+                if os.path.isfile(p) and not os.path.islink(p) and now - os.stat(p).st_mtime > max_age_s:
+                    os.remove(p)
+                    removed.append(os.path.basename(p))
+            except OSError:  # gone already (renamed by its writer, or another sweeper)
+                continue
+        if removed:
+            logger.warning(f"versions folder {self.folder}: removed {len(removed)} temp file(s) older than "
+                           f"{max_age_s / 3600:g} h left by an interrupted publish: {', '.join(sorted(removed))}")
+        return removed
 
     def next_name(self) -> str:
         used = [int(n[1:]) for n in self.list_versions()]
@@ -141,7 +170,7 @@ class VersionStore:
                 live = {"version": None, "updated": time.time(), **extra}
             else:
                 path = self.checkpoint_path(name)
-                if not os.path.isfile(path):
+                if not os.path.isfile(path) or self._reserved_only(name):
                     raise WeightsError(f"model version {name!r} not found in {self.folder}; have {self.list_versions()}")
                 meta = self.metrics(name)
                 live = {
@@ -159,8 +188,9 @@ class VersionStore:
     def choice_for(self, name: str, live: Optional[Dict[str, Any]] = None) -> WeightsChoice:
         """WeightsChoice for version `name`, its SHA-256 checked against its metrics/pointer."""
         path = self.checkpoint_path(name)
-        if not os.path.isfile(path):
-            raise WeightsError(f"model version {name!r} not found in {self.folder}; have {self.list_versions()}")
+        if not os.path.isfile(path) or self._reserved_only(name):
+            raise WeightsError(f"model version {name!r} not found in {self.folder} (or its publish did not finish); "
+                               f"have {self.list_versions()}")
         digest = sha256_file(path)
         want = (live or {}).get("sha256") or self.metrics(name).get("sha256")
         if want and want != digest:
@@ -174,6 +204,8 @@ def resolve_served_weights(conf: Dict[str, str], model_dir: str, write_pointer: 
     store = VersionStore(versions_dir(conf, model_dir))
     if write_pointer is None:
         write_pointer = not in_task_subprocess()
+    if write_pointer and os.path.isdir(store.folder):  # server start: temp files of a publish killed long ago
+        store.sweep_temp_files()
     want = (conf.get("model_version") or "").strip()
     if want.lower() == "base":
         if write_pointer and store.read_live():
