@@ -19,6 +19,7 @@ with each variant and prints mean Dice after 2, 3, 5 and 10 actions.
 
     .venv/bin/python scripts/bench_medsam.py [--repeats 3] [--threads 2] [--bound] [--device cuda]
     .venv/bin/python scripts/bench_medsam.py --encoders fp32,int8 --batches 1,2 --repeats 3 [--eval-row]
+    .venv/bin/python scripts/bench_medsam.py --variants fp32:1,fp32:2,int8:2 --repeats 1
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def main() -> int:
     p.add_argument("--bound", action="store_true", help="also print the FLOP lower bound (see above)")
     p.add_argument("--encoders", default="fp32", help="comma-separated encoder variants: fp32, int8")
     p.add_argument("--batches", default="2", help="comma-separated slices per encoder call (1 = the previous path)")
+    p.add_argument("--variants", default="", help="encoder:batch pairs instead, e.g. fp32:1,fp32:2,int8:2")
     p.add_argument("--eval-row", action="store_true", help="also run the evaluation row with each variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,12 +109,15 @@ def main() -> int:
     jj = np.nonzero(body.any(axis=(0, 2)))[0]
     k0 = 2
     roi = [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), k0, k0 + args.slices - 1]
-    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
-    batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    loaded = {e: quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), e) for e in encoders}
-    names = [f"{e} batch {b}" for e in encoders for b in batches]  # the first is the reference
-    models = {f"{e} batch {b}": loaded[e] for e in encoders for b in batches}
-    batch_of = {f"{e} batch {b}": b for e in encoders for b in batches}
+    if args.variants:
+        pairs = [(v.split(":")[0].strip(), int(v.split(":")[1])) for v in args.variants.split(",") if v.strip()]
+    else:
+        pairs = [(e.strip(), int(b)) for e in args.encoders.split(",") if e.strip()
+                 for b in args.batches.split(",") if b.strip()]
+    loaded = {e: quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), e) for e, _ in pairs}
+    names = [f"{e} batch {b}" for e, b in pairs]  # the first is the reference
+    models = {f"{e} batch {b}": loaded[e] for e, b in pairs}
+    batch_of = {f"{e} batch {b}": b for e, b in pairs}
     if args.repeats < 1:  # --repeats 0 --eval-row: only the evaluation rows
         for name in names:
             row = eval_row(models[name], site, batch_of[name])

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Does a background scoring run slow the clicks? Click latency with and without scoring going on.
 
-    .venv/bin/python scripts/bench_scoring_click.py [--images 4] [--clicks 12] [--nice 0,10]
+    .venv/bin/python scripts/bench_scoring_click.py [--images 4] [--clicks 12] [--nice 0,10] [--max-images 3]
 
 A real `monailabel start_server` (released-size model, random weights, as scripts/bench_http.py) on
 synthetic 512x512x61 CTs. An annotator clicks on ct_0 (repeat clicks: decode, paste, write) about
 three times a second. Phases, in this order, for each scoring priority in --nice (0 = the previous
 behaviour: the scoring subprocess at the server's priority; 10 = the default now, --conf al_nice):
   idle    -- --clicks repeat clicks, nothing else running;
-  scoring -- POST /scoring/combined {"force": true, "nice": N} (uncertainty + diversity of every
-             image in a subprocess), repeat clicks while it runs (and first clicks on images the
+  scoring -- POST /scoring/combined {"force": true, "nice": N, "max_images": M} (uncertainty +
+             diversity of M images in a subprocess), repeat clicks while it runs (and first clicks on images the
              server has not seen, --first of them);
   idle again, so slow phases of a shared machine show up on both sides.
 Reports medians per phase and the slow-down (scoring median / idle median - 1); the target is <= 20 %.
@@ -44,8 +44,8 @@ def scoring_running(url: str) -> bool:
         raise
 
 
-def start_scoring(url: str, nice: int) -> None:
-    body = json.dumps({"force": True, "nice": nice}).encode()
+def start_scoring(url: str, nice: int, max_images: int) -> None:
+    body = json.dumps({"force": True, "nice": nice, "max_images": max_images}).encode()
     req = urllib.request.Request(url + "/scoring/combined", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--first", type=int, default=2, help="first clicks on unseen images during each scoring run")
     p.add_argument("--nice", default="0,10", help="scoring priorities to compare (0 = previous behaviour)")
     p.add_argument("--interval", type=float, default=0.3, help="seconds between clicks")
+    p.add_argument("--max-images", type=int, default=3, help="images each scoring run scores (its max_images)")
     args = p.parse_args(argv)
     from monailabel.client import MONAILabelClient
 
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
             for nice in nices:
                 before = idle(args.clicks)
                 first_idle = [first_click()]
-                start_scoring(server.url, nice)
+                start_scoring(server.url, nice, args.max_images)
                 t0 = time.perf_counter()
                 while not scoring_running(server.url) and time.perf_counter() - t0 < 30:
                     time.sleep(0.1)
