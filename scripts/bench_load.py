@@ -10,11 +10,13 @@ Slicer sends them: all clicks so far). First every plan is run once by a single 
 masks are the reference. Then all annotators run at once until the time is up, and every answer
 must equal the single-client answer for the same image and click count, voxel for voxel (no
 cross-talk between images, labels or annotators). Reported: errors, mismatches, p50/p95/p99 latency
-of a click, throughput (answers/s), and the server's resident memory (start, peak, end; sampled
-every second over the server's process tree).
+of a click, throughput (answers/s), and the server's resident memory (before: the idle server,
+nothing cached; start: after the reference pass; peak, end; sampled every second over the
+server's process tree).
 
 Weights: `small` (the reduced test architecture of tests/test_app_server.py, seeded), `released-random`
-(the released vit_b_ori size with random weights, seeded), `default` (the embedded default model).
+(the released vit_b_ori size with random weights, seeded), `default` (the embedded default model,
+apps/sammed3d/model/default/model.pt). A fresh versions folder: no fine-tuned version is served.
 The studies are the synthetic phantoms of prepare_sample_data.py, copied so that each annotator has
 its own image. tests/test_reliability_load.py runs `run_load` for under a minute; --minutes 30 is
 the soak (RSS growth over thousands of clicks).
@@ -110,6 +112,7 @@ def percentile(values: List[float], q: float) -> float:
 def run_load(url: str, plans: Dict[str, List[List[int]]], seconds: float, server_pid: Optional[int] = None) -> dict:
     """Reference pass (one client), then all annotators at once for `seconds`. -> report dict."""
     reference, errors = {}, []
+    before = rss_bytes(server_pid) if server_pid else 0  # the idle server: nothing cached yet
     t0 = time.perf_counter()
     for image, clicks in plans.items():
         for k in range(1, len(clicks) + 1):
@@ -121,7 +124,7 @@ def run_load(url: str, plans: Dict[str, List[List[int]]], seconds: float, server
 
     latencies, mismatches, answers = [], [], []
     lock = threading.Lock()
-    rss = {"start": rss_bytes(server_pid) if server_pid else 0, "peak": 0}
+    rss = {"before": before, "start": rss_bytes(server_pid) if server_pid else 0, "peak": 0}
     stop = threading.Event()
     deadline = time.monotonic() + seconds
 
@@ -196,8 +199,13 @@ def checkpoint_for(weights: str, folder: str) -> Optional[str]:
     import torch
     from lib.model import build_sam_med3d, save_checkpoint
 
-    if weights == "default":
-        return None
+    if weights == "default":  # the embedded default model, by path: not whatever else resolve_weights finds first
+        from lib.weights import find_default_checkpoint
+
+        path = find_default_checkpoint(os.path.join(REPO, "apps", "sammed3d", "model"))
+        if not path:
+            raise SystemExit("no embedded default model in apps/sammed3d/model/default/")
+        return path
     torch.manual_seed(0)
     if weights == "small":
         config = {"encoder_embed_dim": 96, "encoder_depth": 4, "encoder_num_heads": 4,
@@ -223,7 +231,8 @@ def main(argv=None):
     try:
         images = studies_for(args.annotators, os.path.join(work, "studies"))
         plans = {image: click_plan(path, args.clicks) for image, path in images.items()}
-        conf = {"max_crops": "1", "cache_mb": args.cache_mb}
+        conf = {"max_crops": "1", "cache_mb": args.cache_mb,
+                "versions_dir": os.path.join(work, "versions")}  # no live fine-tuned version replaces the weights
         ckpt = checkpoint_for(args.weights, work)
         if ckpt:
             conf["checkpoint"] = ckpt

@@ -13,6 +13,11 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 from bench_load import click_plan, run_load  # noqa: E402
 
 LOAD_SECONDS = 25
+CACHE_MB = 512  # the reliability server's --conf cache_mb (tests/conftest.py)
+# Resident memory besides the cache (docs/reliability.md, measured with this test): the idle server
+# (Python, torch, MONAI Label, the small model) 767 MB, 8 requests in flight about 150 MB more.
+IDLE_OVERHEAD_MB = 1024  # absolute: peak RSS <= cache bound + this
+IN_FLIGHT_MB = 256  # relative: peak RSS <= RSS of the idle server + cache bound + this
 
 
 def test_eight_annotators_get_the_single_client_answers(reliability_server, reliability_data):
@@ -27,3 +32,6 @@ def test_eight_annotators_get_the_single_client_answers(reliability_server, reli
     assert report["mismatches"] == [], report["mismatches"][:5]
     assert len(report["rounds"]) == 8 and min(report["rounds"].values()) >= 1, report["rounds"]
     assert report["p99_s"] < 30
+    rss = report["rss_mb"]
+    assert rss["peak"] <= CACHE_MB + IDLE_OVERHEAD_MB, rss
+    assert rss["peak"] <= rss["before"] + CACHE_MB + IN_FLIGHT_MB, rss
