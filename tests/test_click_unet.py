@@ -88,7 +88,7 @@ def test_click_recipe_trains_it_on_a_ball():
     ball = (((grid - 32) ** 2).sum(0) < 14 ** 2).float()[None, None]
     image = (ball * 2 - 1 + 0.1 * torch.randn_like(ball))
     losses = []
-    for step in range(30):
+    for step in range(40):
         emb = m.encode(image)
         loss, _ = click_losses(LossGridView(m, 32, crop=64), emb, loss_targets(ball, 32), 3,
                                np.random.default_rng(step), torch.Generator().manual_seed(step), False)
@@ -97,3 +97,23 @@ def test_click_recipe_trains_it_on_a_ball():
         opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5]), losses
+
+
+def test_frozen_encoder_stays_unchanged_through_a_training_step():
+    """BatchNorm statistics of a frozen part must not drift (the trainer caches its embeddings)."""
+    m = _model()
+    for p in m.image_encoder.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in m.image_encoder.state_dict().items()}
+    m.train()
+    assert not m.image_encoder.training and m.mask_decoder.training
+    emb = m.encode(torch.randn(2, 1, 64, 64, 64) * 3 + 1)
+    m.decode(emb, torch.tensor([[[30.0, 30.0, 30.0]]] * 2), torch.ones(2, 1, dtype=torch.long), None).sum().backward()
+    after = m.image_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # an unfrozen encoder does update its running statistics in training mode
+    for p in m.image_encoder.parameters():
+        p.requires_grad_(True)
+    m.train()
+    m.encode(torch.randn(2, 1, 64, 64, 64) * 3 + 1)
+    assert not all(torch.equal(before[k], m.image_encoder.state_dict()[k]) for k in before)

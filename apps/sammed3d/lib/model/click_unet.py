@@ -34,12 +34,17 @@ CLICK_UNET_CONFIG = {
     "embed_dim": 32,  # embedding channels on the S/4 grid
     "decoder_widths": [16, 32, 64],  # at S/4, S/8, S/16
     "click_sigmas": [1.0, 6.0],  # Gaussian widths of the click maps, in S/4 cells
-    "groups": 8,  # GroupNorm groups (batch sizes of 1-2 on CPU rule out BatchNorm)
+    # BatchNorm, not GroupNorm: GroupNorm's statistics are taken over the crop, so a model trained on
+    # 64^3 crops saw other statistics than the 128^3 crops it serves (measured: Dice 0.25 at 64^3,
+    # 0 at 128^3 after 360 steps); BatchNorm in eval mode uses fixed running statistics.
+    "norm": "batch",  # "batch" | "group"
+    "groups": 8,  # GroupNorm groups (norm "group" only)
 }
 
 
-def _norm(ch: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(groups, ch), ch)
+def _norm(ch: int, groups: int) -> nn.Module:
+    """groups > 0: GroupNorm; groups == 0: BatchNorm3d (see CLICK_UNET_CONFIG["norm"])."""
+    return nn.GroupNorm(min(groups, ch), ch) if groups > 0 else nn.BatchNorm3d(ch)
 
 
 class ConvBlock(nn.Module):
@@ -183,15 +188,27 @@ class ClickUNet3D(nn.Module):
         super().__init__()
         self.config = dict(config)
         size = int(config["image_size"])
-        self.image_encoder = ImageEncoderCNN(config["encoder_widths"], config["embed_dim"], config["groups"])
+        groups = int(config["groups"]) if config.get("norm", "batch") == "group" else 0
+        self.image_encoder = ImageEncoderCNN(config["encoder_widths"], config["embed_dim"], groups)
         self.prompt_encoder = ClickMaps(size, config["click_sigmas"])
         self.mask_decoder = MaskDecoderUNet(config["embed_dim"], self.prompt_encoder.num_channels,
-                                            config["decoder_widths"], config["groups"])
+                                            config["decoder_widths"], groups)
         self._size = size
 
     @property
     def image_size(self) -> int:
         return self._size
+
+    def train(self, mode: bool = True) -> "ClickUNet3D":
+        """A part whose parameters are all frozen stays in eval mode: its BatchNorm running
+        statistics must not drift either (a frozen encoder's cached embeddings stay valid)."""
+        super().train(mode)
+        if mode:
+            for part in (self.image_encoder, self.mask_decoder):
+                params = list(part.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    part.eval()
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -239,6 +256,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     if not cfg["click_sigmas"] or any(not isinstance(s, (int, float)) or s <= 0 for s in cfg["click_sigmas"]):
         raise ValueError(f"click_sigmas must be positive numbers, got {cfg['click_sigmas']!r}")
     cfg["click_sigmas"] = [float(s) for s in cfg["click_sigmas"]]
+    if cfg["norm"] not in ("batch", "group"):
+        raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg
 
 
