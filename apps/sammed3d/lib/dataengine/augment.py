@@ -12,17 +12,25 @@ import torch.nn.functional as F
 
 
 def randomise_appearance(crop: torch.Tensor, rs: np.random.Generator, is_ct: bool) -> torch.Tensor:
-    """(D, H, W) intensities (HU for CT) -> same shape, positive values (the z-normalisation uses
-    voxels > 0). Gamma, a random monotone or (rarely) non-monotone remap, bias field, blur or
-    thick slices, noise."""
+    """(D, H, W) intensities (HU for CT) -> the same shape IN THE SAME UNITS: gamma, a random
+    monotone or (rarely) non-monotone remap, bias field, blur or thick slices, noise, applied on
+    [0, 1] and mapped back to the crop's own 0.5-99.5 % range. Staying in the original units keeps
+    the server's normalisation (lib.session.preprocess.normalise: CT clamp, statistics of voxels
+    > 0) meaningful: the sampler applies exactly that afterwards. Voxels that were exactly 0
+    (outside the volume, MR air) stay 0."""
     x = crop.float()
+    zero = crop == 0
     if is_ct:
         x = x.clamp(-1000.0, 1000.0)
-        if rs.random() < 0.5:  # a random CT window (what matters is the structure's contrast)
-            c, w = rs.uniform(-600, 300), rs.uniform(300, 2000)
-            x = x.clamp(c - w / 2, c + w / 2)
     lo, hi = torch.quantile(x.reshape(-1)[::7], torch.tensor([0.005, 0.995], device=x.device))
-    x = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    span = (hi - lo).clamp_min(1e-6)
+    if is_ct and rs.random() < 0.5:  # a random CT window (what matters is the structure's contrast)
+        c, w = rs.uniform(-600, 300), rs.uniform(300, 2000)
+        x = x.clamp(c - w / 2, c + w / 2)
+        wlo, whi = max(float(lo), c - w / 2), min(float(hi), c + w / 2)
+        x = ((x - wlo) / max(whi - wlo, 1e-6)).clamp(0, 1)
+    else:
+        x = ((x - lo) / span).clamp(0, 1)
     if rs.random() < 0.8:
         x = x ** float(np.exp(rs.normal(0, 0.35)))
     if rs.random() < 0.15:  # non-monotone remap: a random smooth curve over [0, 1]
@@ -57,7 +65,8 @@ def randomise_appearance(crop: torch.Tensor, rs: np.random.Generator, is_ct: boo
     if rs.random() < 0.7:
         gen = torch.Generator(device=x.device).manual_seed(int(rs.integers(2**62)))  # deterministic per sample
         x = x + torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * float(rs.uniform(0, 0.06))
-    return x.clamp_min(0) + 1e-3
+    out = lo + x.clamp(0, 1) * span
+    return torch.where(zero, torch.zeros_like(out), out)
 
 
 def randomise_orientation(img: torch.Tensor, tgt: torch.Tensor, rs: np.random.Generator):

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from skimage.filters import threshold_otsu
 
-from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume, znormalise
+from ..session.preprocess import normalise
+from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume
 from ..synthetic.phantoms import generate_phantom_torch
 from .augment import randomise_appearance, randomise_orientation
 from .lesions import insert_lesion
@@ -58,8 +59,11 @@ class TrainingSampler:
     """
 
     def __init__(self, npz_dir: Optional[str], crop: int = 64, seed: int = 0, cache_dir: Optional[str] = None,
-                 n_segments: int = 6000, mix: Optional[Dict[str, float]] = None, phantom_size: int = 88):
-        self.crop, self.seed, self.phantom_size = int(crop), int(seed), int(phantom_size)
+                 n_segments: int = 6000, mix: Optional[Dict[str, float]] = None, phantom_size: int = 88,
+                 window: int = 128):
+        # `window`: the crop the server cuts and normalises (128^3); a smaller training crop is cut
+        # from its centre AFTER the server's normalisation, so intensities match serving.
+        self.crop, self.seed, self.phantom_size, self.window = int(crop), int(seed), int(phantom_size), int(window)
         paths = sorted(glob.glob(os.path.join(npz_dir, "*.npz"))) if npz_dir else []
         self.real: List[_RealVolume] = [_RealVolume(p, cache_dir or npz_dir, n_segments) for p in paths]
         mix = dict(mix or MIX)
@@ -72,25 +76,32 @@ class TrainingSampler:
         self.probs = np.array([mix[k] / total for k in self.kinds])
 
     def sample(self, index: int, crop: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, str]:
-        """-> (image (1, C, C, C) z-normalised, target (1, C, C, C) 0/1 float, kind)."""
+        """-> (image (1, C, C, C) normalised as the server does, target (1, C, C, C) 0/1 float, kind)."""
         size = int(crop or self.crop)
+        window = max(size, self.window)
         rs = np.random.default_rng([self.seed, int(index)])
         for attempt in range(20):
             kind = self.kinds[int(rs.choice(len(self.kinds), p=self.probs))]
-            got = getattr(self, f"_{kind}")(rs, size)
+            got = getattr(self, f"_{kind}")(rs, window)
             if got is None:
                 continue
             image, target, is_ct = got
             centre = bbox_centre(target)
             j = max(2, size // 10)
             centre = [c + int(rs.integers(-j, j + 1)) for c in centre]
-            img = crop_or_pad(image.float(), centre, size)
-            tgt = crop_or_pad(target.to(torch.uint8), centre, size)
+            img = crop_or_pad(image.float(), centre, window)
+            tgt = crop_or_pad(target.to(torch.uint8), centre, window)
             if int(tgt.sum()) < 20:
                 continue
-            img = randomise_appearance(img, rs, is_ct)
+            img = normalise(randomise_appearance(img, rs, is_ct).numpy(), is_ct)[0, 0]
             img, tgt = randomise_orientation(img, tgt, rs)
-            return znormalise(img)[None].contiguous(), tgt[None].float().contiguous(), kind
+            if size < window:
+                a = (window - size) // 2
+                sub = (slice(a, a + size),) * 3
+                img, tgt = img[sub], tgt[sub]
+                if int(tgt.sum()) < 20:
+                    continue
+            return img[None].contiguous(), tgt[None].float().contiguous(), kind
         raise RuntimeError(f"no usable training target for sample {index}")
 
     def batch(self, indices, crop: Optional[int] = None):
@@ -99,7 +110,7 @@ class TrainingSampler:
 
     # ---------------------------------------------------------------- sources
     def _phantom(self, rs, size):
-        n = max(self.phantom_size, size + 8)
+        n = self.phantom_size  # smaller than the window: the rest is outside-the-volume zeros, as served
         image, label, mod = generate_phantom_torch(int(rs.integers(2**31)), (n,) * 3)
         values = [int(v) for v in torch.unique(label).tolist() if v > 0 and int((label == v).sum()) >= 30]
         if not values:
