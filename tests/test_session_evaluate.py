@@ -166,3 +166,22 @@ def test_simulated_annotator_is_shared_by_all_methods():
     seen.clear()
     recs = simulate_clicks(leaky, gt, (1.0, 1.0, 3.0), 2)
     assert len(seen[1][1]) == 1 and not gt[seen[1][1][0]] and recs[1]["dice"] == 1.0
+
+
+def test_cli_merges_stored_runs_without_running(tmp_path):
+    """An empty --method with --reuse-rows merges parts of a run (same mode, different cases)."""
+    from lib.interaction.evaluate import read_rows
+
+    header = "mode,method,case,value,structure,clicks,dice,nsd,cpu_s,wall_s\n"
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(header + "random_walker,random_walker,c1,1,x,1,0.5,0.4,1.0,1.0\n")
+    b.write_text(header + "random_walker,random_walker,c2,1,y,1,0.7,,2.0,2.0\n"
+                 "random_walker,random_walker,c1,1,x,1,0.9,,2.0,2.0\n")  # duplicate of a's row: a wins
+    data = _dataset(tmp_path / "d", n=1)
+    assert main(["--data", str(data), "--clicks", "1", "--report-at", "1", "--method", "--reuse-rows", str(a), str(b),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = read_rows(str(tmp_path / "out" / "per_target.csv"))
+    assert [(r["case"], r["dice"]) for r in rows] == [("c1", 0.5), ("c2", 0.7)]
+    with open(tmp_path / "out" / "summary.csv") as f:
+        s = list(csv.DictReader(f))
+    assert float(s[0]["mean_dice"]) == pytest.approx(0.6) and float(s[0]["mean_nsd"]) == pytest.approx(0.4)

@@ -65,8 +65,8 @@ class ClassicalParams:
 
 # Chosen on the development cases (docs/eval/classical_tuning.md); never on test cases.
 TUNED: Dict[str, ClassicalParams] = {
-    "random_walker": ClassicalParams(),
-    "geodesic": ClassicalParams(),
+    "random_walker": ClassicalParams(margin_mm=40.0, border="always", seed_radius_mm=2.0, sigma_mm=0.0, beta=16000.0),
+    "geodesic": ClassicalParams(margin_mm=40.0, border="always", seed_radius_mm=2.0, sigma_mm=1.0, gamma=300.0),
 }
 
 
@@ -380,12 +380,15 @@ def main(argv=None) -> int:
     t.add_argument("--out", required=True, help="CSV of every tried setting")
     t.add_argument("--start", default=None, help='JSON {method: {param: value}} to start the search from')
     t.add_argument("--only", nargs="+", default=None, help="search only these parameters")
+    t.add_argument("--grid", default=None, help='JSON {param: [values]} replacing those GRID entries')
     args = p.parse_args(argv)
     import csv
 
     from .evaluate import find_pairs
 
     pairs = find_pairs(args.data)
+    if args.grid:
+        GRID.update(json.loads(args.grid))
     all_records, chosen = [], {}
     for method in args.methods:
         start = ClassicalParams(**json.loads(args.start).get(method, {})) if args.start else None

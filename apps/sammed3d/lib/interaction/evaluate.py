@@ -451,9 +451,10 @@ def parse_args(argv=None):
     p.add_argument("--labels-values", default="", help="comma-separated label values (default: every non-zero value)")
     p.add_argument("--clicks", type=int, default=10, help="clicks per target (default 10)")
     p.add_argument("--report-at", default="1,3,5,10", help="click counts to summarise")
-    p.add_argument("--method", nargs="+", default=["model"], choices=["model", *CLASSICAL_METHODS],
+    p.add_argument("--method", nargs="*", default=["model"], choices=["model", *CLASSICAL_METHODS],
                    help="segmenters to run on the same cases and clicks: the model (SegmentationEngine) and/or the "
-                        "classical comparison rows (lib/interaction/classical.py); default: model")
+                        "classical comparison rows (lib/interaction/classical.py); default: model; none (an empty "
+                        "--method) with --reuse-rows only merges earlier runs")
     p.add_argument("--classical-params", default=None,
                    help='JSON overriding the tuned classical parameters, e.g. \'{"random_walker": {"beta": 500}}\'')
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
@@ -464,9 +465,9 @@ def parse_args(argv=None):
     p.add_argument("--model-config", help="JSON model config for --random-weights (default: released size)")
     p.add_argument("--model-name", default=None,
                    help="label the model rows '<name>:<click mode>' (e.g. default-v1) instead of the click mode alone")
-    p.add_argument("--reuse-rows", default=None,
-                   help="a per_target.csv from an earlier run: its rows of modes not run now are added to the outputs "
-                        "(re-run only the model rows and keep the stored classical rows)")
+    p.add_argument("--reuse-rows", nargs="+", default=None,
+                   help="per_target.csv files from earlier runs: their rows of modes not run now are added to the "
+                        "outputs, in the order given (re-run only the model rows and keep the stored classical rows)")
     p.add_argument("--title", default=None, help="title of the PNG plot")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-version", default=None)
@@ -513,10 +514,16 @@ def main(argv=None) -> int:
         from lib.medsam.evaluate import build_medsam_engine, evaluate_medsam
 
         rows += evaluate_medsam(build_medsam_engine(args.device), pairs, values, num_clicks, modality=args.modality)
-    if args.reuse_rows:
-        run_modes = {r["mode"] for r in rows}
-        kept = [r for r in read_rows(args.reuse_rows) if r["mode"] not in run_modes]
-        print(f"reused {len(kept)} rows of modes {_modes(kept)} from {args.reuse_rows}")
+    run_modes = {r["mode"] for r in rows}  # modes run now win over stored rows of the same mode
+    seen = {(r["mode"], r["case"], int(r["value"]), int(r["clicks"])) for r in rows}
+    for path in args.reuse_rows or []:
+        kept = []
+        for r in read_rows(path):
+            key = (r["mode"], r["case"], r["value"], r["clicks"])
+            if r["mode"] not in run_modes and key not in seen:  # the first file wins on duplicates
+                seen.add(key)
+                kept.append(r)
+        print(f"reused {len(kept)} rows of modes {_modes(kept)} from {path}")
         rows += kept
     if not rows:
         print("no targets found")
