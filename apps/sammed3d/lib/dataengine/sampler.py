@@ -87,7 +87,7 @@ class TrainingSampler:
                 continue
             image, target, is_ct = got
             centre = bbox_centre(target)
-            j = max(2, size // 10)
+            j = max(2, window // 10)  # a click is never exactly at the centre of the served crop
             centre = [c + int(rs.integers(-j, j + 1)) for c in centre]
             img = crop_or_pad(image.float(), centre, window)
             tgt = crop_or_pad(target.to(torch.uint8), centre, window)
