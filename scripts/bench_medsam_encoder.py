@@ -37,6 +37,21 @@ def interleaved_medians(variants, repeats: int):
     return {name: (statistics.median(times[name]), outs[name]) for name in variants}
 
 
+def ct_slice_input() -> torch.Tensor:
+    """A real input: the middle axial slice of slicerio's CTChest4 (soft-tissue window), as the app prepares it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from record_medsam_reference import fetch
+
+    from lib.medsam.preprocess import slice_input, window_volume
+
+    site = fetch(os.path.join(REPO, "build", "medsam_ref"))
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(site, "slicerio", "data", "CTChest4.nrrd")))
+    return slice_input(np.ascontiguousarray(window_volume(ct[ct.shape[0] // 2], True, "soft_tissue")))[0]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -44,10 +59,11 @@ def main() -> int:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--int8", action="store_true", help="also the int8 dynamic-quantised encoder")
     p.add_argument("--batch2", action="store_true", help="also two slices per call (seconds per slice)")
+    p.add_argument("--ct-slice", action="store_true", help="a real CT slice as input instead of noise")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     encoder = load_lite_medsam(locate_weights().path).image_encoder
-    x = torch.randn(1, 3, 256, 256)
+    x = torch.randn(1, 3, 256, 256) if not args.ct_slice else ct_slice_input()
     variants = {"eager": lambda: encoder(x)}
     cl_encoder = copy.deepcopy(encoder).to(memory_format=torch.channels_last)
     cl_x = x.to(memory_format=torch.channels_last)
@@ -60,6 +76,8 @@ def main() -> int:
 
         q = quantize_encoder(load_lite_medsam(locate_weights().path), "int8").image_encoder
         variants["int8 (channels-last)"] = lambda: q(cl_x)
+        if args.batch2:
+            variants["int8, batch 2 (per slice)"] = lambda: q(x2)[:1]
     with torch.inference_mode():
         if not args.no_compile:
             compiled = torch.compile(encoder)
