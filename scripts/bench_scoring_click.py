@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Does a background scoring run slow the clicks? Click latency with and without scoring going on.
 
-    .venv/bin/python scripts/bench_scoring_click.py [--images 4] [--clicks 12] [--nice 0,10] [--max-images 3]
+    .venv/bin/python scripts/bench_scoring_click.py [--images 4] [--clicks 12] [--priorities 0,10,idle] [--max-images 3]
 
 A real `monailabel start_server` (released-size model, random weights, as scripts/bench_http.py) on
 synthetic 512x512x61 CTs. An annotator clicks on ct_0 (repeat clicks: decode, paste, write) about
-three times a second. Phases, in this order, for each scoring priority in --nice (0 = the previous
-behaviour: the scoring subprocess at the server's priority; 10 = the default now, --conf al_nice):
+three times a second. Phases, in this order, for each scoring priority in --priorities (0 = the
+previous behaviour: the scoring subprocess at the server's priority; 10 = nice 10, the default now;
+idle = nice 10 and Linux's SCHED_IDLE policy: --conf al_nice, al_idle):
   idle    -- --clicks repeat clicks, nothing else running;
-  scoring -- POST /scoring/combined {"force": true, "nice": N, "max_images": M} (uncertainty +
+  scoring -- POST /scoring/combined {"force": true, "nice": N, "idle": 0|1, "max_images": M} (uncertainty +
              diversity of M images in a subprocess), repeat clicks while it runs (and first clicks on images the
              server has not seen, --first of them);
   idle again, so slow phases of a shared machine show up on both sides.
@@ -44,8 +45,12 @@ def scoring_running(url: str) -> bool:
         raise
 
 
-def start_scoring(url: str, nice: int, max_images: int) -> None:
-    body = json.dumps({"force": True, "nice": nice, "max_images": max_images}).encode()
+PRIORITIES = {"0": {"nice": 0, "idle": 0}, "10": {"nice": 10, "idle": 0}, "idle": {"nice": 10, "idle": 1}}
+LABELS = {"0": "nice 0 (previous behaviour)", "10": "nice 10 (default now)", "idle": "nice 10 + SCHED_IDLE (al_idle 1)"}
+
+
+def start_scoring(url: str, priority: str, max_images: int) -> None:
+    body = json.dumps(dict({"force": True, "max_images": max_images}, **PRIORITIES[priority])).encode()
     req = urllib.request.Request(url + "/scoring/combined", data=body, method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
@@ -57,13 +62,14 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=4, help="images in the datastore (all are scored)")
     p.add_argument("--clicks", type=int, default=12, help="repeat clicks per idle phase")
     p.add_argument("--first", type=int, default=2, help="first clicks on unseen images during each scoring run")
-    p.add_argument("--nice", default="0,10", help="scoring priorities to compare (0 = previous behaviour)")
+    p.add_argument("--priorities", default="0,10,idle",
+                   help="scoring priorities to compare: 0 (previous behaviour), 10 (nice 10, default), idle (nice 10 + SCHED_IDLE)")
     p.add_argument("--interval", type=float, default=0.3, help="seconds between clicks")
     p.add_argument("--max-images", type=int, default=3, help="images each scoring run scores (its max_images)")
     args = p.parse_args(argv)
     from monailabel.client import MONAILabelClient
 
-    nices = [int(n) for n in args.nice.split(",")]
+    nices = [n.strip() for n in args.priorities.split(",") if n.strip()]
     work = tempfile.mkdtemp(prefix="bench-scoring-")
     try:
         studies = os.path.join(work, "studies")
@@ -120,7 +126,7 @@ def main(argv=None) -> int:
                 after = idle(args.clicks)
                 results[nice] = {"idle": before + after, "scoring": during, "first_idle": first_idle,
                                  "first_scoring": first_during, "run_s": run_s}
-                print(f"nice {nice}: scoring ran {run_s:.0f} s; {len(during)} repeat clicks during it", flush=True)
+                print(f"{LABELS[nice]}: scoring ran {run_s:.0f} s; {len(during)} repeat clicks during it", flush=True)
             log = server.log()
         med = statistics.median
         print()
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
             slow = med(r["scoring"]) / med(r["idle"]) - 1 if r["scoring"] else float("nan")
             fi = ", ".join(f"{x:.2f}" for x in r["first_idle"])
             fd = ", ".join(f"{x:.2f}" for x in r["first_scoring"]) or "-"
-            label = f"nice {nice}" + (" (previous behaviour)" if nice == 0 else "")
+            label = LABELS[nice]
             print(f"| {label} | {r['run_s']:.0f} | {med(r['idle']):.3f}, {len(r['idle'])} | "
                   f"{med(r['scoring']):.3f}, {len(r['scoring'])} | {100 * slow:+.0f} % | {fi} / {fd} |")
         niced = [line for line in log.splitlines() if "scoring[combined] at nice" in line]

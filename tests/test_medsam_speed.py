@@ -119,20 +119,23 @@ def test_scoring_lowers_only_a_task_subprocess_priority(monkeypatch):
     from lib.activelearning import scoring
 
     before = os.getpriority(os.PRIO_PROCESS, 0)
-    assert scoring.DEFAULTS["nice"] == 10
+    assert scoring.DEFAULTS["nice"] == 10 and scoring.DEFAULTS["idle"] == 0
     assert not scoring.in_task_subprocess()
-    assert scoring.lower_priority(10) == before  # in the server process: untouched
+    policy = os.sched_getscheduler(0)
+    assert scoring.lower_priority(10, idle=True) == before  # in the server process: untouched
+    assert os.sched_getscheduler(0) == policy
     # in a process whose __main__ is MONAI Label's task runner, every thread gets the nice value
     code = (
         "import os, sys, threading, types; sys.path.insert(0, %r)\n"
         "sys.modules['__main__'].__spec__ = types.SimpleNamespace(name='monailabel.interfaces.utils.app')\n"
         "ev = threading.Event(); th = threading.Thread(target=ev.wait); th.start()\n"
         "from lib.activelearning.scoring import lower_priority\n"
-        "n = lower_priority(7)\n"
+        "n = lower_priority(7, idle=True)\n"
         "tids = [int(t) for t in os.listdir('/proc/self/task')]\n"
-        "print(n, sorted({os.getpriority(os.PRIO_PROCESS, t) for t in tids}))\n"
+        "print(n, sorted({os.getpriority(os.PRIO_PROCESS, t) for t in tids}),\n"
+        "      sorted({os.sched_getscheduler(t) == os.SCHED_IDLE for t in tids}))\n"
         "ev.set(); th.join()\n"
     ) % os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "sammed3d")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(max(7, before)), f"[{max(7, before)}]"]
+    assert out.stdout.split() == [str(max(7, before)), f"[{max(7, before)}]", "[True]"]

@@ -9,7 +9,9 @@ changed: an image whose stored score carries the live model version is skipped (
 Request options (JSON body of POST /scoring/<name>, all optional):
     force (false), images ([ids]: only these), max_images (0 = all), threads (conf scoring_threads),
     nice (conf al_nice, default 10: the scoring subprocess runs at this lower CPU priority, so a click
-    that arrives meanwhile gets the cores first; 0 = the server's priority; see scripts/bench_scoring_click.py),
+    that arrives meanwhile gets the cores first; 0 = the server's priority), idle (conf al_idle,
+    default 0; 1: also Linux's SCHED_IDLE policy, i.e. only CPU time nothing else wants; measured no
+    better than nice 10 on the shared 2-core machine; see scripts/bench_scoring_click.py and docs/benchmarks.md),
     n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("product", the default, | "rank":
     the combined method's rule; see select.py).
 """
@@ -37,7 +39,8 @@ from .uncertainty import make_perturbations, model_decoder, point_uncertainty
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
-            "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50, "nice": 10}
+            "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50, "nice": 10,
+            "idle": 0}
 
 
 def live_version(app) -> str:
@@ -73,19 +76,30 @@ def in_task_subprocess() -> bool:
     return getattr(spec, "name", None) == "monailabel.interfaces.utils.app"
 
 
-def lower_priority(nice: int) -> int:
-    """Raise this process's nice value to `nice` (every thread: Linux keeps one per thread), only in
-    a task subprocess: the server's own threads are never touched. Returns the nice value now."""
-    if not nice or nice <= 0 or not in_task_subprocess():
+def lower_priority(nice: int, idle: bool = False) -> int:
+    """Raise this process's nice value to `nice` and, with `idle`, switch it to SCHED_IDLE (every
+    thread: Linux keeps both per thread), only in a task subprocess: the server's own threads are
+    never touched. Returns the nice value now."""
+    if not in_task_subprocess() or ((not nice or nice <= 0) and not idle):
         return os.getpriority(os.PRIO_PROCESS, 0)
     tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
     for tid in tids:
         try:
-            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+            if nice and os.getpriority(os.PRIO_PROCESS, tid) < nice:
                 os.setpriority(os.PRIO_PROCESS, tid, int(nice))
+            if idle and hasattr(os, "SCHED_IDLE"):
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except OSError:  # a thread that has just exited
             pass
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def scheduling_policy() -> str:
+    """'idle' when this thread runs under SCHED_IDLE, else 'normal' (for the log)."""
+    try:
+        return "idle" if os.sched_getscheduler(0) == getattr(os, "SCHED_IDLE", -1) else "normal"
+    except (OSError, AttributeError):
+        return "normal"
 
 
 def read_geometry(path: str):
@@ -283,8 +297,10 @@ class SAMMed3DScoring(ScoringMethod):
     def __call__(self, request, datastore):
         t = time.perf_counter()
         request = dict(request or {})
-        nice = lower_priority(int(request.get("nice", self.scorer.options["nice"]) or 0))
-        logger.info(f"scoring[{self.method}] at nice {nice}, {request.get('threads', self.scorer.options['threads'])} thread(s)")
+        nice = lower_priority(int(request.get("nice", self.scorer.options["nice"]) or 0),
+                              bool(int(request.get("idle", self.scorer.options["idle"]) or 0)))
+        logger.info(f"scoring[{self.method}] at nice {nice}, {scheduling_policy()} scheduling, "
+                    f"{request.get('threads', self.scorer.options['threads'])} thread(s)")
         with torch_threads(int(request.get("threads", self.scorer.options["threads"]) or 0)):
             fn = getattr(self.scorer, f"update_{self.method}")
             result = fn(datastore, request)
