@@ -145,10 +145,15 @@ def run_load(url: str, plans: Dict[str, List[List[int]]], seconds: float, server
         with lock:
             rounds_done[image] = rounds
 
+    trace: List[tuple] = []  # (answers so far, RSS bytes), once a second: the soak's growth check
+
     def sample_rss():
         while not stop.wait(1.0):
             if server_pid:
-                rss["peak"] = max(rss["peak"], rss_bytes(server_pid))
+                now = rss_bytes(server_pid)
+                rss["peak"] = max(rss["peak"], now)
+                with lock:
+                    trace.append((len(answers), now))
 
     rounds_done: Dict[str, int] = {}
     sampler = threading.Thread(target=sample_rss, daemon=True)
@@ -171,7 +176,23 @@ def run_load(url: str, plans: Dict[str, List[List[int]]], seconds: float, server
         "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
         "throughput_per_s": len(latencies) / wall if wall else 0.0,
         "rss_mb": {k: round(v / 2 ** 20) for k, v in rss.items()},
+        "rss_growth": rss_growth(trace),
     }
+
+
+def rss_growth(trace: List[tuple]) -> dict:
+    """Memory growth over the run: median RSS over the first and the last quarter of the answers,
+    and the least-squares slope in MB per 1,000 answers (a leak shows as a steady positive slope;
+    the cache filling shows in the first quarter only)."""
+    if len(trace) < 8:
+        return {}
+    n = np.array([t[0] for t in trace], dtype=np.float64)
+    mb = np.array([t[1] for t in trace], dtype=np.float64) / 2 ** 20
+    q = max(1, len(trace) // 4)
+    slope = float(np.polyfit(n[q:], mb[q:], 1)[0] * 1000) if np.ptp(n[q:]) > 0 else float("nan")
+    return {"answers": int(n[-1]), "first_quarter_mb": round(float(np.median(mb[:q])), 1),
+            "last_quarter_mb": round(float(np.median(mb[-q:])), 1),
+            "slope_mb_per_1000_answers_after_first_quarter": round(slope, 2)}
 
 
 def studies_for(n: int, folder: str) -> Dict[str, str]:
