@@ -117,3 +117,13 @@ def test_frozen_encoder_stays_unchanged_through_a_training_step():
     m.train()
     m.encode(torch.randn(2, 1, 64, 64, 64) * 3 + 1)
     assert not all(torch.equal(before[k], m.image_encoder.state_dict()[k]) for k in before)
+
+
+def test_extreme_normalised_inputs_are_clamped():
+    """A z-scored CT crop with little tissue above 0 HU has air at hundreds of units below zero;
+    the encoder sees at most +-10, so such a crop encodes like its clamped self."""
+    m = _model().eval()
+    x = torch.randn(1, 1, 64, 64, 64)
+    x[..., :20] = -372.0
+    with torch.no_grad():
+        assert torch.equal(m.encode(x), m.encode(x.clamp(-10, 10)))

@@ -42,6 +42,9 @@ CLICK_UNET_CONFIG = {
 }
 
 
+INPUT_CLAMP = 10.0
+
+
 def _norm(ch: int, groups: int) -> nn.Module:
     """groups > 0: GroupNorm; groups == 0: BatchNorm3d (see CLICK_UNET_CONFIG["norm"])."""
     return nn.GroupNorm(min(groups, ch), ch) if groups > 0 else nn.BatchNorm3d(ch)
@@ -92,6 +95,10 @@ class ImageEncoderCNN(nn.Module):
         self.out = nn.Conv3d(embed_dim, embed_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The server z-scores a crop with the statistics of its voxels > 0: a CT crop with little
+        # tissue above 0 HU puts air hundreds of units below zero (measured: -372), which blew up
+        # activations and BatchNorm statistics in training. Ten units keep air, lung and fat apart.
+        x = x.clamp(-INPUT_CLAMP, INPUT_CLAMP)
         f1 = self.res1(self.down1(self.stem(x)))
         f2 = self.res2(self.down2(f1))
         f3 = self.res3(self.down3(f2))
