@@ -68,15 +68,14 @@ def parse_args(argv=None):
 def dev_set(sampler: TrainingSampler, n: int):
     imgs, tgts, kinds = [], [], []
     for i in range(n):
-        rs_index = DEV_SEED + i
-        x, y, k = sampler.sample(rs_index, crop=128)
+        x, y, k = sampler.sample(DEV_SEED + i, crop=128)  # the served crop size
         imgs.append(x)
         tgts.append(y)
         kinds.append(k)
     return torch.stack(imgs), torch.stack(tgts), kinds
 
 
-def evaluate(model, dev, threads):
+def evaluate(model, dev):
     x, y, kinds = dev
     t = time.time()
     res = evaluate_clicks(model, x, y, n_clicks=5, batch=2)
@@ -126,7 +125,7 @@ def main(argv=None):
           f"real volumes {[v.name for v in sampler.real]}", flush=True)
     log = open(os.path.join(args.out, "train_log.jsonl"), "a")
     if step == 0:
-        ev = evaluate(model, dev, args.threads)
+        ev = evaluate(model, dev)
         log.write(json.dumps({"step": 0, "dev": ev, "time": time.time()}) + "\n")
         log.flush()
     last_ckpt = last_eval = time.time()
@@ -163,14 +162,14 @@ def main(argv=None):
             save_checkpoint(model, os.path.join(args.out, "model.pt"), version=f"click-unet-step{step}")
             last_ckpt = time.time()
         if time.time() - last_eval > args.eval_every_min * 60:
-            ev = evaluate(model, dev, args.threads)
+            ev = evaluate(model, dev)
             log.write(json.dumps({"step": step, "dev": ev, "time": time.time()}) + "\n")
             log.flush()
             print("dev", step, json.dumps(ev), flush=True)
             last_eval = time.time()
     save_state(state_path, model, opt, step, args)
     save_checkpoint(model, os.path.join(args.out, "model.pt"), version=f"click-unet-step{step}")
-    ev = evaluate(model, dev, args.threads)
+    ev = evaluate(model, dev)
     log.write(json.dumps({"step": step, "dev": ev, "time": time.time(), "final": True}) + "\n")
     log.close()
     print("final dev", step, json.dumps(ev), flush=True)
