@@ -27,7 +27,7 @@ Synthetic group (never averaged with the real cases): a tumour (necrotic core + 
   brainles-aurora and brats were checked: code only).
 
 Development cases (--dev, default work_data/dev_table/): synthetic phantoms from
-lib/training/phantoms.py (half of them with thick slices, i.e. anisotropic spacing) and the
+lib/synthetic/phantoms.py (half of them with thick slices, i.e. anisotropic spacing) and the
 nilearn MNI152 2009a grey/white matter (> 0.5) at 2 mm: training-side data only, for tuning the
 classical methods' parameters (python -m lib.interaction.classical tune).
 
@@ -321,7 +321,7 @@ def dev_cases(dev_dir: str, cache: str, tmp: str, n_phantoms: int = 8, max_objec
     import SimpleITK as sitk
     import torch
 
-    from lib.training.phantoms import generate_phantom_torch
+    from lib.synthetic.phantoms import generate_phantom_torch
 
     images, labels = os.path.join(dev_dir, "images"), os.path.join(dev_dir, "labels")
     os.makedirs(images, exist_ok=True)

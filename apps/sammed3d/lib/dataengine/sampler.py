@@ -16,7 +16,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from ..session.preprocess import normalise
-from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume
+from ..training.crops import bbox_centre, crop_or_pad, load_npz_volume, pick_target
 from ..synthetic.phantoms import generate_phantom_torch
 from .augment import randomise_appearance, randomise_orientation
 from .lesions import insert_lesion
@@ -112,11 +112,8 @@ class TrainingSampler:
     def _phantom(self, rs, size):
         n = self.phantom_size  # smaller than the window: the rest is outside-the-volume zeros, as served
         image, label, mod = generate_phantom_torch(int(rs.integers(2**31)), (n,) * 3)
-        values = [int(v) for v in torch.unique(label).tolist() if v > 0 and int((label == v).sum()) >= 30]
-        if not values:
-            return None
-        v = values[int(rs.integers(len(values)))]
-        return image, label == v, mod == "ct"
+        v = pick_target(label, None, rs)
+        return None if v is None else (image, label == v, mod == "ct")
 
     def _volume(self, rs, need_labels=False) -> Optional[_RealVolume]:
         vols = [v for v in self.real if v.train_values] if need_labels else self.real
