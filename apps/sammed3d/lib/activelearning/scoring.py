@@ -12,6 +12,8 @@ Request options (JSON body of POST /scoring/<name>, all optional):
     that arrives meanwhile gets the cores first; 0 = the server's priority), idle (conf al_idle,
     default 0; 1: also Linux's SCHED_IDLE policy, i.e. only CPU time nothing else wants; measured no
     better than nice 10 on the shared 2-core machine; see scripts/bench_scoring_click.py and docs/benchmarks.md),
+    yield (conf al_yield, default 1: the server stops this scoring subprocess while it serves a click and
+    lets it continue when the clicks pause; lib/activelearning/gate.py. 0 = nice only, the previous behaviour),
     n_jitter, sigma, flips, max_prompts, feature_crops, weight, combine ("product", the default, | "rank":
     the combined method's rule; see select.py).
 """
@@ -31,6 +33,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from ..session.engine import SegmentationEngine
 from ..session.volume import load_volume, sitk_affine_ras
 from . import store
+from .gate import CLICKS, truthy
 from .diversity import decode_feature, diversity_scores, encode_feature, pool_features
 from .prompts import LocationPrior, choose_prompts
 from .select import DEFAULT_COMBINE, combine_scores
@@ -40,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
             "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50, "nice": 10,
-            "idle": 0}
+            "idle": 0, "yield": 1}
 
 
 def live_version(app) -> str:
@@ -131,8 +134,18 @@ class ActiveLearningScorer:
         self.version_fn = version_fn
         self.options = dict(DEFAULTS)
         self.options.update(options or {})
+        # the server stops a scoring subprocess during clicks unless its request says {"yield": 0};
+        # --conf al_yield (this option) is the default for requests that do not say
+        CLICKS.configure(default_yield=truthy(self.options["yield"]))
 
     # --------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _yield(o: Dict) -> None:
+        """Scoring run in the server's own process waits here while a click is served (in the
+        scoring subprocess the server stops the whole process instead: gate.py)."""
+        if truthy(o.get("yield", 1)):
+            CLICKS.wait_idle()
+
     def _opts(self, request: Dict) -> Dict:
         o = dict(self.options)
         o.update({k: v for k, v in (request or {}).items() if k in DEFAULTS or k in ("force", "images", "max_images")})
@@ -178,6 +191,7 @@ class ActiveLearningScorer:
         scores = []
         for p in points:
             p = [float(np.clip(x, 0, n - 1)) for x, n in zip(p[:3], shape)] if len(p) >= 3 else [(n - 1) / 2 for n in shape]
+            self._yield(o)
             ce = self.engine.point_embedding(image_id, path, p)
             scores.append(point_uncertainty(decode, ce.embedding, ce.to_crop([p])[0], ce.crop, perts))
         return float(np.mean(scores)), source, len(points)
@@ -192,6 +206,7 @@ class ActiveLearningScorer:
         prior = self._prior(datastore, o) if todo else None
         done = 0
         for n, image_id in enumerate(todo, 1):
+            self._yield(o)
             t = time.perf_counter()
             try:
                 info = datastore.get_image_info(image_id)
@@ -217,6 +232,7 @@ class ActiveLearningScorer:
         todo = [i for i in ids if o.get("force") or not store.current(datastore.get_image_info(i).get(store.KEY_FEATURES), version)]
         logger.info(f"scoring[features] model {version}: {len(todo)} of {len(ids)} volumes to encode")
         for n, image_id in enumerate(todo, 1):
+            self._yield(o)
             t = time.perf_counter()
             try:
                 crops = self.engine.volume_embeddings(image_id, datastore.get_image_uri(image_id), int(o["feature_crops"]))
@@ -299,8 +315,10 @@ class SAMMed3DScoring(ScoringMethod):
         request = dict(request or {})
         nice = lower_priority(int(request.get("nice", self.scorer.options["nice"]) or 0),
                               bool(int(request.get("idle", self.scorer.options["idle"]) or 0)))
+        yields = truthy(request.get("yield", self.scorer.options["yield"]))
         logger.info(f"scoring[{self.method}] at nice {nice}, {scheduling_policy()} scheduling, "
-                    f"{request.get('threads', self.scorer.options['threads'])} thread(s)")
+                    f"{request.get('threads', self.scorer.options['threads'])} thread(s), "
+                    f"{'yields to clicks' if yields else 'does not yield to clicks'}")
         with torch_threads(int(request.get("threads", self.scorer.options["threads"]) or 0)):
             fn = getattr(self.scorer, f"update_{self.method}")
             result = fn(datastore, request)

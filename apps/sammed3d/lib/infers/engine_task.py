@@ -2,15 +2,44 @@
 
 Both tasks (SAM-Med3D clicks, MedSAM boxes) are valid when their engine exists, and /info names the
 model version that answers and the weights it came from.
+
+Every subclass's `__call__` (one click or box) runs inside the click gate (lib/activelearning/gate.py):
+a background scoring subprocess is stopped while it is served, and its result JSON says how many were
+(`scoring_held`).
 """
+import functools
 import time
 from typing import Any, Dict
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from lib.activelearning.gate import CLICKS
+
+
+def served_in_gate(call):
+    """Wrap an infer task's __call__: background scoring yields while it runs (gate.py)."""
+    if getattr(call, "_in_click_gate", False):
+        return call
+
+    @functools.wraps(call)
+    def wrapper(self, request):
+        with CLICKS.serving() as held:
+            out, result = call(self, request)
+        if isinstance(result, dict):
+            result["scoring_held"] = int(held)
+        return out, result
+
+    wrapper._in_click_gate = True
+    return wrapper
+
 
 class EngineInferTask(InferTask):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:
+            cls.__call__ = served_in_gate(cls.__dict__["__call__"])
+
     def __init__(self, engine, weights: Dict[str, Any], description: str, config: Dict[str, Any]):
         super().__init__(
             type=InferType.DEEPGROW,  # what the Slicer and OHIF plugins send clicks/ROIs to
