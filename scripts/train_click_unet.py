@@ -61,7 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint-min", type=float, default=5.0)
     p.add_argument("--eval-every-min", type=float, default=20.0)
     p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--init", default=None, help="start from this app checkpoint (ignored when resuming)")
+    p.add_argument("--init", default=None,
+                   help="start from this app checkpoint or state.pt (ignored when resuming); tensors that grew in "
+                        "input channels (the decoder's first layer when geodesic maps are added) keep the old "
+                        "weights in their leading channels and zeros in the new ones")
     return p.parse_args(argv)
 
 
@@ -78,7 +81,7 @@ def dev_set(sampler: TrainingSampler, n: int):
 def evaluate(model, dev):
     x, y, kinds = dev
     t = time.time()
-    res = evaluate_clicks(model, x, y, n_clicks=5, batch=2)
+    res = evaluate_clicks(model, x, y, n_clicks=5, batch=2, accumulate=model.config.get("click_mode") == "all")
     out = summarise(res)
     for kind in sorted(set(kinds)):
         sel = [i for i, k in enumerate(kinds) if k == kind]
@@ -86,6 +89,26 @@ def evaluate(model, dev):
     out["seconds"] = round(time.time() - t, 1)
     model.train()
     return out
+
+
+def warm_start(model, path: str) -> None:
+    """Load `path` (state.pt or app checkpoint) into `model`; see --init for widened tensors."""
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    src = st["model"] if "model" in st and "step" in st else load_checkpoint(path)[0].state_dict()
+    own = model.state_dict()
+    for name, t in own.items():
+        old = src.get(name)
+        if old is None:
+            continue
+        if old.shape == t.shape:
+            t.copy_(old)
+        elif old.dim() == t.dim() and old.dim() > 1 and old.shape[0] == t.shape[0] and old.shape[2:] == t.shape[2:] \
+                and old.shape[1] < t.shape[1]:
+            t.zero_()
+            t[:, : old.shape[1]] = old
+        else:
+            raise SystemExit(f"--init: {name} is {tuple(old.shape)} there, {tuple(t.shape)} here")
+    model.load_state_dict(own)
 
 
 def save_state(path, model, opt, step, args):
@@ -117,7 +140,8 @@ def main(argv=None):
         step = int(st["step"])
         print(f"resumed at step {step}", flush=True)
     elif args.init:
-        model.load_state_dict(load_checkpoint(args.init)[0].state_dict())
+        warm_start(model, args.init)
+        print(f"initialised from {args.init}", flush=True)
     sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=args.seed)
     dev_sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=DEV_SEED)
     dev = dev_set(dev_sampler, args.dev_crops)
@@ -141,7 +165,8 @@ def main(argv=None):
         gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
         emb = model.encode(x)
         loss, dice = click_losses(LossGridView(model, args.loss_size, crop=args.crop), emb,
-                                  loss_targets(y, args.loss_size), args.num_clicks, rs, gen, False)
+                                  loss_targets(y, args.loss_size), args.num_clicks, rs, gen, False,
+                                  history=model.config.get("click_mode") == "all")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)

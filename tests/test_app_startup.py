@@ -115,3 +115,20 @@ def test_server_without_conf_serves_the_default_model(studies, closed_url):
         label_file, res = MONAILabelClient(server.url).infer(
             "sammed3d", "synth_small_ct", {"label": "nodule", "foreground": [[20, 18, 10]]})
         assert res["voxels"] > 0 and os.path.exists(label_file)
+
+
+def test_click_mode_defaults_to_the_one_the_model_was_trained_with(tmp_path, studies):
+    """A ClickUNet3D trained on its click history (geodesic maps) says click_mode "all" in its config;
+    without --conf click_mode the server uses it, and --conf still wins."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8]}
+    path = str(tmp_path / "geo.pt")
+    save_checkpoint(build_model({**small, "geodesic_taus": [3.0], "click_mode": "all"}), path, version="geo")
+    assert make_app(tmp_path / "a", studies, {"checkpoint": path}).info()["weights"]["click_mode"] == "all"
+    conf = {"checkpoint": path, "click_mode": "newest"}
+    assert make_app(tmp_path / "b", studies, conf).info()["weights"]["click_mode"] == "newest"
+    plain = str(tmp_path / "plain.pt")
+    save_checkpoint(build_model(small), plain, version="plain")
+    assert make_app(tmp_path / "c", studies, {"checkpoint": plain}).info()["weights"]["click_mode"] == "newest"

@@ -127,3 +127,102 @@ def test_extreme_normalised_inputs_are_clamped():
     x[..., :20] = -372.0
     with torch.no_grad():
         assert torch.equal(m.encode(x), m.encode(x.clamp(-10, 10)))
+
+
+GEO = {"geodesic_taus": [2.0, 8.0], "click_mode": "all"}
+
+
+def test_geodesic_maps_stop_at_an_edge_that_euclidean_distance_crosses():
+    from lib.model.geodesic_maps import GeodesicMaps
+
+    inten = torch.zeros(1, 16, 16, 16)
+    inten[0, :, :, 8:] = 3.0  # two regions, edge between cells 7 and 8 on the last axis
+    maps = GeodesicMaps(gamma=20.0, taus=[4.0])
+    click = torch.tensor([[[4 * 8 + 1.5, 4 * 8 + 1.5, 4 * 5 + 1.5]]])  # cell (8, 8, 5), 3 cells before the edge
+    out = maps(inten, click, torch.tensor([[1]]))
+    assert out.shape == (1, 2, 16, 16, 16)
+    inc, exc = out[0, 0], out[0, 1]
+    assert inc[8, 8, 5] == pytest.approx(1.0)
+    assert exc.abs().max() == 0  # no exclude click: that polarity is empty
+    # same Euclidean distance (3 cells) on both sides of the click; the far side is across the edge
+    assert inc[8, 8, 2] > 0.4 and inc[8, 8, 8] < 0.01
+    # an exclude click fills the other polarity; padding labels (-1) are ignored
+    both = maps(inten, torch.tensor([[[33.5, 33.5, 21.5], [33.5, 33.5, 49.5], [0.0, 0.0, 0.0]]]),
+                torch.tensor([[1, 0, -1]]))
+    assert both[0, 1, 8, 8, 12] == pytest.approx(1.0) and both[0, 1, 8, 8, 5] < 0.01
+    assert torch.equal(maps(inten, None, None), torch.zeros(1, 2, 16, 16, 16))
+
+
+def test_geodesic_model_contract_and_checkpoint_round_trip(tmp_path):
+    m = _model(**GEO).eval()
+    x = torch.randn(1, 1, 64, 64, 64)
+    emb = m.encode(x)
+    assert emb.shape == (1, 9, 16, 16, 16)  # 8 feature channels + the cell-mean intensity
+    assert torch.allclose(emb[:, -1:], torch.nn.functional.avg_pool3d(x, 4))
+    coords, labels = torch.tensor([[[30.0, 30.0, 30.0], [5.0, 5.0, 5.0]]]), torch.tensor([[1, 0]])
+    low = m.decode(emb, coords, labels, None)
+    assert low.shape == (1, 1, 16, 16, 16)
+    assert m.decode(emb, None, None, low).shape == (1, 1, 16, 16, 16)
+    path = str(tmp_path / "geo.pt")
+    save_checkpoint(m, path, version="geo")
+    loaded, _ = load_checkpoint(path)
+    assert loaded.config["click_mode"] == "all" and loaded.geodesic is not None
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(loaded.encode(x), coords, labels, None), m.decode(emb, coords, labels, None))
+    for bad in ({"geodesic_taus": [0.0]}, {"geodesic_taus": "3"}, {"click_mode": "some"}, {"geodesic_gamma": -1}):
+        with pytest.raises(ValueError):
+            build_model({**SMALL, **bad})
+
+
+def test_click_history_feeds_every_click_so_far_and_no_mask_only_step():
+    seen = []
+
+    class Spy:
+        def __init__(self, model):
+            self.view = LossGridView(model, 32, crop=64)
+
+        def decode(self, emb, coords, labels, mask_input):
+            seen.append(None if coords is None else (tuple(coords.shape), tuple(labels.shape)))
+            return self.view.decode(emb, coords, labels, mask_input)
+
+        def upsample_logits(self, low):
+            return self.view.upsample_logits(low)
+
+    m = _model(**GEO)
+    ball = torch.zeros(1, 1, 64, 64, 64)
+    ball[..., 20:40, 20:40, 20:40] = 1
+    emb = m.encode(ball * 2 - 1)
+    click_losses(Spy(m), emb, loss_targets(ball, 32), 4, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                 False, history=True)
+    assert seen == [((1, n, 3), (1, n)) for n in range(1, 5)]
+    seen.clear()
+    click_losses(Spy(m), emb, loss_targets(ball, 32), 4, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                 False)
+    assert None in seen and all(s is None or s[0] == (1, 1, 3) for s in seen)  # SAM-Med3D's chain unchanged
+
+
+def test_warm_start_widens_the_decoder_input_and_keeps_everything_else(tmp_path):
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "train_click_unet", os.path.join(os.path.dirname(__file__), "..", "scripts", "train_click_unet.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    old = _model()
+    torch.save({"model": old.state_dict(), "step": 7}, tmp_path / "state.pt")
+    new = _model(**GEO)
+    script.warm_start(new, str(tmp_path / "state.pt"))
+    w_old, w_new = old.mask_decoder.inp.weight, new.mask_decoder.inp.weight
+    assert w_new.shape[1] == w_old.shape[1] + 5  # + intensity + 2 taus x 2 polarities
+    assert torch.equal(w_new[:, : w_old.shape[1]], w_old) and w_new[:, w_old.shape[1]:].abs().max() == 0
+    assert torch.equal(new.image_encoder.stem.conv.weight, old.image_encoder.stem.conv.weight)
+    # with zero weights on the new inputs, the widened model decodes exactly as the old one
+    x = torch.randn(1, 1, 64, 64, 64)
+    c, lab = torch.tensor([[[30.0, 30.0, 30.0]]]), torch.ones(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        old.eval(), new.eval()
+        assert torch.allclose(new.decode(new.encode(x), c, lab, None), old.decode(old.encode(x), c, lab, None), atol=1e-5)
+    torch.save({"model": {"mask_decoder.head.weight": torch.zeros(3, 3)}, "step": 1}, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit, match="head.weight"):
+        script.warm_start(_model(**GEO), str(tmp_path / "bad.pt"))

@@ -13,7 +13,7 @@
   precision fp32|bf16|fp16 encoder precision (default fp32; reduced precision is meant for CUDA)
   cache_mb N               memory bound of the volume/embedding cache (default 2048)
   modality auto|CT|MR|...  CT gets the [-1000, 1000] clamp; auto decides per image (default auto)
-  click_mode all|newest    clicks sent to the decoder (default: the session's measured best)
+  click_mode all|newest    clicks sent to the decoder (default: the model config's, else the session's measured best)
   max_crops N              crops one label may grow to for large structures (default 8)
   medsam auto|true|false   serve the MedSAM box task (default auto: when lite_medsam.pth is found)
   medsam_checkpoint PATH   lite_medsam.pth (default: apps/sammed3d/model/medsam/, fetched by setup)
@@ -174,7 +174,8 @@ def _build_engine(conf: Dict[str, str], model_dir: str):
             device=device,
             cache_bytes=int(_number(conf, "cache_mb", 2048) * (1 << 20)),
             modality=_none_if_auto(conf.get("modality")),
-            click_mode=conf.get("click_mode", DEFAULT_CLICK_MODE),
+            # a model trained on its click history (ClickUNet3D with geodesic maps) says so in its config
+            click_mode=conf.get("click_mode", (getattr(model, "config", None) or {}).get("click_mode", DEFAULT_CLICK_MODE)),
             precision=None if precision in ("fp32", "float32", "") else precision,
             max_crops=int(_number(conf, "max_crops", 8)),
         )

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .geodesic_maps import GeodesicMaps
+
 CLICK_UNET_CONFIG = {
     "architecture": "click_unet",
     "image_size": 128,
@@ -39,6 +41,14 @@ CLICK_UNET_CONFIG = {
     # 0 at 128^3 after 360 steps); BatchNorm in eval mode uses fixed running statistics.
     "norm": "batch",  # "batch" | "group"
     "groups": 8,  # GroupNorm groups (norm "group" only)
+    # Geodesic click maps (lib.model.geodesic_maps): [] turns them off (the layout of the first runs);
+    # with taus the embedding gets one more channel (cell-mean intensity) and the decoder 1 + 2 * len(taus)
+    # more prompt maps.
+    "geodesic_taus": [],
+    "geodesic_gamma": 20.0,
+    # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
+    # history; the geodesic maps need every click); the server's default click mode for this model
+    "click_mode": "newest",
 }
 
 
@@ -198,7 +208,12 @@ class ClickUNet3D(nn.Module):
         groups = int(config["groups"]) if config.get("norm", "batch") == "group" else 0
         self.image_encoder = ImageEncoderCNN(config["encoder_widths"], config["embed_dim"], groups)
         self.prompt_encoder = ClickMaps(size, config["click_sigmas"])
-        self.mask_decoder = MaskDecoderUNet(config["embed_dim"], self.prompt_encoder.num_channels,
+        taus = config.get("geodesic_taus") or []
+        self.geodesic = GeodesicMaps(config.get("geodesic_gamma", 20.0), taus) if taus else None
+        # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a
+        # decoder trained without them is the leading input channels of one trained with them
+        extra = 1 + self.geodesic.num_channels if self.geodesic is not None else 0
+        self.mask_decoder = MaskDecoderUNet(config["embed_dim"], self.prompt_encoder.num_channels + extra,
                                             config["decoder_widths"], groups)
         self._size = size
 
@@ -222,8 +237,13 @@ class ClickUNet3D(nn.Module):
         return self.mask_decoder.head.weight.device
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, S, S, S) z-normalised crop -> (B, embed_dim, S/4, S/4, S/4)."""
-        return self.image_encoder(image)
+        """(B, 1, S, S, S) z-normalised crop -> (B, embed_dim, S/4, S/4, S/4); with geodesic maps
+        (B, embed_dim + 1, ...), the last channel the clamped intensity averaged over each cell."""
+        feats = self.image_encoder(image)
+        if self.geodesic is None:
+            return feats
+        cells = F.avg_pool3d(image.float().clamp(-INPUT_CLAMP, INPUT_CLAMP), 4)
+        return torch.cat([feats, cells.to(feats.dtype)], dim=1)
 
     def decode(self, image_embedding: torch.Tensor, point_coords: Optional[torch.Tensor],
                point_labels: Optional[torch.Tensor], mask_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -232,9 +252,14 @@ class ClickUNet3D(nn.Module):
         if mask_input is not None and mask_input.shape[-1] != g:
             # callers written for SAM-Med3D size the first (zero) mask input as 4x the embedding grid
             mask_input = F.interpolate(mask_input.float(), size=(g,) * 3, mode="area")
+        feats = image_embedding
         prompts = self.prompt_encoder(point_coords, point_labels, mask_input, image_embedding.shape[0],
                                       image_embedding.shape[-1])
-        return self.mask_decoder(image_embedding, prompts.to(image_embedding.dtype))
+        if self.geodesic is not None:
+            feats, cells = image_embedding[:, :-1], image_embedding[:, -1:]
+            geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0)
+            prompts = torch.cat([prompts, cells.float(), geo], dim=1)
+        return self.mask_decoder(feats, prompts.to(image_embedding.dtype))
 
     def upsample_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, S/4, S/4, S/4) -> (B, 1, S, S, S) trilinear (align_corners False), as Sam3D."""
@@ -263,6 +288,15 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     if not cfg["click_sigmas"] or any(not isinstance(s, (int, float)) or s <= 0 for s in cfg["click_sigmas"]):
         raise ValueError(f"click_sigmas must be positive numbers, got {cfg['click_sigmas']!r}")
     cfg["click_sigmas"] = [float(s) for s in cfg["click_sigmas"]]
+    taus = cfg["geodesic_taus"]
+    if not isinstance(taus, (list, tuple)) or any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in taus):
+        raise ValueError(f"geodesic_taus must be a list of positive numbers, got {taus!r}")
+    cfg["geodesic_taus"] = [float(t) for t in taus]
+    if cfg["click_mode"] not in ("newest", "all"):
+        raise ValueError(f"click_mode must be 'newest' or 'all', got {cfg['click_mode']!r}")
+    gamma = cfg["geodesic_gamma"]
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
+        raise ValueError(f"geodesic_gamma must be a number >= 0, got {gamma!r}")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..interaction.clicks import sample_click_uniform
 from ..model.precision import autocast
 from ..model.training_view import training_view
+from ..interaction.clicks import sample_click_uniform
 from .losses import dice_ce_loss, dice_score
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -107,7 +107,8 @@ def resolve_loss_size(loss_size: int, device: torch.device, crop: int) -> int:
 
 
 def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: int, rs: np.random.Generator,
-                 generator: Optional[torch.Generator], bf16: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+                 generator: Optional[torch.Generator], bf16: bool,
+                 history: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the simulated-click chain on precomputed embeddings.
 
     Args:
@@ -116,6 +117,8 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
         targets: (B, 1, L, L, L) float 0/1 on the grid model.upsample_logits returns (the crop's
             128^3 for the model itself; a view may upsample to a coarser loss grid).
         bf16: decode under bf16 autocast (CUDA only).
+        history: every iteration gets all clicks so far (the server's click mode "all") and none is
+            mask-only; False: SAM-Med3D's rule (newest click only, mask-only iterations).
     Returns:
         (summed loss over iterations (scalar), Dice per item after the last iteration (B,)).
     """
@@ -124,13 +127,19 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
     # mask input: 4x the embedding grid (32^3 for 128^3 crops), whatever resolution the loss uses
     low = torch.zeros((b, 1) + tuple(4 * s for s in emb.shape[2:]), device=emb.device, dtype=torch.float32)
     pred = torch.zeros_like(gt)
-    mask_only = {int(rs.integers(2, 9)), num_clicks - 1}
+    mask_only = set() if history else {int(rs.integers(2, 9)), num_clicks - 1}
     total = torch.zeros((), device=emb.device)
+    seen_c: List[torch.Tensor] = []
+    seen_l: List[torch.Tensor] = []
     for it in range(num_clicks):
         if it in mask_only and it > 0:
             coords = labels = None
         else:
             coords, labels = sample_click_uniform(pred, gt, generator)
+            if history:
+                seen_c.append(coords)
+                seen_l.append(labels)
+                coords, labels = torch.cat(seen_c, dim=1), torch.cat(seen_l, dim=1)
         with bf16_autocast(emb.device, bf16):
             low = model.decode(emb, coords, labels, low).float()
         up = model.upsample_logits(low)

@@ -1,0 +1,78 @@
+"""Geodesic distance maps of the clicks over the image, on the model's S/4 grid (DeepIGeoS idea).
+
+Why: a convolutional decoder trained for minutes on a CPU has not yet learned where a structure's
+edges are; a geodesic distance from the clicks, weighted by the image gradient, already follows
+them (the classical geodesic row of the evaluation reaches Dice 0.46 / 0.74 after 1 / 5 clicks on
+the development cases). Given as input maps, the decoder starts from that region and learns what
+to add (Wang et al., DeepIGeoS, TPAMI 2018, feed the same kind of map to a CNN).
+
+The image enters through one extra embedding channel: the crop's intensity averaged over each
+S/4 cell (ClickUNet3D.encode appends it), so the engine's embedding cache holds it and a click
+costs two 32^3 shortest-path solves (about 20 ms each on one core), not a pass over the crop.
+
+    maps = GeodesicMaps(gamma=20.0, taus=(3.0, 12.0))
+    maps(intensity (B, g, g, g), coords (B, N, 3) crop voxel indices, labels (B, N), cell=4)
+        -> (B, 2 * len(taus), g, g, g): exp(-d / tau) from the include clicks, then the exclude
+           clicks, for each tau; zeros for a polarity without clicks.
+
+Distances are in cells (the crop grid is isotropic); the local cost of a step is
+sqrt(1 + (gamma * |grad I|)^2) per cell, grad taken per cell on the cell-mean intensity,
+26-connected (skimage.graph.MCP_Geometric). No parameters: nothing here learns.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def cell_cost(intensity: np.ndarray, gamma: float) -> np.ndarray:
+    """(g, g, g) cell-mean intensity -> local step cost sqrt(1 + (gamma |grad I|)^2) (>= 1)."""
+    grads = np.gradient(intensity.astype(np.float64))
+    return np.sqrt(1.0 + (gamma * gamma) * sum(g * g for g in grads))
+
+
+def geodesic_from(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Minimal path cost from any of `seeds` ((K, 3) cell indices, K >= 1) to every cell."""
+    from skimage.graph import MCP_Geometric
+
+    mcp = MCP_Geometric(cost, fully_connected=True)
+    dist, _ = mcp.find_costs([tuple(int(v) for v in s) for s in seeds])
+    return dist
+
+
+class GeodesicMaps(nn.Module):
+    """Click coordinates + cell intensities -> exp(-geodesic distance / tau) maps (see module doc)."""
+
+    def __init__(self, gamma: float, taus: Sequence[float]):
+        super().__init__()
+        self.gamma = float(gamma)
+        self.taus = [float(t) for t in taus]
+
+    @property
+    def num_channels(self) -> int:
+        return 2 * len(self.taus)
+
+    def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                cell: float = 4.0) -> torch.Tensor:
+        """intensity (B, g, g, g); coords (B, N, 3) crop voxel indices (tensor-axis order) or None;
+        labels (B, N) 1 include / 0 exclude (other values ignored); `cell`: voxels per cell."""
+        b, g = intensity.shape[0], intensity.shape[-1]
+        out = np.zeros((b, self.num_channels, g, g, g), dtype=np.float32)
+        if coords is not None and coords.shape[1] > 0 and self.taus:
+            inten = intensity.detach().float().cpu().numpy()
+            cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
+            labs = labels.detach().cpu().numpy()
+            for i in range(b):
+                cost = None
+                for p, polarity in enumerate((1, 0)):
+                    seeds = cells[i][labs[i] == polarity]
+                    if not len(seeds):
+                        continue
+                    cost = cell_cost(inten[i], self.gamma) if cost is None else cost
+                    dist = geodesic_from(cost, seeds)
+                    for t, tau in enumerate(self.taus):
+                        out[i, 2 * t + p] = np.exp(-dist / tau)
+        return torch.from_numpy(out).to(intensity.device)
