@@ -88,3 +88,40 @@ def test_scoring_then_next_sample(server, tmp_path):
     assert client.next_sample("uncertainty", {})["id"] == best
     # MONAI Label's own strategies stay available
     assert client.next_sample("first", {})["id"] in unlabeled
+
+
+def scoring_running(url) -> bool:
+    return requests.get(f"{url}/scoring/?check_if_running=true", timeout=30).status_code == 200
+
+
+def click_during_scoring(server, client, body):
+    """Start a scoring run (after any that is going on), click once while it runs; the click's result."""
+    deadline = time.monotonic() + 300
+    while scoring_running(server.url) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    r = requests.post(f"{server.url}/scoring/combined", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    while not scoring_running(server.url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    image = sorted(image_infos(server.studies))[0]
+    path = next(os.path.join(server.studies, n) for n in os.listdir(server.studies) if n.startswith(image + "."))
+    import nibabel as nib
+
+    centre = [n // 2 for n in nib.load(path).shape[:3]]
+    _, result = client.infer("sammed3d", image, {"label": "gate", "foreground": [centre], "background": [],
+                                                 "reset_state": True})
+    held_while_running = scoring_running(server.url)
+    task = wait_scoring(server.url)
+    assert task["status"] == "DONE", task  # continued after the click, not left stopped
+    return result, held_while_running
+
+
+def test_a_click_stops_background_scoring_until_it_is_answered(server, tmp_path):
+    """issue 17 item 3: the scoring subprocess is held (SIGSTOP) while a click is served, then continues."""
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    result, running = click_during_scoring(server, client, {"force": True})
+    assert running, "scoring finished before the click: nothing was tested"
+    assert result["scoring_held"] == 1
+    # {"yield": 0}: the previous behaviour (nice only), the click does not hold it
+    result, running = click_during_scoring(server, client, {"force": True, "yield": 0, "max_images": 1})
+    assert result["scoring_held"] == 0
