@@ -14,7 +14,7 @@ rate this machine reaches (a large fp32 GEMM, the most efficient operation the e
 With --encoders fp32,int8 each encoder variant (lib.medsam.checkpoint.quantize_encoder; the server's
 --conf medsam_encoder) gets its own engine, and the cold runs alternate between them (same load for
 both); the masks are compared with fp32's (Dice). --eval-row also runs the MedSAM evaluation row of
-docs/medsam.md (lib.medsam.evaluate's evaluate_medsam: CTChest4, labels 5,6,3, 10 actions, margin 5 mm)
+docs/medsam.md (lib.evaluation.medsam's evaluate_medsam: CTChest4, labels 5,6,3, 10 actions, margin 5 mm)
 with each variant and prints mean Dice after 2, 3, 5 and 10 actions.
 
     .venv/bin/python scripts/bench_medsam.py [--repeats 3] [--threads 2] [--bound] [--device cuda]
@@ -49,7 +49,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def eval_row(model, site: str, batch: int = 2) -> dict:
     """Mean Dice after 2/3/5/10 actions of the evaluation row (docs/medsam.md) with this model."""
-    from lib.medsam.evaluate import evaluate_medsam
+    from lib.evaluation.medsam import evaluate_medsam
 
     pairs = [("CTChest4", os.path.join(site, "slicerio", "data", "CTChest4.nrrd"),
               os.path.join(site, "slicerio", "data", "Segmentation.seg.nrrd"))]

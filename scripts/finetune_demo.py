@@ -24,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
-from lib.interaction.clicks import first_click  # noqa: E402
-from lib.interaction.evaluate import dice, read_label  # noqa: E402
+from lib.evaluation.cases import read_label  # noqa: E402
+from lib.evaluation.clicks import first_click  # noqa: E402
+from lib.evaluation.metrics import dice  # noqa: E402
 from lib.synthetic.cases import lung_lobe_case, write_nifti  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 

@@ -11,7 +11,7 @@ Issue 8, item 4. Split by structure (only three real volumes ship in registry pa
     of the slicerio chest CT (another volume and modality).
 The default model never saw any IBSR structure (model card). Encoder frozen, mask decoder learns
 (lib.trainers.fine_tune, no validation set: a fixed schedule, so no held-out structure selects a
-checkpoint). Evaluation: lib.interaction.evaluate (evaluate_target / iter_targets), Dice after 1 and
+checkpoint). Evaluation: lib.evaluation.loop.evaluate_target / lib.evaluation.cases.iter_targets, Dice after 1 and
 5 simulated clicks on the stored grid, one 128^3 crop (max_crops 1).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/medsam_teacher_experiment.py --work work_data/medsam_teacher \
@@ -133,7 +133,8 @@ def fine_tuned(d: dict, work: str, cond: str, label: str, seed: int, a) -> tuple
 
 def evaluate_model(engine, model, version: str, pairs, clicks: int) -> list:
     """Rows {model, case, value, dice@1, dice@5, dices} on the held-out targets (the project's evaluation)."""
-    from lib.interaction.evaluate import evaluate_target, iter_targets
+    from lib.evaluation.cases import iter_targets
+    from lib.evaluation.loop import evaluate_target
 
     engine.set_model(model, version, encoder_changed=False)  # same frozen encoder: embeddings are shared
     rows = []

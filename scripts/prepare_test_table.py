@@ -29,7 +29,7 @@ Synthetic group (never averaged with the real cases): a tumour (necrotic core + 
 Development cases (--dev, default work_data/dev_table/): synthetic phantoms from
 lib/synthetic/phantoms.py (half of them with thick slices, i.e. anisotropic spacing) and the
 nilearn MNI152 2009a grey/white matter (> 0.5) at 2 mm: training-side data only, for tuning the
-classical methods' parameters (python -m lib.interaction.classical tune).
+classical methods' parameters (python -m lib.evaluation.tune).
 
 Reserved for independent evaluation and never touched here: pyradiomics, Debian's mricron-data.
 """

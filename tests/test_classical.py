@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.interaction.classical import (
+from lib.evaluation.classical import (
     ClassicalParams,
     ClassicalSegmenter,
     normalise_roi,
@@ -12,8 +12,7 @@ from lib.interaction.classical import (
     seed_labels,
     segment_array,
 )
-from lib.interaction.evaluate import dice
-from lib.interaction.metrics import surface_dice
+from lib.evaluation.metrics import dice, surface_dice
 from test_session_fakes import ras_affine, write_nifti
 
 PARAMS = ClassicalParams(margin_mm=12.0, border="always", seed_radius_mm=2.0, sigma_mm=1.0, beta=1000.0, gamma=10.0)
@@ -147,7 +146,7 @@ def test_surface_dice_tolerance_and_box_crop():
 
 
 def test_coarse_factors_grow_the_finest_axis_first():
-    from lib.interaction.classical import coarse_factors
+    from lib.evaluation.classical import coarse_factors
 
     assert coarse_factors((100, 100, 10), (1.0, 1.0, 5.0), 10 ** 6) == (1, 1, 1)
     assert coarse_factors((512, 512, 60), (0.7, 0.7, 5.0), 10 ** 6) == (4, 4, 1)  # 3.5 mm > 2.8 mm: stop at 4

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from lib.interaction.clicks import first_click, next_click_from_error, sample_click_uniform
+from lib.evaluation.clicks import first_click, next_click_from_error
+from lib.training.clicks import sample_click_uniform
 
 
 def _box(shape, lo, hi):

@@ -3,7 +3,7 @@ rules, box edits of the evaluation, weights lookup errors. Fast (numpy only)."""
 import numpy as np
 import pytest
 
-from lib.medsam.evaluate import box_from_target, edit_box
+from lib.evaluation.medsam import box_from_target, edit_box
 from lib.medsam.preprocess import area_matrix, box256_from_mask, box_to_256, resized_shape, slice_input, window_volume
 from lib.medsam.propagate import BoxError, clamp_roi, propagate_box
 from lib.medsam.slices import choose_frame
@@ -183,7 +183,7 @@ def test_anchor_slices_seed_their_own_propagation():
 def test_evaluation_user_model_counts_actions():
     """With an oracle model, the 3D box finds the piece through the centre; the other piece, past
     a gap, needs one 2D box on it (2 actions) and is then complete."""
-    from lib.medsam.evaluate import medsam_target_dices
+    from lib.evaluation.medsam import medsam_target_dices
 
     gt = np.zeros((64, 64, 12), dtype=bool)
     gt[20:40, 10:30, 3:8] = True  # 5 slices around the centre

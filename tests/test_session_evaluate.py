@@ -9,8 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lib.interaction.clicks import next_click_from_error
-from lib.interaction.evaluate import dice, evaluate, find_pairs, main, next_click, read_label, summarise
+from lib.evaluation.cases import find_pairs, read_label
+from lib.evaluation.clicks import next_click, next_click_from_error
+from lib.evaluation.command import main
+from lib.evaluation.loop import evaluate
+from lib.evaluation.metrics import dice
+from lib.evaluation.report import summarise
 from lib.session import SegmentationEngine
 from test_session_fakes import BallModel, ras_affine, rotation, smooth_volume, write_nifti
 
@@ -99,7 +103,7 @@ def test_cli_writes_csv_and_png(tmp_path, capsys):
 
 def test_cli_classical_rows_nsd_cpu_and_reuse(tmp_path, capsys):
     """Model and classical rows on the same targets and clicks; --reuse-rows keeps stored rows."""
-    from lib.interaction.evaluate import read_rows
+    from lib.evaluation.report import read_rows
 
     data = _dataset(tmp_path / "d", n=1)
     with open(data / "labels" / "labels.json", "w") as f:
@@ -144,7 +148,7 @@ def test_cli_classical_rows_nsd_cpu_and_reuse(tmp_path, capsys):
 
 def test_simulated_annotator_is_shared_by_all_methods():
     """simulate_clicks drives any segmenter with next_click's rule; a perfect one stops after click 1."""
-    from lib.interaction.evaluate import simulate_clicks
+    from lib.evaluation.loop import simulate_clicks
 
     gt = np.zeros((30, 30, 10), bool)
     gt[5:20, 8:25, 2:8] = True
@@ -170,7 +174,7 @@ def test_simulated_annotator_is_shared_by_all_methods():
 
 def test_cli_merges_stored_runs_without_running(tmp_path):
     """An empty --method with --reuse-rows merges parts of a run (same mode, different cases)."""
-    from lib.interaction.evaluate import read_rows
+    from lib.evaluation.report import read_rows
 
     header = "mode,method,case,value,structure,clicks,dice,nsd,cpu_s,wall_s\n"
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"

@@ -233,7 +233,7 @@ def _sample_click_where(pred, gt, generator):
 
 
 def test_fast_view_pieces_match_the_model():
-    from lib.interaction.clicks import sample_click_uniform
+    from lib.training.clicks import sample_click_uniform
     from lib.model.training_view import TrainingView, upsample_trilinear
     from lib.training.losses import dice_ce_loss, dice_ce_loss_reference
 

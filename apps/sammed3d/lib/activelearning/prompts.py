@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..interaction.clicks import first_click
+from ..evaluation.clicks import first_click
 
 CLICKS_KEY = "sammed3d_clicks"
 

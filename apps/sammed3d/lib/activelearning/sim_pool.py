@@ -14,7 +14,7 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..interaction.clicks import first_click
+from ..evaluation.clicks import first_click
 from ..session.preprocess import normalise as session_normalise
 from ..synthetic.kinds import COMMON, KINDS, S, make_volume
 from .diversity import pool_features

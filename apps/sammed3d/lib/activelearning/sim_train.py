@@ -8,7 +8,7 @@ grid; the trainable parts are chosen with `set_trainable`, the optimiser is `bui
 (AdamW, one lr for all learning parts) and `train_step` clips gradients at 1. Every round starts again from the base weights, so a curve point measures the
 labelled set, not the number of rounds.
 
-Evaluation (`evaluate`) follows the session's evaluation click rule (`lib.interaction.clicks`):
+Evaluation (`evaluate`) is the evaluation's simulated annotator (`lib.evaluation.clicks`):
 the first click is the centre of the target (computed at 128^3 and cached); later clicks go to
 the centre of the largest error region, found on the 32^3 low-res grid (cheap) and mapped to
 crop voxel centres; each decode gets the newest click and the previous low-res logits (the
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..interaction.clicks import next_click_from_error
+from ..evaluation.clicks import next_click_from_error
 from ..training.losses import dice_score
 from ..training.recipe import ClickChain, RecipeOptions, build_optimizer, click_rngs, set_trainable, train_step
 from .prompts import LocationPrior

@@ -10,7 +10,7 @@ with the paper's ratios (encoder lr, prompt encoder + decoder 0.1 x lr). Crops c
 computed once per (image, crop variant, encoder) and reused across epochs (data.EmbeddingCache).
 
 Validation after every epoch (and once before training: the live model's score) is the session's
-click evaluation (lib.interaction.evaluate.evaluate_target: the SegmentationEngine the server uses,
+click evaluation (lib.evaluation.loop.evaluate_target: the SegmentationEngine the server uses,
 clicks at the centre of the largest error) on held-out labelled images: Dice after 1 and 5 clicks.
 
 world_size > 1 runs torch.distributed processes (torch.multiprocessing.spawn, as MONAI Label's
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lib.interaction.evaluate import evaluate_target
+from lib.evaluation.loop import evaluate_target
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.training.recipe import ClickChain, build_optimizer, click_rngs, resolve_loss_size, set_trainable, train_step
 from lib.versions import encoder_fingerprint

@@ -6,8 +6,9 @@ active-learning simulation. Here the encoder learns too (unless freeze_encoder),
 decoding run under bf16 autocast on CUDA, and the loss is on the model's own 128^3 grid through the
 model's own decode (the reference view, so any model with the Sam3D interface trains the same way).
 
-Validation follows the evaluation rule (clicks.next_click_from_error, centre of the largest error
-component), reporting Dice after 1 and 5 clicks.
+Validation is the evaluation's simulated annotator (lib.evaluation.clicks.click_or_repeat: first click
+at the centre of the target, then the centre of the largest error component), reporting Dice after
+1 and 5 clicks.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..interaction.clicks import first_click, next_click_from_error
+from ..evaluation.clicks import click_or_repeat
 from . import recipe
 from .losses import dice_score
 from .recipe import PARTS, RecipeOptions, bf16_autocast, click_losses, set_lr_scale, set_trainable
@@ -78,9 +79,9 @@ def evaluate_clicks(model, images: torch.Tensor, targets: torch.Tensor, n_clicks
         lab: List[List] = [[] for _ in range(b)]
         for k in range(1, n_clicks + 1):
             for i in range(b):
-                c = first_click(gt_np[i]) if k == 1 else next_click_from_error(pred_np[i], gt_np[i])
-                if c is None:  # perfect (or empty target): repeat the last click so shapes match
-                    c = (pts[i][-1], bool(lab[i][-1])) if pts[i] else ((0, 0, 0), False)
+                # pred_np is empty before the first click, so click 1 is first_click(gt); perfect (or an
+                # empty target): the last click is repeated so shapes match
+                c = click_or_repeat(pred_np[i], gt_np[i], (pts[i][-1], bool(lab[i][-1])) if pts[i] else None)
                 pts[i].append(list(c[0]))
                 lab[i].append(int(c[1]))
             sl = slice(None) if accumulate else slice(-1, None)

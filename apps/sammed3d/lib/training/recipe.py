@@ -34,7 +34,7 @@ from torch import nn
 
 from ..model.precision import autocast
 from ..model.training_view import training_view
-from ..interaction.clicks import sample_click_uniform
+from .clicks import sample_click_uniform
 from .losses import dice_ce_loss, dice_score
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")

@@ -1,7 +1,7 @@
 """Classical click-to-segment methods: the comparison rows of the evaluation command (issue 14).
 
 Two methods a user without a learned model would reach for, driven by the SAME simulated clicks
-as the model (lib.interaction.evaluate):
+as the model (lib.evaluation.loop):
 
 * ``random_walker``: scikit-image's random walker (Grady 2006), with the voxel spacing passed on;
 * ``geodesic``: a geodesic-distance region (as GeoS / DeepIGeoS's geodesic maps, Criminisi et al.
@@ -30,19 +30,13 @@ What the user gives, and how it becomes seeds (one rule for both methods):
   then smoothed with a Gaussian of ``sigma_mm`` (per-axis sigma in voxels = sigma_mm / spacing).
 
 Parameters were chosen once on development cases (synthetic phantoms and training-side MNI
-structures, never the test table): ``python -m lib.interaction.classical tune`` (see
+structures, never the test table): ``python -m lib.evaluation.tune`` (lib/evaluation/tune.py, see
 docs/eval/classical_tuning.md); the chosen values are ``TUNED`` below.
 """
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
-import os
-import sys
-import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -306,105 +300,3 @@ class ClassicalSegmenter:
     def segment(self, image_path: str, fg, bg) -> np.ndarray:
         arr, ct, spacing = self._load(image_path)
         return segment_array(self.method, arr, ct, spacing, fg, bg, self.params)
-
-
-# ----------------------------------------------------------------------------------------------
-# Tuning on development cases (never the test table)
-
-GRID = {
-    "margin_mm": [10.0, 20.0, 40.0, 80.0],
-    "border": ["always", "until_exclude"],
-    "seed_radius_mm": [0.0, 2.0],
-    "sigma_mm": [0.0, 1.0],
-    "beta": [130.0, 1000.0, 4000.0, 16000.0],
-    "gamma": [3.0, 10.0, 30.0, 100.0, 300.0],
-}
-# Coordinate search: one parameter at a time, in this order, keeping the best value (highest mean
-# of Dice@1, @3 and @5 over the development targets), two passes.
-ORDER = {"random_walker": ["beta", "margin_mm", "border", "seed_radius_mm", "sigma_mm"],
-         "geodesic": ["gamma", "margin_mm", "border", "seed_radius_mm", "sigma_mm"]}
-
-
-def _score(rows: List[Dict]) -> float:
-    return float(np.mean([r["dice"] for r in rows if r["clicks"] in (1, 3, 5)]))
-
-
-def tune(method: str, pairs, values, num_clicks: int = 5, passes: int = 2, log=print,
-         start: Optional[ClassicalParams] = None, only: Optional[Sequence[str]] = None) -> Tuple[ClassicalParams, List[Dict]]:
-    """Coordinate search over GRID on development pairs -> (best params, one record per tried setting).
-
-    `start`: the setting to start from (default ClassicalParams()); `only`: the parameters to search.
-    """
-    from .evaluate import evaluate_method
-
-    start = start or ClassicalParams()
-    tried: Dict[Tuple, float] = {}
-    records: List[Dict] = []
-
-    def run(p: ClassicalParams) -> float:
-        key = tuple(sorted(asdict(p).items()))
-        if key not in tried:
-            t = time.perf_counter()
-            rows = evaluate_method(ClassicalSegmenter(method, p), method, pairs, values, num_clicks,
-                                   nsd_at=(), log=lambda *_: None)
-            tried[key] = _score(rows)
-            rec = dict(method=method, **asdict(p), score=tried[key], seconds=time.perf_counter() - t,
-                       **{f"dice@{n}": float(np.mean([r["dice"] for r in rows if r["clicks"] == n])) for n in (1, 3, 5)})
-            records.append(rec)
-            log(json.dumps(rec))
-        return tried[key]
-
-    best, best_score = start, run(start)
-    for _ in range(passes):
-        changed = False
-        for name in [n for n in ORDER[method] if not only or n in only]:
-            for v in GRID[name]:
-                cand = replace(best, **{name: v})
-                s = run(cand)
-                if s > best_score + 1e-9:
-                    best, best_score, changed = cand, s, True
-        if not changed:
-            break
-    return best, records
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.interaction.classical",
-                                description="Tune the classical comparison methods on development cases.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("tune", help="coordinate search over GRID on a development folder (never the test table)")
-    t.add_argument("--data", required=True, help="development folder with images/ and labels/")
-    t.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    t.add_argument("--clicks", type=int, default=5)
-    t.add_argument("--passes", type=int, default=2)
-    t.add_argument("--out", required=True, help="CSV of every tried setting")
-    t.add_argument("--start", default=None, help='JSON {method: {param: value}} to start the search from')
-    t.add_argument("--only", nargs="+", default=None, help="search only these parameters")
-    t.add_argument("--grid", default=None, help='JSON {param: [values]} replacing those GRID entries')
-    args = p.parse_args(argv)
-    import csv
-
-    from .evaluate import find_pairs
-
-    pairs = find_pairs(args.data)
-    if args.grid:
-        GRID.update(json.loads(args.grid))
-    all_records, chosen = [], {}
-    for method in args.methods:
-        start = ClassicalParams(**json.loads(args.start).get(method, {})) if args.start else None
-        best, records = tune(method, pairs, None, args.clicks, args.passes, start=start, only=args.only)
-        chosen[method] = asdict(best)
-        all_records += records
-        print(f"{method}: best {json.dumps(asdict(best))} score {max(r['score'] for r in records):.4f}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fields = list(all_records[0].keys())
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(all_records)
-    print(json.dumps(chosen, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

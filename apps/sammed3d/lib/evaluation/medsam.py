@@ -1,11 +1,11 @@
-"""MedSAM row of the click-simulation evaluation (issue 8 item 3): same cases, same action budget.
+"""MedSAM box row of the evaluation (issue 8 item 3; `--model medsam`): same cases, same action budget.
 
 User model, counted in actions so it compares with SAM-Med3D's clicks (one box = two clicks):
 * actions 1-2: a 3D box around the target's extent plus `margin_mm` on every axis (a Slicer ROI
   drawn a little loose), segmented by MedSAM's slice-by-slice protocol (lib.medsam.propagate).
   After 1 action there is no MedSAM result (no row: the summary shows "-").
 * then corrections: the error location is chosen by the SAME rule as the SAM-Med3D evaluation
-  (lib.interaction.evaluate.next_click: centre of the largest error region) and turned into a
+  (lib.evaluation.clicks.next_click: centre of the largest error region) and turned into a
   tighter box, as a MedSAM user would:
   - the click's slice holds no target (a leak past the structure's end): the 3D box's nearest
     slice-axis face moves just past that slice (1 action);
@@ -16,11 +16,10 @@ User model, counted in actions so it compares with SAM-Med3D's clicks (one box =
   The box is re-run after each edit; slice encodings are cached, so an edit costs decoder time.
 Dice is on the stored grid of the image, as for SAM-Med3D.
 
-Hook-in for lib/interaction/evaluate.py (its owner's call): rows have its format with
-mode="medsam-box", so they merge into its summary, CSV, markdown and PNG unchanged:
+Rows have the evaluation's format (lib.evaluation.report) with mode="medsam-box", so they merge
+into its summary, CSV, markdown and PNG unchanged:
 
-    from lib.medsam.evaluate import build_medsam_engine, evaluate_medsam
-    rows += evaluate_medsam(build_medsam_engine(args.device), pairs, values, num_clicks)
+    python -m lib.evaluation --model medsam (--data DIR | --image F --label F) [--margin-mm 5] [--weights F]
 """
 from __future__ import annotations
 
@@ -29,9 +28,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .engine import MedSAMEngine
-from .predictor import VolumePredictor
-from .propagate import propagate_box
+from ..medsam.engine import MedSAMEngine
+from ..medsam.predictor import VolumePredictor
+from ..medsam.propagate import propagate_box
+from .cases import iter_targets
+from .clicks import next_click
+from .metrics import dice
 
 MODE = "medsam-box"
 BOX_ACTIONS = 2  # one box = two clicks (two corners)
@@ -90,8 +92,6 @@ def slice_box(gt_plane: np.ndarray, margin_px: int) -> Tuple[int, int, int, int]
 def medsam_target_dices(pred: VolumePredictor, gt: np.ndarray, spacing: Sequence[float], num_actions: int = 10,
                         margin_mm: float = 5.0) -> List[Optional[float]]:
     """Dice after each of `num_actions` user actions (None where no result exists yet: action 1)."""
-    from lib.interaction.evaluate import dice, next_click  # the SAM-Med3D evaluation's own rules
-
     gt = gt.astype(bool)
     frame = pred.frame
     roi = box_from_target(gt, spacing, margin_mm)
@@ -139,9 +139,7 @@ def _cut_slice_face(roi: Sequence[int], axis: int, s: int) -> Tuple[int, ...]:
 
 def evaluate_medsam(engine: MedSAMEngine, pairs, values: Optional[Sequence[int]], num_actions: int,
                     margin_mm: float = 5.0, modality: Optional[str] = None, log=print) -> List[Dict]:
-    """Rows {mode, case, value, clicks, dice} like lib.interaction.evaluate.evaluate (clicks = actions)."""
-    from lib.interaction.evaluate import iter_targets
-
+    """Rows {mode, case, value, clicks, dice} like lib.evaluation.loop.evaluate (clicks = actions)."""
     rows = []
     for case, image_path, value, gt in iter_targets(pairs, values, log):
         t = time.perf_counter()
@@ -157,55 +155,10 @@ def evaluate_medsam(engine: MedSAMEngine, pairs, values: Optional[Sequence[int]]
 
 def build_medsam_engine(device: str = "cpu", weights: Optional[str] = None, cache_gb: float = 1.0) -> MedSAMEngine:
     """LiteMedSAM engine from the located weights (lib.medsam.weights.locate)."""
-    from .checkpoint import load_lite_medsam
-    from .weights import locate
+    from ..medsam.checkpoint import load_lite_medsam
+    from ..medsam.weights import locate
 
     loc = locate(weights)
     model = load_lite_medsam(loc.path, device=device)
     return MedSAMEngine(model, f"lite_medsam@{(loc.sha256 or 'conf')[:12]}", device=device,
                         cache_bytes=int(cache_gb * (1 << 30)))
-
-
-def main(argv=None) -> int:
-    """python -m lib.medsam.evaluate (--data DIR | --image F --label F) [--labels-values 5,6] --clicks 10 --out DIR"""
-    import argparse
-    import os
-
-    from lib.interaction.evaluate import find_pairs, markdown, summarise, write_outputs
-
-    p = argparse.ArgumentParser(prog="python -m lib.medsam.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="folder with images/ and labels/ (as lib.interaction.evaluate)")
-    p.add_argument("--image", help="one image file (with --label)")
-    p.add_argument("--label", help="its label file")
-    p.add_argument("--labels-values", default="", help="comma-separated label values (default: all non-zero)")
-    p.add_argument("--clicks", type=int, default=10, help="user actions per target (a box counts 2)")
-    p.add_argument("--report-at", default="1,3,5,10")
-    p.add_argument("--margin-mm", type=float, default=5.0)
-    p.add_argument("--modality", default=None)
-    p.add_argument("--weights", default=None, help="lite_medsam.pth (default: lib.medsam.weights.locate)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="eval_results_medsam")
-    args = p.parse_args(argv)
-    if args.image and args.label:
-        name = os.path.basename(args.image).split(".")[0]
-        pairs = [(name, args.image, args.label)]
-    else:
-        pairs = find_pairs(args.data)
-    values = [int(v) for v in args.labels_values.split(",") if v.strip()]
-    engine = build_medsam_engine(args.device, args.weights)
-    rows = evaluate_medsam(engine, pairs, values, max(args.clicks, BOX_ACTIONS), args.margin_mm, args.modality)
-    if not rows:
-        print("no targets found")
-        return 1
-    report_at = [int(v) for v in args.report_at.split(",") if v.strip()]
-    summary = summarise(rows, [n for n in report_at if n <= args.clicks])
-    for path in write_outputs(rows, summary, args.out, report_at):
-        print("wrote", path)
-    print(markdown(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Click-simulation evaluation of the interactive models and their comparison rows (issues 3, 8, 14).
+
+    cd apps/sammed3d && python -m lib.evaluation --data DIR [--labels-values 1,2] \
+        [--model sammed3d medsam random_walker geodesic] [--checkpoint ckpt.pth] [--model-name NAME] \
+        [--clicks 10] [--click-mode all newest] [--reuse-rows OLD/per_target.csv] --out results/ [--device cuda]
+
+For every image/label pair (lib.evaluation.cases) and every target label value, the SAME simulated
+annotator (lib.evaluation.clicks: the first click at the centre of the target, each next one at the
+centre of the largest error region) drives each model (lib.evaluation.loop):
+
+* `sammed3d`: the model of --checkpoint (or --random-weights) through the SegmentationEngine the
+  server uses, on the image's stored grid, once per --click-mode; rows "<click mode>", or
+  "<--model-name>:<click mode>";
+* `random_walker`, `geodesic`: the classical comparison rows (lib.evaluation.classical; parameters
+  tuned once on development cases, lib.evaluation.tune; --classical-params overrides them);
+* `medsam`: LiteMedSAM's box protocol, a box counting as 2 clicks (lib.evaluation.medsam).
+
+Per click: Dice, NSD at 2 mm at the report points (lib.evaluation.metrics), process CPU seconds and
+wall seconds of the segmentation call. Outputs (lib.evaluation.report, lib.evaluation.plots):
+per_target.csv, summary.csv, per_structure.csv/.md and dice_vs_clicks.png in --out, and the summary
+table on stdout. `--reuse-rows` adds the rows of earlier runs for modes not run now (re-run the model
+rows only, keep stored classical rows); with no model (an empty --model) it only merges them.
+
+The older spellings still work: `--method model random_walker geodesic` (model = sammed3d) and
+`--medsam` (adds medsam). DIR holds images/ and labels/ (or imagesTr/ and labelsTr/) with matching
+file names; --images/--labels name the two folders, --image/--label one pair.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from typing import Dict, List
+
+from .cases import find_pairs, load_names
+from .classical import METHODS as CLASSICAL_METHODS
+from .loop import evaluate, evaluate_method
+from .plots import modes
+from .report import markdown, read_rows, summarise, write_outputs
+
+MODELS = ("sammed3d", "medsam", *CLASSICAL_METHODS)
+
+
+def build_engine(args):
+    """The model (checkpoint, or random weights of a config) wrapped in a SegmentationEngine."""
+    import torch
+
+    from lib.model import build_sam_med3d, load_checkpoint
+    from lib.session import SegmentationEngine
+
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint)
+        version = args.model_version or str(meta.get("version") or os.path.basename(args.checkpoint))
+    elif args.random_weights:
+        torch.manual_seed(args.seed)
+        config = json.loads(args.model_config) if args.model_config else None
+        model = build_sam_med3d(config)
+        version = args.model_version or f"random-seed{args.seed}"
+    else:
+        raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
+    return SegmentationEngine(
+        model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
+        precision=args.precision, max_crops=args.max_crops,
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lib.evaluation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="folder with images/ and labels/ (or imagesTr/ and labelsTr/)")
+    p.add_argument("--images", help="image folder (with --labels)")
+    p.add_argument("--labels", help="label folder (with --images)")
+    p.add_argument("--image", help="one image file (with --label)")
+    p.add_argument("--label", help="its label file (with --image)")
+    p.add_argument("--labels-values", default="", help="comma-separated label values (default: every non-zero value)")
+    p.add_argument("--clicks", type=int, default=10, help="clicks (user actions) per target (default 10)")
+    p.add_argument("--report-at", default="1,3,5,10", help="click counts to summarise")
+    p.add_argument("--model", nargs="*", default=None, choices=MODELS,
+                   help="models to run on the same cases and clicks, in this order: sammed3d (SegmentationEngine), "
+                        "medsam (box row), the classical comparison rows random_walker / geodesic; default: "
+                        "sammed3d; none (an empty --model) with --reuse-rows only merges earlier runs")
+    p.add_argument("--method", nargs="*", default=None, choices=["model", *CLASSICAL_METHODS],
+                   help="older spelling of --model (model = sammed3d), run after the --model ones")
+    p.add_argument("--medsam", action="store_true", help="older spelling of --model ... medsam (run last)")
+    p.add_argument("--classical-params", default=None,
+                   help='JSON overriding the tuned classical parameters, e.g. \'{"random_walker": {"beta": 500}}\'')
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--no-nsd", action="store_true", help="skip the NSD (surface Dice) at the report points")
+    p.add_argument("--click-mode", nargs="+", default=["all"], choices=["all", "newest"],
+                   help="sammed3d: one or both click modes")
+    p.add_argument("--checkpoint", help="sammed3d: model checkpoint (.pth)")
+    p.add_argument("--random-weights", action="store_true", help="sammed3d: random weights (geometry/speed checks only)")
+    p.add_argument("--model-config", help="sammed3d: JSON model config for --random-weights (default: released size)")
+    p.add_argument("--model-name", default=None,
+                   help="label the sammed3d rows '<name>:<click mode>' (e.g. default-v1) instead of the click mode alone")
+    p.add_argument("--margin-mm", type=float, default=5.0, help="medsam: box margin around the target (mm)")
+    p.add_argument("--weights", default=None, help="medsam: lite_medsam.pth (default: lib.medsam.weights.locate)")
+    p.add_argument("--reuse-rows", nargs="+", default=None,
+                   help="per_target.csv files from earlier runs: their rows of modes not run now are added to the "
+                        "outputs, in the order given (re-run only the model rows and keep the stored classical rows)")
+    p.add_argument("--title", default=None, help="title of the PNG plot")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-version", default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", default=None, choices=[None, "bf16", "fp16"], help="sammed3d: encoder autocast")
+    p.add_argument("--modality", default=None, help="CT / MR / auto (default: from DICOM tag or intensities)")
+    p.add_argument("--max-crops", type=int, default=8)
+    p.add_argument("--cache-gb", type=float, default=2.0)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument("--out", default="eval_results", help="output folder for CSV/PNG")
+    return p.parse_args(argv)
+
+
+def selected_models(args) -> List[str]:
+    """--model in its order, then --method (model = sammed3d, first), then --medsam; sammed3d without them."""
+    if args.model is None and args.method is None:
+        chosen = ["sammed3d"]
+    else:
+        method = args.method or []
+        chosen = list(args.model or []) + (["sammed3d"] if "model" in method else []) + [m for m in method if m != "model"]
+    if args.medsam:
+        chosen.append("medsam")
+    return list(dict.fromkeys(chosen))
+
+
+def _pairs(args):
+    if args.image and args.label:
+        return [(os.path.basename(args.image).split(".")[0], args.image, args.label)]
+    return find_pairs(args.data, args.images, args.labels)
+
+
+def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) -> List[Dict]:
+    """Rows of one model on the pairs."""
+    if name == "sammed3d":
+        engine = build_engine(args)
+        print(f"{len(pairs)} case(s), {num_clicks} clicks, modes {args.click_mode}, device {args.device}, "
+              f"model {engine.model_version}, torch threads {_torch_threads()}")
+        return evaluate(engine, pairs, values, num_clicks, args.click_mode, nsd_at=nsd_at,
+                        nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name)
+    if name == "medsam":
+        from .medsam import build_medsam_engine, evaluate_medsam
+
+        return evaluate_medsam(build_medsam_engine(args.device, args.weights), pairs, values, num_clicks,
+                               args.margin_mm, modality=args.modality)
+    from .classical import TUNED, ClassicalSegmenter
+
+    overrides = json.loads(args.classical_params) if args.classical_params else {}
+    params = replace(TUNED[name], **overrides.get(name, {}))
+    print(f"{len(pairs)} case(s), {num_clicks} clicks, {name} {params}")
+    return evaluate_method(ClassicalSegmenter(name, params, args.modality), name, pairs, values,
+                           num_clicks, nsd_at, args.nsd_tolerance, names)
+
+
+def reuse_rows(rows: List[Dict], paths) -> List[Dict]:
+    """Rows of the stored per_target.csv files whose modes were not run now (the first file wins on duplicates)."""
+    run_modes = {r["mode"] for r in rows}  # modes run now win over stored rows of the same mode
+    seen = {(r["mode"], r["case"], int(r["value"]), int(r["clicks"])) for r in rows}
+    out: List[Dict] = []
+    for path in paths or []:
+        kept = []
+        for r in read_rows(path):
+            key = (r["mode"], r["case"], r["value"], r["clicks"])
+            if r["mode"] not in run_modes and key not in seen:
+                seen.add(key)
+                kept.append(r)
+        print(f"reused {len(kept)} rows of modes {modes(kept)} from {path}")
+        out += kept
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    pairs = _pairs(args)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    values = [int(v) for v in args.labels_values.split(",") if v.strip()]
+    report_at = [int(v) for v in args.report_at.split(",") if v.strip()]
+    num_clicks = max(args.clicks, 1)
+    nsd_at = () if args.no_nsd else tuple(n for n in report_at if n <= num_clicks)
+    names = load_names(pairs)
+    rows: List[Dict] = []
+    for name in selected_models(args):
+        rows += run_model(name, args, pairs, values, num_clicks, nsd_at, names)
+    rows += reuse_rows(rows, args.reuse_rows)
+    if not rows:
+        print("no targets found")
+        return 1
+    summary = summarise(rows, [n for n in report_at if n <= num_clicks])
+    for path in write_outputs(rows, summary, args.out, report_at, args.title):
+        print("wrote", path)
+    print(markdown(summary, rows))
+    return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

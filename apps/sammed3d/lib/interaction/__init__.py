@@ -1,1 +1,0 @@
-"""Click simulation and interactive evaluation, shared by trainer, scoring and benchmarks."""
