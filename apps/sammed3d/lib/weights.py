@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from .flags import parse_bool
+
 logger = logging.getLogger(__name__)
 
 RELEASED_URL = "https://huggingface.co/blueyo0/SAM-Med3D/resolve/main/sam_med3d_turbo.pth"
@@ -55,13 +57,8 @@ class WeightsChoice:
         return f"{self.source}: {self.path} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
 
 
-def _truthy(value, default=False) -> bool:
-    if value is None:
-        return default
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks: the one file hash of the app (weights, versions, MedSAM)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
@@ -152,7 +149,8 @@ def resolve_weights(conf: Dict[str, str], model_dir: str) -> WeightsChoice:
         return _verified(WeightsChoice(released, "released", tried=tried), want_sha)
 
     url = conf.get("weights_url", RELEASED_URL)
-    if _truthy(conf.get("download"), default=True):
+    # absent: download; "" stays "no" as it always was
+    if parse_bool(conf.get("download", True), "--conf download", default=False, error=WeightsError):
         tried.append(f"download {url}")
         timeout = float(conf.get("download_timeout", 10))
         logger.info(f"Weights: no {RELEASED_NAME} in {model_dir}; downloading {url} (timeout {timeout:g} s)")
@@ -170,7 +168,7 @@ def resolve_weights(conf: Dict[str, str], model_dir: str) -> WeightsChoice:
     if default:
         return _verified(WeightsChoice(default, "default", tried=tried), None)
 
-    if _truthy(conf.get("allow_random_weights")):
+    if parse_bool(conf.get("allow_random_weights"), "--conf allow_random_weights", default=False, error=WeightsError):
         logger.warning("Weights: NONE FOUND; serving RANDOM WEIGHTS because allow_random_weights is set")
         return WeightsChoice(None, "random", tried=tried)
 

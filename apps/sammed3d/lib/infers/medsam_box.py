@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from fastapi import HTTPException
+from lib.flags import parse_bool
 from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
@@ -109,7 +110,11 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[Med
     call during propagation; same masks).
     """
     mode = str(conf.get("medsam", "auto")).strip().lower()
-    if mode in ("false", "0", "no", "off"):
+    try:
+        required = None if mode in ("", "auto") else parse_bool(mode, "--conf medsam", error=RuntimeError)
+    except RuntimeError:
+        raise RuntimeError(f"--conf medsam must be auto, true or false, got {mode!r:.40}") from None
+    if required is False:
         return None
     encoder = str(conf.get("medsam_encoder", "fp32")).strip().lower()
     if encoder not in ENCODER_MODES:
@@ -117,7 +122,7 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[Med
     try:
         loc = locate_weights(conf.get("medsam_checkpoint"))
     except MedSAMWeightsError as e:
-        if mode in ("true", "1", "yes", "on"):
+        if required:
             raise RuntimeError(f"MedSAM box task cannot start: {e}") from None
         logger.warning(f"MedSAM box task not served: {e}")
         return None

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from lib.flags import parse_bool
 from lib.session import SessionError
 
 DEFAULT_LABEL = "default"
@@ -34,18 +35,6 @@ class InferOptions:
     dtype: str
     compress: bool
     modality: Optional[str]
-
-
-def _flag(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value is None:
-        return False
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", ""):
-        return value.strip().lower() in ("true", "1", "yes")
-    raise SessionError(f"{name} must be true or false, got {value!r:.40}")
 
 
 def _extension(request: dict, image_path: str) -> str:
@@ -100,11 +89,11 @@ def parse_request(request: dict) -> InferOptions:
     return InferOptions(
         image_path=image_path,
         label=str(label),
-        reset=_flag(request.get("reset_state"), "reset_state"),
+        reset=parse_bool(request.get("reset_state"), "reset_state", default=False, error=SessionError),
         roi=_roi(request.get("roi")),
         extension=_extension(request, image_path),
         dtype=_dtype(request),
-        compress=_flag(request.get("result_compress", True), "result_compress"),
+        compress=parse_bool(request.get("result_compress", True), "result_compress", default=False, error=SessionError),
         modality=modality or None,
     )
 

@@ -12,11 +12,16 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from lib.model.checkpoint import CheckpointError as ModelCheckpointError
+
 from .model import LiteMedSAM
 
 
-class CheckpointError(RuntimeError):
-    """The file is not a LiteMedSAM state dict this port can load exactly."""
+class CheckpointError(ModelCheckpointError, RuntimeError):
+    """The file is not a LiteMedSAM state dict this port can load exactly.
+
+    One hierarchy with SAM-Med3D's: `except lib.model.CheckpointError` catches both. Still a
+    RuntimeError, as it always was, for callers that catch that."""
 
 
 def _state_dict(obj, path: str) -> Dict[str, torch.Tensor]:

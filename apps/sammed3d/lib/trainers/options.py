@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from lib.flags import parse_bool
 from lib.training.recipe import PARTS, RecipeOptions
 
 logger = logging.getLogger(__name__)
@@ -95,16 +96,6 @@ def parse_parts(value) -> Tuple[str, ...]:
     return tuple(p for p in PARTS if p in items)
 
 
-def _bool(value, name):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.strip().lower() in ("true", "1", "yes")
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, got {value!r}")
-
-
 def options_from_request(request: Dict[str, Any], base: Optional[FineTuneOptions] = None,
                          strict: bool = True) -> FineTuneOptions:
     """Merge a train request over `base` (defaults); ValueError names the bad option.
@@ -130,7 +121,7 @@ def options_from_request(request: Dict[str, Any], base: Optional[FineTuneOptions
             if key == "train_parts":
                 value = parse_parts(value)
             elif isinstance(default, bool):
-                value = _bool(value, key)
+                value = parse_bool(value, key)
             elif isinstance(default, int):
                 if isinstance(value, bool) or float(value) != int(float(value)):
                     raise ValueError

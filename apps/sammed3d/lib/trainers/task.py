@@ -16,6 +16,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.flags import parse_bool
 from lib.model import load_checkpoint
 from lib.versions import VersionStore, in_task_subprocess
 
@@ -62,7 +63,7 @@ class SAMMed3DTrainTask(TrainTask):
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
         logger.info(f"train request: {request}")
         req = dict(request)
-        if str(req.get("multi_gpu", "false")).lower() in ("true", "1") and "world_size" not in req:
+        if parse_bool(req.get("multi_gpu"), "multi_gpu", default=False) and "world_size" not in req:
             gpus = req.get("gpus", "all")
             n = torch.cuda.device_count() if gpus in (None, "", "all") else len(str(gpus).split(","))
             if n >= 2:
