@@ -39,7 +39,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .model.checkpoint import atomic_write
-from .weights import WeightsChoice, WeightsError, resolve_weights, sha256_file
+from .util import sha256_file
+from .weights import WeightsChoice, WeightsError, resolve_weights
 
 logger = logging.getLogger(__name__)
 

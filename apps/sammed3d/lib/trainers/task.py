@@ -16,7 +16,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
-from lib.flags import parse_bool
+from lib.util import parse_bool
 from lib.model import load_checkpoint
 from lib.versions import VersionStore, in_task_subprocess
 

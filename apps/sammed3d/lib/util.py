@@ -1,7 +1,9 @@
-"""The one true/false parser of the app: --conf values, request parameters, train options.
+"""Standard-library helpers every layer may use (layer 0: no torch, no other `lib` import).
 
-No imports beyond the standard library: lib.weights (torch-free) and the request parsers use it.
+`parse_bool`: the app's one true/false parser (--conf values, request parameters, train options).
+`sha256_file`: the app's one file hash (weights, model versions, LiteMedSAM weights).
 """
+import hashlib
 from typing import Any, Optional, Type
 
 TRUE_WORDS = ("true", "1", "yes", "on")
@@ -24,3 +26,12 @@ def parse_bool(value: Any, name: str, default: Optional[bool] = None, error: Typ
     elif isinstance(value, str) and value.strip().lower() in TRUE_WORDS + FALSE_WORDS:
         return value.strip().lower() in TRUE_WORDS
     raise error(f"{name} must be true or false, got {value!r:.40}")
+
+
+def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
