@@ -90,10 +90,12 @@ def parse_args(argv=None):
     p.add_argument("--click-mode", nargs="+", default=["all"], choices=["all", "newest"],
                    help="sammed3d: one or both click modes")
     p.add_argument("--checkpoint", help="sammed3d: model checkpoint (.pth)")
-    p.add_argument("--random-weights", action="store_true", help="sammed3d: random weights (geometry/speed checks only)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="sammed3d: random weights (geometry/speed checks only)")
     p.add_argument("--model-config", help="sammed3d: JSON model config for --random-weights (default: released size)")
     p.add_argument("--model-name", default=None,
-                   help="label the sammed3d rows '<name>:<click mode>' (e.g. default-v1) instead of the click mode alone")
+                   help="label the sammed3d rows '<name>:<click mode>' (e.g. default-v1) instead of the click "
+                        "mode alone")
     p.add_argument("--margin-mm", type=float, default=5.0, help="medsam: box margin around the target (mm)")
     p.add_argument("--weights", default=None, help="medsam: lite_medsam.pth (default: lib.medsam.weights.locate)")
     p.add_argument("--reuse-rows", nargs="+", default=None,
@@ -118,7 +120,8 @@ def selected_models(args) -> List[str]:
         chosen = ["sammed3d"]
     else:
         method = args.method or []
-        chosen = list(args.model or []) + (["sammed3d"] if "model" in method else []) + [m for m in method if m != "model"]
+        chosen = list(args.model or []) + (["sammed3d"] if "model" in method else [])
+        chosen += [m for m in method if m != "model"]
     if args.medsam:
         chosen.append("medsam")
     return list(dict.fromkeys(chosen))
