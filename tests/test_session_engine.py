@@ -1,4 +1,4 @@
-"""Engine behaviour with the stand-in model: cache, click diffing, click modes, undo/reset per
+"""Engine behaviour with the stand-in model: cache, click diffing, click modes, reset per
 label, model hot-swap, multi-crop growth (issue 3, items 3-6)."""
 from __future__ import annotations
 
@@ -67,28 +67,21 @@ def test_exclude_click_removes_region(volume):
     assert r2.mask.sum() < r1.mask.sum()
 
 
-def test_undo_and_reset_are_per_label(volume):
-    eng = SegmentationEngine(BallModel(), "v1")
-    a1 = eng.segment("i", volume, "a", [[40, 40, 20]], [])
-    a2 = eng.segment("i", volume, "a", [[40, 40, 20], [50, 30, 24]], [])
-    b1 = eng.segment("i", volume, "b", [[20, 60, 10]], [])
-    assert not np.array_equal(a1.mask, a2.mask)
-    u = eng.undo("i", "a")
-    np.testing.assert_array_equal(u.mask, a1.mask)
-    assert u.cache_hit
-    # After undo, resending the one remaining click is a no-op; resending both re-applies one.
-    eng.segment("i", volume, "a", [[40, 40, 20], [50, 30, 24]], [])
-    u = eng.undo("i", "a")
-    np.testing.assert_array_equal(u.mask, a1.mask)
-    assert eng.undo("i", "a").mask.sum() == 0  # back to no clicks: empty mask
-    assert eng.undo("i", "a") is None  # nothing left to undo
-    np.testing.assert_array_equal(eng.undo("i", "b").mask, np.zeros_like(b1.mask))
-    eng.segment("i", volume, "b", [[20, 60, 10]], [])
-    eng.reset("i", "b")
-    assert eng.undo("i", "b") is None
+def test_reset_is_per_label(volume):
+    m = BallModel()
+    eng = SegmentationEngine(m, "v1")
     eng.segment("i", volume, "a", [[40, 40, 20]], [])
-    eng.reset("i")
-    assert eng.undo("i", "a") is None and eng.undo("unknown", "x") is None
+    eng.segment("i", volume, "b", [[20, 60, 10]], [])
+    eng.reset("i", "b")  # b forgets its click; a keeps its own
+    n = len(m.decode_calls)
+    eng.segment("i", volume, "a", [[40, 40, 20]], [])
+    assert len(m.decode_calls) == n  # nothing new for a
+    eng.segment("i", volume, "b", [[20, 60, 10]], [])
+    assert len(m.decode_calls) == n + 1 and m.decode_calls[-1][2] == 0.0  # b starts fresh
+    eng.reset("i")  # every label of the image
+    eng.segment("i", volume, "a", [[40, 40, 20]], [])
+    assert len(m.decode_calls) == n + 2 and m.decode_calls[-1][2] == 0.0
+    eng.reset("unknown", "x")  # nothing to forget: no error
 
 
 def test_reset_flag_restarts(volume):

@@ -255,7 +255,6 @@ class LiveModelWatcher:
             if live.get("sha256") == served.sha256:
                 self._encoder_sha = live.get("encoder_sha256")
         self._lock = threading.Lock()
-        self.swaps = 0
 
     def poll(self) -> bool:
         """Swap to LIVE.json's version if it changed since the last poll; True when swapped."""
@@ -298,7 +297,6 @@ class LiveModelWatcher:
         self._encoder_sha, self._served_sha = new_enc, choice.sha256
         self.info.update(source=choice.source, path=choice.path, sha256=choice.sha256, model_version=version,
                          version_name=name)
-        self.swaps += 1
         logger.info(f"hot swap: now serving {version} (encoder {'changed: embeddings dropped' if encoder_changed else 'unchanged: embeddings kept'}; "
                     f"{time.perf_counter() - t:.2f} s)")
         return True

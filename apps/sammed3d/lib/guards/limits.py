@@ -131,7 +131,7 @@ def install_upload_limit(fastapi_app) -> bool:
 # ----------------------------------------------------------------------------------- headers
 
 
-def check_voxels(size, what: str, bytes_per_voxel: int = 1) -> None:
+def check_voxels(size, what: str) -> None:
     """HTTPException(400) when a header's size is over --conf max_voxels (nothing allocated yet)."""
     count = 1
     for s in size:

@@ -121,11 +121,3 @@ def inside(path: str, root: str) -> bool:
     """True when `path`, with every symlink resolved, is `root` or lies under it."""
     real, base = os.path.realpath(path), os.path.realpath(root)
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def require_inside(path: str, root: str, what: str) -> str:
-    """`path`, or UnsafePathError when it resolves outside `root` (e.g. a symlink pointing out)."""
-    if not inside(path, root):
-        raise UnsafePathError(f"{what} resolves outside the studies folder ({os.path.basename(path)!r} is a link to "
-                              "somewhere else); the server does not follow it: copy the file into the studies folder")
-    return path

@@ -93,5 +93,4 @@ def quantize_encoder(model: LiteMedSAM, mode: str = "fp32") -> LiteMedSAM:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         model.image_encoder = quantize_dynamic(model.image_encoder, {nn.Linear: per_channel_dynamic_qconfig})
-        model.encoder_mode = "int8"
     return model

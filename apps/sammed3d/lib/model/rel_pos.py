@@ -94,7 +94,6 @@ def padded_key_logsumexp(t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor, r
     l2_real = torch.logsumexp(t2[:, :, :, :s], dim=3)
     l2_pad = torch.logsumexp(t2[:, :, :, s:], dim=3)
     l3_all = torch.logsumexp(t3, dim=3)  # over e
-    l3_real = torch.logsumexp(t3[:, :, :, :s], dim=3)
     l3_pad = torch.logsumexp(t3[:, :, :, s:], dim=3)
     mass_real_f = torch.logaddexp(l2_pad + l3_all, l2_real + l3_pad)[..., :s]  # f < S: (d, e) not both real
     mass_pad_f = (l2_all + l3_all)[..., s:]  # f >= S: every (d, e) is padding

@@ -2,7 +2,7 @@
 
 Clicks given as voxel indices of the volume as stored in the file become a mask on exactly
 that grid. Loading, RAS/1.5 mm preprocessing, cropping, click mapping, model calls, paste-back,
-the embedding/volume LRU cache, multi-crop growth and per-label undo/reset all live here.
+the embedding/volume LRU cache, multi-crop growth and per-label reset all live here.
 Never imports MONAI Label (usable from notebooks, batch jobs, the trainer and the server).
 """
 from .engine import CLICK_MODES, DEFAULT_CLICK_MODE, SegmentationEngine

@@ -74,15 +74,6 @@ class LRUCache:
                 self._bytes -= s
             return True
 
-    def get_or_create(self, key: Hashable, create: Callable[[], Any]) -> Tuple[Any, bool]:
-        """(value, was_cached). `create` runs outside the lock (it may be slow: an encoder run)."""
-        value = self.get(key)
-        if value is not None:
-            return value, True
-        value = create()
-        self.put(key, value)
-        return value, False
-
     def discard(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop every entry whose key matches; returns how many were dropped."""
         with self._lock:

@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 CLICK_MODES = ("all", "newest")
 # "all": every click so far inside the crop is sent each time (the official inference);
 # "newest": only the new click plus the previous logits (how the model was trained).
-# Default "all" until the evaluation on trained weights says otherwise (docs/session.md).
-DEFAULT_CLICK_MODE = "newest"  # measured better with default-v1: docs/session.md, "Click modes"
+# Default "newest": measured better with default-v1 (docs/session.md, "Click modes").
+DEFAULT_CLICK_MODE = "newest"
 
 
 class _Request:
@@ -129,20 +129,8 @@ class SegmentationEngine:
             self._states[key] = state
             new = ordered_clicks(fg, bg)
         for click in new:
-            state.snapshot()
             self._apply_click(req, state, click)
         return state
-
-    def undo(self, image_id: str, label: str) -> Optional[SegmentationResult]:
-        """Step the label back by one click; None when it has nothing to undo."""
-        t0 = time.perf_counter()
-        with self._lock:
-            state = self._states.get((str(image_id), str(label)))
-            if state is None or not state.undo():
-                return None
-            timings = dict.fromkeys(("load", "preprocess", "encode", "decode", "paste"), 0.0)
-            req = self._request(image_id, state.image_path, None, timings)
-            return self._result(req, state, t0)
 
     def reset(self, image_id: str, label: Optional[str] = None) -> None:
         """Forget one label's state, or every label of the image (cached embeddings stay)."""

@@ -1,10 +1,10 @@
-"""Per-label interactive state: applied clicks, the crops in use and their logits, undo history.
+"""Per-label interactive state: applied clicks, the crops in use and their logits.
 
 A label (segment) of an image owns one or more 128^3 crops on the model grid. Crops sit on a
 lattice anchored at the first crop with a step of half a crop (50 % overlap, as the SAM-Med3D
 paper's sliding window), so the low-res logits of neighbours line up cell for cell.
-States are immutable in the parts the history shares: updating a crop replaces its CropState,
-so a snapshot is a shallow copy (logits tensors are never modified in place).
+Updating a crop replaces its CropState (logits tensors are never modified in place), so the copy
+that rolls a failed request back (`checkpoint`) is shallow.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import torch
 from .points import Click, Point
 
 Origin = Tuple[int, int, int]
-MAX_HISTORY = 100  # undo depth; each step holds a few 128 KB logits tensors at most
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class CropState:
 
 @dataclass
 class LabelState:
-    """Clicks (stored indices) as applied, the crops, and snapshots for undo."""
+    """Clicks (stored indices) as applied, and the crops."""
 
     volume_key: Tuple
     model_version: str
@@ -41,27 +40,13 @@ class LabelState:
     applied: List[Click] = field(default_factory=list)  # in the order they were applied
     crops: Dict[Origin, CropState] = field(default_factory=dict)
     anchor: Optional[Origin] = None  # origin of the first crop: the lattice's anchor
-    history: List[tuple] = field(default_factory=list)
-
-    def snapshot(self) -> None:
-        """Remember the current state so the next click can be undone."""
-        self.history.append((list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor))
-        if len(self.history) > MAX_HISTORY:
-            del self.history[0]
-
-    def undo(self) -> bool:
-        """Restore the state before the last click; False when there is nothing to undo."""
-        if not self.history:
-            return False
-        self.fg, self.bg, self.applied, self.crops, self.anchor = self.history.pop()
-        return True
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
-        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor, list(self.history))
+        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor)
 
     def restore(self, saved: tuple) -> None:
-        self.fg, self.bg, self.applied, self.crops, self.anchor, self.history = saved
+        self.fg, self.bg, self.applied, self.crops, self.anchor = saved
 
     def record(self, click: Click) -> None:
         point, lab = click

@@ -31,7 +31,6 @@ class LoadedVolume:
     affine: np.ndarray  # (4, 4) stored index -> RAS world (mm)
     modality: Optional[str]  # DICOM (0008,0060) when read from a series, else None
     intensity_min: float
-    intensity_max: float
     file_key: Tuple  # (path, mtime_ns, size): changes when the file is rewritten
 
     @property
@@ -115,7 +114,6 @@ def load_volume(path: str) -> LoadedVolume:
         affine=sitk_affine_ras(image),
         modality=modality,
         intensity_min=float(stats.GetMinimum()),
-        intensity_max=float(stats.GetMaximum()),
         file_key=key,
     )
 
