@@ -33,7 +33,7 @@ MODULES = _modules()
 
 def _imports(name: str, path: str) -> Set[str]:
     """Modules of lib that `name` imports anywhere in its file (top level, functions, classes)."""
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     package = name.split(".") if path.endswith("__init__.py") else name.split(".")[:-1]
     found: Set[str] = set()
@@ -141,6 +141,6 @@ def test_evaluation_layer():
 def test_modules_are_small():
     sizes = {}
     for name, path in MODULES.items():
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             sizes[name] = sum(1 for _ in f)
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}

@@ -42,6 +42,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from lib.model.geodesic_maps import geodesic_from
+
 METHODS = ("random_walker", "geodesic")
 
 
@@ -159,22 +161,10 @@ def random_walker_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[
     return 0.5 * (prob[0] - prob[1])  # channel 0 is label 1 (foreground)
 
 
-def random_walker_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], beta: float,
-                         tol: float = 1e-3) -> np.ndarray:
-    """Boolean foreground of the random walker (a voxel goes to the more probable label)."""
-    return random_walker_score(data, labels, spacing, beta, tol) > 0
-
-
 def geodesic_distance(data: np.ndarray, seeds: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
-    """Geodesic distance (mm-weighted) from the True voxels of `seeds` over the box."""
-    from skimage.graph import MCP_Geometric
-
-    grads = np.gradient(data, *[float(s) for s in spacing])
-    gmag2 = sum(g * g for g in grads)
-    cost = np.sqrt(1.0 + (gamma * gamma) * gmag2)
-    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
-    dist, _ = mcp.find_costs([tuple(int(v) for v in p) for p in np.argwhere(seeds)])
-    return dist
+    """Geodesic distance (mm-weighted) from the True voxels of `seeds` over the box (the model's
+    geodesic click maps use the same function on their cell grid)."""
+    return geodesic_from(data, np.argwhere(seeds), gamma, spacing)
 
 
 def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
@@ -184,11 +174,6 @@ def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float
     if not (labels == 1).any():
         return -np.ones(labels.shape)
     return geodesic_distance(data, labels == 2, spacing, gamma) - geodesic_distance(data, labels == 1, spacing, gamma)
-
-
-def geodesic_region(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
-    """Voxels geodesically nearer to the foreground seeds than to the background seeds."""
-    return geodesic_score(data, labels, spacing, gamma) > 0
 
 
 def coarse_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:
