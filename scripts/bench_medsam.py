@@ -11,7 +11,7 @@ With --bound it also prints the lower bound that arithmetic alone sets: the enco
 slice (torch's FlopCounterMode) times the number of encoded slices, divided by the best matrix-multiply
 rate this machine reaches (a large fp32 GEMM, the most efficient operation the encoder is made of).
 
-With --encoders fp32,int8 each encoder variant (lib.medsam.checkpoint.quantize_encoder; the server's
+With --encoders fp32,int8 each encoder variant (lib.model.medsam.quantize_encoder; the server's
 --conf medsam_encoder) gets its own engine, and the cold runs alternate between them (same load for
 both); the masks are compared with fp32's (Dice). --eval-row also runs the MedSAM evaluation row of
 docs/medsam.md (lib.evaluation.medsam's evaluate_medsam: CTChest4, labels 5,6,3, 10 actions, margin 5 mm)
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 from lib.medsam import MedSAMEngine, load_lite_medsam, locate_weights  # noqa: E402
-from lib.medsam.checkpoint import quantize_encoder  # noqa: E402
+from lib.model.medsam import quantize_encoder  # noqa: E402
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

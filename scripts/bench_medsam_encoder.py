@@ -72,7 +72,7 @@ def main() -> int:
         x2 = torch.cat([x, x]).to(memory_format=torch.channels_last)
         variants["channels-last, batch 2 (per slice)"] = lambda: cl_encoder(x2)[:1]
     if args.int8:
-        from lib.medsam.checkpoint import quantize_encoder
+        from lib.model.medsam import quantize_encoder
 
         q = quantize_encoder(load_lite_medsam(locate_weights().path), "int8").image_encoder
         variants["int8 (channels-last)"] = lambda: q(cl_x)

@@ -36,7 +36,7 @@ import torch.nn as nn
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 
-from lib.medsam.checkpoint import load_lite_medsam  # noqa: E402
+from lib.model.medsam import load_lite_medsam  # noqa: E402
 from lib.medsam.preprocess import box_to_256, logits_to_slice, slice_input, window_volume  # noqa: E402
 from lib.medsam.slices import choose_frame  # noqa: E402
 

@@ -17,9 +17,8 @@ import SimpleITK as sitk
 import torch
 
 from lib.medsam import BoxError, CheckpointError, MedSAMEngine, load_lite_medsam
-from lib.medsam.checkpoint import check_state_dict
-from lib.medsam.model import LiteMedSAM
 from lib.medsam.preprocess import logits_to_slice, slice_input, window_volume
+from lib.model.medsam import LiteMedSAM, check_state_dict
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "medsam")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lib.medsam import VolumePredictor, propagate_box
-from lib.medsam.checkpoint import quantize_encoder
+from lib.model.medsam import quantize_encoder
 
 
 class _StandIn(torch.nn.Module):

@@ -189,7 +189,7 @@ def test_real_medsam_teacher_shares_slice_encodings(files, medsam_weights):
     """The real engine on 3 slices: two structures crossing the same slices encode them once."""
     import torch
 
-    from lib.medsam.checkpoint import load_lite_medsam
+    from lib.model.medsam import load_lite_medsam
     from lib.medsam.engine import MedSAMEngine
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

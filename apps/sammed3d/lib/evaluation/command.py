@@ -142,7 +142,8 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
         return evaluate(engine, pairs, values, num_clicks, args.click_mode, nsd_at=nsd_at,
                         nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name)
     if name == "medsam":
-        from .medsam import build_medsam_engine, evaluate_medsam
+        from ..medsam.engine import build_medsam_engine
+        from .medsam import evaluate_medsam
 
         return evaluate_medsam(build_medsam_engine(args.device, args.weights), pairs, values, num_clicks,
                                args.margin_mm, modality=args.modality)

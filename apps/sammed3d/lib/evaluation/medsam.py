@@ -152,13 +152,3 @@ def evaluate_medsam(engine: MedSAMEngine, pairs, values: Optional[Sequence[int]]
                  for n, d in enumerate(dices) if d is not None]
     return rows
 
-
-def build_medsam_engine(device: str = "cpu", weights: Optional[str] = None, cache_gb: float = 1.0) -> MedSAMEngine:
-    """LiteMedSAM engine from the located weights (lib.medsam.weights.locate)."""
-    from ..medsam.checkpoint import load_lite_medsam
-    from ..medsam.weights import locate
-
-    loc = locate(weights)
-    model = load_lite_medsam(loc.path, device=device)
-    return MedSAMEngine(model, f"lite_medsam@{(loc.sha256 or 'conf')[:12]}", device=device,
-                        cache_bytes=int(cache_gb * (1 << 30)))

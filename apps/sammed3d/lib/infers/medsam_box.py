@@ -28,7 +28,7 @@ from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
 from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
-from lib.medsam.checkpoint import ENCODER_MODES, quantize_encoder
+from lib.model.medsam import ENCODER_MODES, quantize_encoder
 from lib.medsam.preprocess import CT_WINDOWS
 from lib.session import SegmentationResult, SessionError
 from lib.session.points import parse_points

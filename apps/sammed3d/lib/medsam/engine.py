@@ -19,13 +19,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from lib.model.medsam import LiteMedSAM, load_lite_medsam
 from lib.session.volume import file_key, is_ct, load_volume
 
-from .model import LiteMedSAM
 from .predictor import EMBED_BYTES, VolumePredictor
 from .preprocess import CT_WINDOWS, Window
 from .propagate import clamp_roi, propagate_box
 from .slices import choose_frame
+from .weights import locate
 
 AIR_MEDIAN_HU = -300.0  # a box whose centre-slice median is below this is air-filled (lung window)
 
@@ -151,3 +152,11 @@ class MedSAMEngine:
                 slices=res.slices, timings=timings, encoded=encoded, cache_hit=encoded == 0,
                 model_version=self.model_version,
             )
+
+
+def build_medsam_engine(device: str = "cpu", weights: Optional[str] = None, cache_gb: float = 1.0) -> MedSAMEngine:
+    """LiteMedSAM engine from the located weights (lib.medsam.weights.locate)."""
+    loc = locate(weights)
+    model = load_lite_medsam(loc.path, device=device)
+    return MedSAMEngine(model, f"lite_medsam@{(loc.sha256 or 'conf')[:12]}", device=device,
+                        cache_bytes=int(cache_gb * (1 << 30)))

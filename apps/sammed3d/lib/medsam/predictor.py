@@ -16,7 +16,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .model import LiteMedSAM
+from lib.model.medsam import LiteMedSAM
+
 from .preprocess import Window, box_to_256, logits_to_slice, slice_input, window_volume
 from .slices import SliceFrame, choose_frame
 

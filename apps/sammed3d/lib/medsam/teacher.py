@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -255,7 +256,7 @@ def run(args, engine: Optional[MedSAMEngine] = None) -> Dict:
     box_json = read_box_json(args.boxes) if args.boxes else {}
     gt_files = [] if not args.gt or args.gt == "box-labels" else _files([args.gt])
     if engine is None:
-        from .evaluate import build_medsam_engine
+        from .engine import build_medsam_engine
 
         engine = build_medsam_engine(args.device, args.weights, args.cache_gb)
     teacher = Teacher(engine, window, args.modality, args.slice_axis)
@@ -333,9 +334,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from lib.model.medsam import CheckpointError
     from lib.session import SessionError
 
-    from .checkpoint import CheckpointError
     from .weights import MedSAMWeightsError
 
     try:
@@ -352,4 +353,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

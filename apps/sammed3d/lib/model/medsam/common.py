@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 # The two-way transformer's MLP blocks are SAM's, shared with the 3D model (same parameter names).
-from ..model.common import MLP, MLPBlock  # noqa: F401  (re-exported for the decoder)
+from ..common import MLP, MLPBlock  # noqa: F401  (re-exported for the decoder)
 # SAM's LayerNorm2d (channel axis, eps 1e-6) is the same module as the 3D model's, on 4D input.
-from ..model.common import LayerNormChannels as LayerNorm2d  # noqa: F401
+from ..common import LayerNormChannels as LayerNorm2d  # noqa: F401
 
 
 class Conv2d_BN(nn.Sequential):

@@ -10,8 +10,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..transformer import TwoWayTransformer  # SAM's, dimension-agnostic: shared with the 3D model
 from .common import MLP, LayerNorm2d
-from ..model.transformer import TwoWayTransformer  # SAM's, dimension-agnostic: shared with the 3D model
 
 
 class MaskDecoder(nn.Module):

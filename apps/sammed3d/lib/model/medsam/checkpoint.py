@@ -10,11 +10,9 @@ import os
 from typing import Dict, Optional
 
 import torch
-from torch import nn
 
-from lib.model.checkpoint import CheckpointError as ModelCheckpointError
-
-from .model import LiteMedSAM
+from ..checkpoint import CheckpointError as ModelCheckpointError
+from .lite_medsam import LiteMedSAM
 
 
 class CheckpointError(ModelCheckpointError, RuntimeError):
@@ -75,22 +73,4 @@ def load_lite_medsam(path: str, map_location: str = "cpu", fuse: bool = True,
     model.image_encoder.to(memory_format=torch.channels_last)  # see LiteMedSAM.encode
     if device is not None:
         model.to(device)
-    return model
-
-
-ENCODER_MODES = ("fp32", "int8")
-
-
-def quantize_encoder(model: LiteMedSAM, mode: str = "fp32") -> LiteMedSAM:
-    """mode "int8": the encoder's Linear layers (attention qkv/proj and MLPs of stages 1-3, about
-    half its FLOPs) become dynamically quantised int8 layers (per-output-channel weight scales,
-    activations quantised per call; torch.ao.quantization.quantize_dynamic, fbgemm on x86). The
-    decoder and all convolutions stay fp32. Outputs change (docs/medsam.md has the Dice with and
-    without); "fp32" returns the model unchanged. In place; returns the model."""
-    if mode not in ENCODER_MODES:
-        raise ValueError(f"medsam encoder must be one of {list(ENCODER_MODES)}, got {mode!r}")
-    if mode == "int8":
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        model.image_encoder = quantize_dynamic(model.image_encoder, {nn.Linear: per_channel_dynamic_qconfig})
     return model
