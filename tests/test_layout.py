@@ -138,6 +138,81 @@ def test_evaluation_layer():
     assert GRAPH["lib.evaluation.clicks"] == set()
 
 
+# docs/architecture.md's layer table: a package imports only packages of its own layer or below.
+LAYERS = {
+    "lib.model": 0, "lib.synthetic": 0, "lib.util": 0,
+    "lib.session": 1, "lib.medsam": 1,
+    "lib.evaluation": 2,
+    "lib.training": 3, "lib.dataengine": 3,
+    "lib.trainers": 4, "lib.activelearning": 4, "lib.versions": 4, "lib.weights": 4,
+    "lib.infers": 5, "lib.guards": 5, "lib.dicom": 5, "lib.datastore": 5,
+}
+
+
+def test_package_layers():
+    """Every package is placed in the table, imports nothing above its layer, and layer 0 imports no
+    other lib package; lib/session never imports lib/medsam (the MedSAM protocol sits on it)."""
+    packages = {_package(n) for n in MODULES if n != "lib"}
+    assert packages - set(LAYERS) == set(), "place new packages in docs/architecture.md and LAYERS"
+    wrong = set()
+    for name, targets in GRAPH.items():
+        if name == "lib":
+            continue
+        a = _package(name)
+        for t in targets:
+            b = _package(t)
+            if b == a:
+                continue
+            if LAYERS[b] > LAYERS[a] or (LAYERS[a] == 0) or (a == "lib.session" and b == "lib.medsam"):
+                wrong.add(f"{name} -> {t}")
+    assert wrong == set()
+    assert "lib.model.medsam.lite_medsam" in MODULES  # the MedSAM network lives beside SAM-Med3D's
+
+
+def _command_shape(path: str):
+    """(imports argparse, has a `__main__` block, defines main, the block only calls main)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    argparse_ = any(isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names)
+                    or isinstance(n, ast.ImportFrom) and n.module == "argparse" for n in ast.walk(tree))
+    has_main = any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body)
+    guards = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    calls_main = all(len(g.body) == 1 and "main(" in ast.unparse(g.body[0]) for g in guards)
+    return argparse_, bool(guards), has_main, calls_main
+
+
+def _scripts():
+    folder = os.path.join(os.path.dirname(APP_DIR), os.pardir, "scripts")
+    for root, dirs, files in os.walk(os.path.normpath(folder)):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        yield from (os.path.join(root, f) for f in files if f.endswith(".py"))
+
+
+def test_commands_follow_the_rule():
+    """docs/architecture.md, "Where commands live": a command is a module with main() and a __main__
+    block that only calls it; argparse and __main__ blocks only there; lib.<package>.__main__ only
+    calls command.main; layer 0 has no commands."""
+    wrong = []
+    for path in [p for n, p in MODULES.items()] + list(_scripts()):
+        name = os.path.relpath(path, os.path.dirname(APP_DIR))
+        if path.endswith("__main__.py"):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if "from .command import main" not in text:
+                wrong.append(f"{name}: __main__.py must call command.main")
+            continue
+        argparse_, guard, has_main, calls_main = _command_shape(path)
+        if (argparse_ or guard) and not (guard and has_main and calls_main):
+            wrong.append(f"{name}: argparse/__main__ outside a command module (main() + a block calling it)")
+    for n, p in MODULES.items():
+        if n != "lib" and LAYERS.get(_package(n)) == 0 and (_command_shape(p)[1] or p.endswith("__main__.py")):
+            wrong.append(f"{n}: layer 0 has no commands")
+    assert wrong == []
+    assert {n for n in MODULES if n.endswith("__main__")} == {"lib.evaluation.__main__"}
+    assert _command_shape(MODULES["lib.medsam.fetch"])[1:] == (True, True, True)
+    assert _command_shape(MODULES["lib.medsam.teacher"])[1:] == (True, True, True)
+
+
 def test_modules_are_small():
     sizes = {}
     for name, path in MODULES.items():
