@@ -174,7 +174,7 @@ def report(r: dict) -> str:
         "Round trip through `MONAILabelClient.infer` (request, inference, label file written, sent and saved",
         "by the client) against a real `monailabel start_server`; synthetic 512x512x61 CT, released-size",
         "model with random weights, `--conf max_crops 1`. \"new\" writes the label file with",
-        "`lib/infers/labelfile.py`; \"sitk\" is the previous path (SimpleITK writes the whole volume;",
+        "`lib/session/labelfile.py`; \"sitk\" is the previous path (SimpleITK writes the whole volume;",
         "`SAMMED3D_LABEL_WRITER=sitk`), run in a second server in the same run, the two taking turns click by click.",
         "",
         f"- Command: `{r['command']}`",

@@ -5,10 +5,11 @@ a click filling part of one 128^3 model crop (a 256x256x38-voxel box of 0.75x0.7
     .venv/bin/python scripts/bench_label_write.py [--repeats 9] [--mask random|ellipsoid]
 
 Rows, timed in turn (medians of --repeats, so load from other jobs hits every row alike):
-* the previous path (SimpleITK writes the whole array, as lib.session.write_mask) per format,
+* the previous path (SimpleITK writes the whole array: lib.session.write_mask with
+  SAMMED3D_LABEL_WRITER=sitk) per format,
   SimpleITK at compression level 1, and its parts: the whole-volume transpose into file order,
   zlib over the whole 16 MB (level 1 and 6), zlib over the box rows only;
-* the new path (lib/infers/labelfile.py) per format, and its parts: bounding box, box transpose,
+* the new path (lib/session/labelfile.py) per format, and its parts: bounding box, box transpose,
   gzip pieces (compression on two threads + CRC).
 * the transfer of what a client asked for, outside any writer: MONAI Label's response body
   (requests_toolbelt MultipartEncoder.to_string, what /infer does) and MONAILabelClient's parse of
@@ -30,7 +31,7 @@ import SimpleITK as sitk
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 
-from lib.infers import labelfile  # noqa: E402
+from lib.session import labelfile  # noqa: E402
 from lib.session import SegmentationResult, write_mask  # noqa: E402
 
 SHAPE = (512, 512, 61)
@@ -50,6 +51,19 @@ def make_mask(kind: str) -> np.ndarray:
         i, j, k = np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij", sparse=True)
         mask[...] = (((i - 300) / 80.0) ** 2 + ((j - 250) / 60.0) ** 2 + ((k - 30) / 18.0) ** 2) <= 1
     return mask
+
+
+def _sitk_writer(write_mask, res, path, ref, compress):
+    """The session's mask writer through SimpleITK (the previous path), whatever the environment says."""
+    old = os.environ.get("SAMMED3D_LABEL_WRITER")
+    os.environ["SAMMED3D_LABEL_WRITER"] = "sitk"
+    try:
+        return write_mask(res, path, ref, compress=compress)
+    finally:
+        if old is None:
+            del os.environ["SAMMED3D_LABEL_WRITER"]
+        else:
+            os.environ["SAMMED3D_LABEL_WRITER"] = old
 
 
 def main(argv=None) -> int:
@@ -77,7 +91,7 @@ def main(argv=None) -> int:
     for ext, comp in FORMATS:
         name = f"{ext}{'' if ext == '.nii.gz' else (' gzip' if comp else ' raw')}"
         rows[f"previous: SimpleITK write, {name}"] = (
-            lambda e=ext, c=comp: write_mask(res, os.path.join(work, "old" + e), ref, compress=c))
+            lambda e=ext, c=comp: _sitk_writer(write_mask, res, os.path.join(work, "old" + e), ref, c))
     rows["previous, .nii.gz at SimpleITK compression level 1"] = (
         lambda: sitk.WriteImage(sitk_img, os.path.join(work, "l1.nii.gz"), True, 1))
     rows["part: whole-volume transpose to file order"] = lambda: np.ascontiguousarray(mask.transpose(2, 1, 0))

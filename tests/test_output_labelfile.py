@@ -1,4 +1,4 @@
-"""The fast label-file writer (lib.infers.labelfile) against SimpleITK's own writer.
+"""The fast label-file writer (lib.session.labelfile) against SimpleITK's own writer.
 
 Every file must be what SimpleITK writes for the same mask and reference: the same header bytes,
 the same voxel bytes once decompressed, a valid gzip member (CRC-32 and length checked by Python's
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lib.infers import labelfile
-from lib.infers.labelfile import CHUNK, crc32_zeros, nonzero_box, write_label_file
 from lib.infers.output import write_label
 from lib.infers.request import DTYPES, parse_request
-from lib.session import SegmentationResult, write_mask
+from lib.session import SegmentationResult, labelfile
+from lib.session.labelfile import CHUNK, crc32_zeros, nonzero_box, write_label_file
 
 FORMATS = [(".nii.gz", True), (".nii", False), (".nrrd", False), (".nrrd", True), (".seg.nrrd", True)]
 
@@ -55,8 +54,16 @@ def _masks(shape, seed=0):
 
 
 def _sitk_file(mask, path, ref, dtype, compress):
-    """Today's path: the session's write_mask, then the dtype cast output.py has always done."""
-    write_mask(SegmentationResult(mask=mask, affine=np.eye(4)), path, ref, compress=compress)
+    """The previous path: SimpleITK writes the uint8 mask on the reference's header grid (what the
+    session's write_mask did before it used the fast writer), then the dtype cast output.py did."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(ref)
+    reader.ReadImageInformation()
+    img = sitk.GetImageFromArray(np.ascontiguousarray(mask.astype(np.uint8, copy=False).transpose(2, 1, 0)))
+    img.SetOrigin(reader.GetOrigin())
+    img.SetSpacing(reader.GetSpacing())
+    img.SetDirection(reader.GetDirection())
+    sitk.WriteImage(img, path, compress and not path.lower().endswith(".nii"))
     if np.dtype(dtype) != np.uint8:
         img = sitk.ReadImage(path)
         cast = sitk.GetImageFromArray(sitk.GetArrayFromImage(img).astype(dtype))
@@ -182,7 +189,7 @@ def test_write_label_uses_the_fast_writer_and_the_switch(tmp_path, monkeypatch):
     res = SegmentationResult(mask=mask, affine=np.eye(4))
     calls = []
     real = labelfile.write_label_file
-    monkeypatch.setattr("lib.infers.output.write_label_file", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("lib.session.io.write_label_file", lambda *a, **k: calls.append(1) or real(*a, **k))
     outs = {}
     for writer in ("", "sitk"):
         monkeypatch.setenv("SAMMED3D_LABEL_WRITER", writer)

@@ -13,7 +13,7 @@ In order of preference (the first source that yields a point wins; docs/activele
    unlabeled volume's field of view.
 4. No final label yet: the centre of the volume.
 
-Pure numpy / SimpleITK; no MONAI Label imports.
+Pure numpy (index <-> RAS maps: lib.session.geometry); no MONAI Label imports.
 """
 from __future__ import annotations
 
@@ -22,21 +22,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..evaluation.clicks import first_click
+from ..session.geometry import ras_box, ras_to_stored, stored_to_ras
 
 CLICKS_KEY = "sammed3d_clicks"
 
 
-def ras_box(shape: Sequence[int], affine: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(min, max) RAS corner of the volume's field of view (voxel edges)."""
-    n = np.asarray(shape, dtype=np.float64)
-    corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)])
-    ras = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
-    return ras.min(0), ras.max(0)
-
-
 def normalised_position(point_ijk, shape, affine) -> np.ndarray:
     lo, hi = ras_box(shape, affine)
-    ras = np.asarray(affine)[:3, :3] @ np.asarray(point_ijk, dtype=np.float64) + np.asarray(affine)[:3, 3]
+    ras = stored_to_ras(point_ijk, affine)
     return (ras - lo) / np.maximum(hi - lo, 1e-6)
 
 
@@ -44,8 +37,7 @@ def stored_point(fraction, shape, affine) -> List[int]:
     """Normalised RAS position -> nearest stored voxel index inside the volume."""
     lo, hi = ras_box(shape, affine)
     ras = lo + np.asarray(fraction, dtype=np.float64) * (hi - lo)
-    a = np.asarray(affine, dtype=np.float64)
-    ijk = np.linalg.solve(a[:3, :3], ras - a[:3, 3])
+    ijk = ras_to_stored(ras, affine)
     return [int(np.clip(np.rint(v), 0, n - 1)) for v, n in zip(ijk, shape)]
 
 

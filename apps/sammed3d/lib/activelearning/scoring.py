@@ -26,12 +26,11 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from ..session.engine import SegmentationEngine
-from ..session.volume import load_volume, sitk_affine_ras
+from ..session.io import read_label
 from . import store
 from .gate import CLICKS, truthy
 from .diversity import decode_feature, diversity_scores, encode_feature, pool_features
@@ -105,27 +104,6 @@ def scheduling_policy() -> str:
         return "normal"
 
 
-def read_geometry(path: str):
-    """(shape (i, j, k), RAS affine) from the header only (a whole load for DICOM folders)."""
-    if os.path.isdir(path):
-        v = load_volume(path)
-        return v.shape, v.affine
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    img = sitk.Image([2, 2, 2], sitk.sitkUInt8)  # carries the geometry for sitk_affine_ras
-    img.SetSpacing(reader.GetSpacing())
-    img.SetOrigin(reader.GetOrigin())
-    img.SetDirection(reader.GetDirection())
-    return tuple(int(s) for s in reader.GetSize()), sitk_affine_ras(img)
-
-
-def read_label(path: str):
-    """(label array in stored (i, j, k) order, RAS affine)."""
-    img = sitk.ReadImage(path)
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), sitk_affine_ras(img)
-
-
 class ActiveLearningScorer:
     """Computes and stores the three scores for a datastore; shared by the three scoring methods."""
 
@@ -164,8 +142,8 @@ class ActiveLearningScorer:
         for image_id in sorted(datastore.get_labeled_images())[: int(o["max_prior_labels"])]:
             try:
                 label_id = datastore.get_label_by_image_id(image_id, "final")
-                arr, affine = read_label(datastore.get_label_uri(label_id, "final"))
-                prior.add(arr, affine)
+                arr, grid = read_label(datastore.get_label_uri(label_id, "final"))
+                prior.add(arr, grid.affine)
             except Exception as e:  # an unreadable label must not stop scoring
                 logger.warning(f"location prior: skipping label of {image_id}: {e}")
         return prior
@@ -184,7 +162,8 @@ class ActiveLearningScorer:
     def uncertainty_of(self, image_id: str, path: str, info: Dict, prior: Optional[LocationPrior], o: Dict,
                        original=None):
         """(score, prompt source, number of prompts) of one volume."""
-        shape, affine = read_geometry(path)
+        vol = self.engine.volume(path)  # the volume the embeddings below use (loaded once, then cached)
+        shape, affine = vol.shape, vol.affine
         source, points = choose_prompts(info, shape, affine, original, prior, int(o["max_prompts"]))
         perts = make_perturbations(int(o["n_jitter"]), float(o["sigma"]), tuple(o["flips"]))
         decode = model_decoder(self.engine.runner.model)

@@ -23,6 +23,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..session.geometry import mirror_point
+
 # decode(embeddings (T, C, s, s, s), coords (T, N, 3) crop voxels, labels (T, N) int64) -> logits (T, 1, L, L, L)
 DecodeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,8 +64,7 @@ def perturbed_inputs(embedding: torch.Tensor, point: Sequence[float], perturbati
         e = embedding[0]
         if pert.flip is not None:
             e = e.flip(pert.flip + 1)  # (C, s, s, s): spatial axis a is tensor dim a + 1
-            c = c.copy()
-            c[pert.flip] = (crop - 1.0) - c[pert.flip]
+            c = mirror_point(c, pert.flip, crop)
         embs.append(e)
         coords.append(c)
     emb = torch.stack(embs)

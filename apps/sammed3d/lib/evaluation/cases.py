@@ -13,7 +13,8 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
+
+from lib.session.io import read_label as read_stored_label
 
 _EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -49,11 +50,9 @@ def find_pairs(data: Optional[str] = None, images: Optional[str] = None, labels:
 
 
 def read_label(path: str) -> np.ndarray:
-    """Label volume as stored (i, j, k) -- the same index order the engine returns masks in."""
-    img = sitk.ReadImage(path)
-    if img.GetDimension() != 3:
-        raise ValueError(f"label {path} is {img.GetDimension()}D, expected 3D")
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    """Label volume as stored (i, j, k) -- the same index order the engine returns masks in
+    (lib.session.io.read_label; SessionError, a ValueError, when it is not 3D)."""
+    return read_stored_label(path)[0]
 
 
 def iter_targets(pairs, values: Optional[Sequence[int]], log=print):

@@ -28,8 +28,9 @@ import tempfile
 from typing import Optional
 
 import numpy as np
-import SimpleITK as sitk
 from fastapi import HTTPException
+
+from lib.session.io import file_header
 
 from .common import as_4xx, insert_first, known_image, parse_params_field
 from .limits import check_dicom, check_voxels
@@ -40,36 +41,29 @@ PASS_THROUGH = (".bin", ".dcm")  # geometry comes from the DICOM series, not fro
 IMAGE_FORMATS = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")  # what an upload is checked as
 
 
-def _header(path: str) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()  # header only: cheap even for a large label
-    return reader
-
-
 def check_label_file(label_path: str, image_path: Optional[str], name: str = "label") -> None:
     """HTTPException(400) unless `label_path` is a readable 3D image on `image_path`'s grid.
 
     `image_path` None or a folder (a DICOM series): only readability and dimension are checked."""
     try:
-        label = _header(label_path)
+        label = file_header(label_path)  # header only: cheap even for a large label
     except RuntimeError as e:
         raise HTTPException(status_code=400, detail=f"cannot read {name} file: {str(e).strip().splitlines()[-1]}")
-    size = tuple(int(s) for s in label.GetSize())
+    size = label.size
     check_voxels(size, name)
-    if label.GetDimension() != 3 and not (label.GetDimension() == 4 and size[3] == 1):
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
         raise HTTPException(status_code=400, detail=f"{name} must be a 3D image, got size {list(size)}")
     if not image_path or not os.path.isfile(image_path):
         return
     try:
-        image = _header(image_path)
+        image = file_header(image_path)
     except RuntimeError:
         return  # the image itself is unreadable: the infer task reports that; the label is kept
     checks = [
-        ("size", size[:3], tuple(int(s) for s in image.GetSize())[:3], 0, 0),
-        ("spacing (mm)", label.GetSpacing()[:3], image.GetSpacing()[:3], 1e-3, 1e-4),
-        ("origin (mm)", label.GetOrigin()[:3], image.GetOrigin()[:3], 1e-3, 1e-2 * min(image.GetSpacing()[:3])),
-        ("direction", label.GetDirection()[:9], image.GetDirection()[:9], 0, 1e-3),
+        ("size", size[:3], image.size[:3], 0, 0),
+        ("spacing (mm)", label.spacing[:3], image.spacing[:3], 1e-3, 1e-4),
+        ("origin (mm)", label.origin[:3], image.origin[:3], 1e-3, 1e-2 * min(image.spacing[:3])),
+        ("direction", label.direction[:9], image.direction[:9], 0, 1e-3),
     ]
     for what, got, want, rtol, atol in checks:
         if len(got) != len(want) or not np.allclose(got, want, rtol=rtol, atol=atol):

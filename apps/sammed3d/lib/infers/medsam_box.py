@@ -83,7 +83,8 @@ class MedSAMBoxInfer(EngineInferTask):
             res = self.engine.segment_box(os.path.abspath(opts.image_path), roi, modality=opts.modality,
                                           window=window, clip_to_roi=True)
             t_write = time.perf_counter()
-            out = write_label(SegmentationResult(mask=res.mask, affine=res.affine), opts, opts.image_path)
+            out = write_label(SegmentationResult(mask=res.mask, affine=res.affine, grid=res.grid), opts,
+                              opts.image_path)
         except (SessionError, BoxError) as e:
             logger.info(f"medsam infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None

@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 from fastapi import HTTPException
 from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
-from lib.infers.request import apply_roi, parse_request, roi_box, stored_shape
+from lib.infers.request import parse_request
 from lib.session import SegmentationEngine, SessionError
 
 logger = logging.getLogger(__name__)
@@ -31,9 +31,6 @@ class SAMMed3DInfer(EngineInferTask):
         try:
             opts = parse_request(request)
             image_path = opts.image_path
-            shape = stored_shape(image_path) if opts.roi is not None else None
-            if shape is not None:
-                roi_box(opts.roi, shape)  # reject before the label's state changes
             res = self.engine.segment(
                 os.path.abspath(image_path),
                 image_path,
@@ -42,8 +39,8 @@ class SAMMed3DInfer(EngineInferTask):
                 request.get("background"),
                 reset=opts.reset,
                 modality=opts.modality,
+                roi=opts.roi,  # checked before the label's state changes; the mask is zero outside it
             )
-            res.mask = apply_roi(res.mask, opts.roi)
             t_write = time.perf_counter()
             out = write_label(res, opts, image_path)
         except SessionError as e:

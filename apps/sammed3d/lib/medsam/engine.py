@@ -4,8 +4,8 @@
     res = engine.segment_box("/data/ct.nii.gz", [i0, i1, j0, j1, k0, k1])
     res.mask  # (ni, nj, nk) uint8, the stored grid of the file
 
-Loading and geometry reuse lib.session.volume (the SAM-Med3D session's reader, CT detection and
-RAS affine), so both models see a file the same way. Kept per file (while unchanged on disk): the
+Loading, geometry and the 3D box reuse lib.session (the SAM-Med3D session's reader, CT detection,
+RAS affine and stored grid; lib.session.roi for the box), so both models see a file the same way. Kept per file (while unchanged on disk): the
 raw volume and one VolumePredictor per (window, slice axis) with its per-slice embedding cache.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from lib.model.medsam import LiteMedSAM, load_lite_medsam
+from lib.session.io import StoredGrid
 from lib.session.volume import file_key, is_ct, load_volume
 
 from .predictor import EMBED_BYTES, VolumePredictor
@@ -43,6 +44,7 @@ class MedSAMResult:
     encoded: int = 0  # slices encoded for this request (the rest came from the cache)
     cache_hit: bool = False  # True when no slice had to be encoded
     model_version: str = ""
+    grid: Optional[StoredGrid] = None  # the file's stored grid (lib.session.io): what the mask is written on
 
 
 def choose_window(raw: np.ndarray, roi: Sequence[int], ct: bool, window: Window, slice_axis: int) -> Window:
@@ -150,7 +152,7 @@ class MedSAMEngine:
             return MedSAMResult(
                 mask=res.mask, affine=vol.affine, roi=box, window=str(win), slice_axis=res.slice_axis,
                 slices=res.slices, timings=timings, encoded=encoded, cache_hit=encoded == 0,
-                model_version=self.model_version,
+                model_version=self.model_version, grid=vol.grid,
             )
 
 

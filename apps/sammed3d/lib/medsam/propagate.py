@@ -1,7 +1,7 @@
 """MedSAM's 3D box protocol: a 3D box -> a mask on the stored grid, slice by slice.
 
 1. The 3D box is Slicer's ROI, [i_min, i_max, j_min, j_max, k_min, k_max] in voxel indices of the
-   volume as stored (inclusive), clamped to the volume.
+   volume as stored (inclusive), clamped to the volume (lib.session.roi parses, clamps and applies it).
 2. The slice axis and display frame come from lib.medsam.slices (largest spacing, else axial).
 3. The slice through the box centre, int((s_min + s_max) / 2) as in LiteMedSAM's 3D inference,
    is segmented with the box's in-plane extent.
@@ -23,13 +23,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lib.session import roi as roi_tools
+from lib.session.errors import SessionError
+
 from .predictor import VolumePredictor
 from .preprocess import box256_from_mask, box_to_256
 
 logger = logging.getLogger(__name__)
 
 
-class BoxError(ValueError):
+class BoxError(SessionError):
     """A 3D box the protocol cannot use (wrong length, non-numeric, min > max, outside the volume)."""
 
 
@@ -48,26 +51,8 @@ class PropagationResult:
 
 
 def clamp_roi(roi: Sequence, shape: Sequence[int]) -> Tuple[int, int, int, int, int, int]:
-    """Validate a stored ROI and clamp it to the volume; BoxError when unusable."""
-    if not isinstance(roi, (list, tuple, np.ndarray)) or len(roi) != 6:
-        raise BoxError(f"3D box must be [i_min, i_max, j_min, j_max, k_min, k_max], got {roi!r:.80}")
-    try:
-        vals = [float(v) for v in roi]
-    except (TypeError, ValueError):
-        raise BoxError(f"3D box has a non-numeric value: {roi!r:.80}") from None
-    if not all(np.isfinite(vals)):
-        raise BoxError(f"3D box has a non-finite value: {roi!r:.80}")
-    r = [int(round(v)) for v in vals]
-    out = []
-    for a in range(3):
-        lo, hi = r[2 * a], r[2 * a + 1]
-        if lo > hi:
-            raise BoxError(f"3D box {r}: min > max on axis {a}")
-        lo, hi = max(0, lo), min(int(shape[a]) - 1, hi)
-        if lo > hi:
-            raise BoxError(f"3D box {r} does not overlap the volume of size {list(shape)}")
-        out += [lo, hi]
-    return tuple(out)
+    """Validate a stored ROI and clamp it to the volume (lib.session.roi); BoxError when unusable."""
+    return roi_tools.clamp_roi(roi, shape, name="3D box", error=BoxError)
 
 
 def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = False,
@@ -138,9 +123,6 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
                 s += step
     res.slices = sorted(done)
     if clip_to_roi:
-        keep = np.zeros_like(mask)
-        sl = tuple(slice(box[2 * a], box[2 * a + 1] + 1) for a in range(3))
-        keep[sl] = mask[sl]
-        res.mask = keep
+        res.mask = roi_tools.apply_roi(mask, box)
     res.seconds = time.perf_counter() - t0
     return res

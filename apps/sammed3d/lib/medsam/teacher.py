@@ -33,6 +33,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from lib.session.errors import SessionError
+from lib.session.io import StoredGrid
+from lib.session.io import read_label as read_stored_label
+
 from .engine import MedSAMEngine
 from .propagate import BoxError, clamp_roi
 
@@ -69,12 +73,14 @@ def case_of(path: str) -> str:
     return name[:-5] if name.endswith("_0000") else name
 
 
-def read_label(path: str) -> Tuple[np.ndarray, sitk.Image]:
-    """(label as stored (ni, nj, nk) int, its SimpleITK image for the grid check)."""
-    img = sitk.ReadImage(path)
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise TeacherError(f"label {path} must be a 3D scalar image")
-    return sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.int64, copy=False), img
+def read_label(path: str) -> Tuple[np.ndarray, StoredGrid]:
+    """(label as stored (ni, nj, nk) int, its stored grid): lib.session.io.read_label; TeacherError
+    when the file is unreadable or not a 3D scalar image."""
+    try:
+        label, grid = read_stored_label(path)
+    except SessionError as e:
+        raise TeacherError(str(e)) from None
+    return label.astype(np.int64, copy=False), grid
 
 
 def boxes_from_label(label: np.ndarray, values: Optional[Sequence[int]] = None, margin: int = 0,

@@ -24,6 +24,7 @@ from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
 from .preprocess import crop_origin_for, normalise, resample_crop
 from .result import SegmentationResult
+from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
 from .state import CropState, LabelState
 from .volume import LoadedVolume, file_key, is_ct, load_volume
@@ -95,21 +96,26 @@ class SegmentationEngine:
         background,
         reset: bool = False,
         modality: Optional[str] = None,
+        roi=None,
     ) -> SegmentationResult:
-        """All clicks so far for `label` (stored voxel indices) -> the label's mask."""
+        """All clicks so far for `label` (stored voxel indices) -> the label's mask.
+
+        roi: a parsed ROI (lib.session.roi), checked against the volume before the label changes;
+        the returned mask is zero outside it (the label's own state is not clipped)."""
         t0 = time.perf_counter()
         fg = parse_points(foreground, "foreground")
         bg = parse_points(background, "background")
         with self._lock:
             timings = dict.fromkeys(("load", "preprocess", "encode", "decode", "paste"), 0.0)
             req = self._request(image_id, image_path, modality, timings)
+            roi = clamp_roi(roi, req.volume.shape) if roi is not None else None
             validate_request(fg, bg, req.volume.shape)
             key = (str(image_id), str(label))
             prev = self._states.get(key)
             saved = prev.checkpoint() if prev is not None else None
             try:
                 state = self._update(req, key, prev, fg, bg, reset, image_path)
-                return self._result(req, state, t0)
+                return self._result(req, state, t0, roi)
             except BaseException:
                 # A failed request (model error, interrupt) leaves the label as it was.
                 if prev is None:
@@ -297,7 +303,7 @@ class SegmentationEngine:
         return torch.zeros((1, 1, n, n, n), dtype=torch.float32, device=self.runner.device)
 
     # ------------------------------------------------------------------ output
-    def _result(self, req: _Request, state: LabelState, t0: float) -> SegmentationResult:
+    def _result(self, req: _Request, state: LabelState, t0: float, roi=None) -> SegmentationResult:
         t = time.perf_counter()
         shape = req.volume.shape
         mask = np.zeros(shape, dtype=np.uint8)
@@ -310,6 +316,7 @@ class SegmentationEngine:
             slices, box = pasted
             region = mask[slices]
             np.maximum(region, (box > 0).numpy().view(np.uint8), out=region)  # bool -> 0/1 bytes, no copy
+        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(
@@ -319,6 +326,7 @@ class SegmentationEngine:
             cache_hit=not req.encoded,
             model_version=self.model_version,
             num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
+            grid=req.volume.grid,
         )
 
 

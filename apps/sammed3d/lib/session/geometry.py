@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.orientations import io_orientation
 
-from .volume import LPS_TO_RAS, sitk_affine_ras
+from .io import LPS_TO_RAS, sitk_affine_ras
 
 TARGET_SPACING = 1.5  # mm, the released model's training resolution
 
@@ -115,3 +115,35 @@ def grid_affine_ras(grid: ModelGrid) -> np.ndarray:
     lps[:3, :3] = np.array(grid.direction).reshape(3, 3) * grid.spacing
     lps[:3, 3] = grid.origin
     return LPS_TO_RAS @ lps
+
+
+# ---------------------------------------------------------------------- stored index <-> RAS world
+def stored_to_ras(points, affine: np.ndarray) -> np.ndarray:
+    """(3,) or (N, 3) stored voxel indices -> RAS mm through a (4, 4) RAS affine."""
+    a = np.asarray(affine)
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim == 1:
+        return a[:3, :3] @ p + a[:3, 3]
+    return p @ a[:3, :3].T + a[:3, 3]
+
+
+def ras_to_stored(ras, affine: np.ndarray) -> np.ndarray:
+    """(3,) RAS mm -> continuous stored voxel index (the inverse of stored_to_ras)."""
+    a = np.asarray(affine, dtype=np.float64)
+    return np.linalg.solve(a[:3, :3], ras - a[:3, 3])
+
+
+def ras_box(shape, affine: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(min, max) RAS corner of the volume's field of view (voxel edges)."""
+    n = np.asarray(shape, dtype=np.float64)
+    corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5) for c in (-0.5, n[2] - 0.5)])
+    ras = stored_to_ras(corners, affine)
+    return ras.min(0), ras.max(0)
+
+
+def mirror_point(point, axis: int, size: float) -> np.ndarray:
+    """A continuous voxel coordinate mirrored along `axis` of a grid `size` voxels long (a copy):
+    where the point lands when the grid is flipped along that axis."""
+    c = np.array(point, dtype=np.float64)
+    c[axis] = (size - 1.0) - c[axis]
+    return c

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from .geometry import model_grid
+from .io import read_image
 from .preprocess import CROP, crop_origin_for, normalise, resample_crop
 from .volume import LoadedVolume, is_ct, load_volume
 
@@ -30,7 +31,7 @@ class TrainingCrop:
 def _label_image(label, reference: sitk.Image) -> sitk.Image:
     """Path, sitk.Image or stored-order (i, j, k) array -> binary uint8 sitk image (nonzero = 1)."""
     if isinstance(label, str):
-        label = sitk.ReadImage(label)
+        label = read_image(label)[0]
     if isinstance(label, sitk.Image):
         return sitk.Cast(label != 0, sitk.sitkUInt8)
     arr = np.asarray(label)

@@ -1,4 +1,4 @@
-"""Load a volume (NIfTI, NRRD or DICOM series) with SimpleITK and describe its stored grid.
+"""A volume (NIfTI, NRRD or DICOM series) loaded for the session (files are read by io.py).
 
 Index conventions used throughout the session:
 * "stored index" (i, j, k): the index of the array as stored in the file, i.e. what nibabel's
@@ -18,8 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import SessionError
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from .io import StoredGrid, read_image, sitk_affine_ras
 
 
 @dataclass
@@ -32,6 +31,11 @@ class LoadedVolume:
     modality: Optional[str]  # DICOM (0008,0060) when read from a series, else None
     intensity_min: float
     file_key: Tuple  # (path, mtime_ns, size): changes when the file is rewritten
+
+    @property
+    def grid(self) -> StoredGrid:
+        """The stored grid (size, origin, spacing, direction): what a mask is written on."""
+        return StoredGrid.of(self.image)
 
     @property
     def nbytes(self) -> int:
@@ -49,44 +53,6 @@ def file_key(path: str) -> Tuple:
     except OSError as e:
         raise SessionError(f"image file not accessible: {path} ({e.strerror})") from None
     return (path, st.st_mtime_ns, st.st_size)
-
-
-def sitk_affine_ras(image: sitk.Image) -> np.ndarray:
-    """(4, 4) RAS affine of a 3D sitk image: stored index (i, j, k, 1) -> RAS mm."""
-    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=np.float64)[None, :]
-    lps[:3, 3] = image.GetOrigin()
-    return LPS_TO_RAS @ lps
-
-
-def _read_dicom_series(path: str) -> Tuple[sitk.Image, Optional[str]]:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
-    if not series_ids:
-        raise SessionError(f"no DICOM series found in folder {path}")
-    # Several series in one folder: take the one with most slices (the volume, not a scout).
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series_ids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    image = reader.Execute()
-    modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
-    return image, (modality or None)
-
-
-def read_image(path: str) -> Tuple[sitk.Image, Optional[str]]:
-    """Read a NIfTI/NRRD/... file or a DICOM series folder; SessionError when unreadable."""
-    if not os.path.exists(path):
-        raise SessionError(f"image not found: {path}")
-    try:
-        if os.path.isdir(path):
-            return _read_dicom_series(path)
-        return sitk.ReadImage(path), None
-    except SessionError:
-        raise
-    except RuntimeError as e:  # SimpleITK reports every read failure as RuntimeError
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown error"
-        raise SessionError(f"cannot read image {path}: {first}") from None
 
 
 def load_volume(path: str) -> LoadedVolume:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
 from lib.session import extract_training_crop, load_volume
+from lib.session.io import read_label
 from lib.session.volume import file_key
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def case_id(path: str) -> str:
 
 def read_label_array(path: str) -> np.ndarray:
     """Label as stored (i, j, k), integer."""
-    return sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose(2, 1, 0).astype(np.int32, copy=False)
+    return read_label(path)[0].astype(np.int32, copy=False)
 
 
 def components(label: np.ndarray, value: int, max_components: int, min_voxels: int):
