@@ -13,8 +13,9 @@ Sources (see ../shared/reference/data-sources.md):
     Training only.
 
 Each .npz holds: image (int16, HU for CT; MR scaled to 0..4000), label (uint8), is_ct, values,
-names (label value -> structure name), train_values, test_values, source, licence; the array axes
-are RAS (axis 0 -> right, 1 -> anterior, 2 -> superior) at 1.5 mm isotropic.
+names (label value -> structure name), train_values, test_values, source, licence; the arrays are on
+the server's model grid (lib.session.geometry.model_grid: the closest RAS orientation, axis 0 ->
+right, 1 -> anterior, 2 -> superior, 1.5 mm isotropic), resampled as the server resamples its crops.
 A README.md with sources, licences and the split is written next to them.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ import tempfile
 import zipfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "sammed3d"))
 
 SPACING = 1.5
 IBSR_HELDOUT = {"lThaPro", "rThaPro", "lHip", "rHip", "bBst", "lLatVen", "rLatVen"}
@@ -54,28 +57,21 @@ def fetch(spec: str, members: list, dest: str) -> str:
 
 
 def resample_ras(img, is_label: bool, ref=None):
-    """Resample a SimpleITK image to 1.5 mm on an axis-aligned grid -> numpy array in RAS order.
+    """Resample a SimpleITK image onto the server's model grid -> (numpy array in RAS order, grid).
 
-    With `ref` (a previous result's SimpleITK grid) the same grid is used, so atlases line up.
+    The grid is lib.session's (geometry.model_grid: the closest RAS orientation, so an oblique
+    volume stays oblique, 1.5 mm, voxel edges on the image's field of view) and the voxels are
+    lib.session.preprocess.resample_volume's, the ones the server's crops are made of; so a
+    volume is trained on the grid it is served on. With `ref` (a previous result's grid) the same
+    grid is used, so atlases line up.
     """
     import SimpleITK as sitk
+    from lib.session.geometry import model_grid
+    from lib.session.preprocess import resample_volume
 
-    if ref is None:
-        # Bounding box of the image in physical (LPS) space, axis-aligned grid covering it.
-        size = img.GetSize()
-        corners = [img.TransformIndexToPhysicalPoint([c[0] * (size[0] - 1), c[1] * (size[1] - 1), c[2] * (size[2] - 1)])
-                   for c in np.ndindex(2, 2, 2)]
-        lo, hi = np.min(corners, 0), np.max(corners, 0)
-        n = [int(np.ceil((h - l) / SPACING)) + 1 for l, h in zip(lo, hi)]
-        ref = sitk.Image(n, sitk.sitkUInt8)
-        ref.SetSpacing([SPACING] * 3)
-        ref.SetOrigin([float(v) for v in lo])
-        ref.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    grid = model_grid(img, SPACING) if ref is None else ref
     interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    default = 0.0 if is_label else float(sitk.GetArrayViewFromImage(img).min())
-    out = sitk.Resample(img, ref, sitk.Transform(), interp, default, img.GetPixelID())
-    arr = sitk.GetArrayFromImage(out)  # (k, j, i): i -> L, j -> P, k -> S (LPS, identity direction)
-    return np.ascontiguousarray(arr[:, ::-1, ::-1].transpose(2, 1, 0)), ref  # (R, A, S)
+    return resample_volume(img, grid, interp, img.GetPixelID()), grid
 
 
 def trim(image, label, margin=8):
@@ -204,7 +200,7 @@ def head_pydeface(tmp, out):
 
 README = """# Real volumes for training/evaluating the embedded default model
 
-Written by `scripts/prepare_real_volumes.py`; 1.5 mm isotropic, RAS array axes, int16 image, uint8 label.
+Written by `scripts/prepare_real_volumes.py`; on the server's model grid (closest RAS orientation, 1.5 mm), int16 image, uint8 label.
 Structures in `test` are never sampled for training (the trainer reads `train_values` only) and are
 used as the held-out evaluation (Dice after 1 and 5 simulated clicks, per structure).
 

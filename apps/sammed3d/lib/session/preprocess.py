@@ -52,6 +52,19 @@ def resample_crop(image: sitk.Image, grid: ModelGrid, crop_origin: Tuple[int, in
     return arr
 
 
+def resample_volume(image: sitk.Image, grid: ModelGrid, interpolator=sitk.sitkLinear,
+                    pixel_type=sitk.sitkFloat32) -> np.ndarray:
+    """Resample `image` onto the whole model grid -> array with axes (u, v, w) = (R, A, S).
+
+    The voxels resample_crop gives, for every crop at once (same grid, same sample points, 0 outside
+    the image): what training volumes are prepared with (scripts/prepare_real_volumes.py), so they
+    are trained on the grid the server crops from. Labels: interpolator sitkNearestNeighbor.
+    """
+    out = sitk.Resample(image, [int(n) for n in grid.size], sitk.Transform(), interpolator, grid.origin,
+                        [grid.spacing] * 3, grid.direction, 0.0, pixel_type)
+    return np.ascontiguousarray(sitk.GetArrayViewFromImage(out).transpose(2, 1, 0))
+
+
 def normalise(crop: np.ndarray, ct: bool) -> torch.Tensor:
     """Clamp (CT) and z-normalise with mean / unbiased std of voxels > 0 -> (1, 1, D, H, W) float32.
 
