@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 from lib.session.errors import SessionError
 from lib.session.io import StoredGrid
 from lib.session.io import read_label as read_stored_label
+from lib.session.io import write_label
 
 from .engine import MedSAMEngine
 from .propagate import BoxError, clamp_roi
@@ -148,19 +148,6 @@ def read_box_json(path: str) -> Dict[str, list]:
     raise TeacherError(f"{path}: expected a list of boxes or an object {{case: [boxes]}}")
 
 
-def _label_dtype(max_value: int):
-    return sitk.sitkUInt8 if max_value < 256 else sitk.sitkUInt16
-
-
-def write_label(mask: np.ndarray, reference: sitk.Image, path: str) -> None:
-    """(ni, nj, nk) label -> file on exactly `reference`'s grid (size, spacing, origin, direction)."""
-    img = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0)))
-    img = sitk.Cast(img, _label_dtype(int(mask.max()) if mask.size else 0))
-    img.CopyInformation(reference)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sitk.WriteImage(img, path, True)
-
-
 class Teacher:
     """Pseudo-labels volumes with one MedSAMEngine (its per-file, per-slice caches are shared)."""
 
@@ -197,7 +184,7 @@ class Teacher:
         for v in sorted(masks, key=lambda v: -int(masks[v].sum())):
             out[masks[v]] = v
         out = out.astype(np.uint8) if out.max() < 256 else out
-        write_label(out, vol.image, out_path)
+        write_label(out, out_path, vol.grid)
         for r in rows:
             r["voxels_written"] = int((out == r["value"]).sum())
             if gt is not None:

@@ -4,6 +4,7 @@
 * `read_header`: the stored grid (`StoredGrid`: size, origin, spacing, direction) from a file's
   header only (a DICOM folder is read whole); `file_header` is its raw header read.
 * `read_label`: a label file as a stored-order (i, j, k) array and its grid.
+* `write_label`: a multi-valued label volume (the MedSAM teacher's pseudo-labels), SimpleITK.
 * `write_mask`: the one mask writer. It takes the grid the caller already holds (a click's result
   carries its volume's `StoredGrid`), so writing reads no file; a reference path is read (header
   only) only when no grid is given. The bytes are written by `labelfile.write_label_file` (the
@@ -175,4 +176,18 @@ def write_mask(result, path: str, reference=None, compress: bool = True, dtype=n
     except UnsupportedLabelFile as e:
         logger.info(f"label file through SimpleITK: {e}")
         _write_sitk(mask, path, grid, dtype, compress)
+    return path
+
+
+def write_label(label: np.ndarray, path: str, grid: StoredGrid) -> str:
+    """Write a multi-valued label volume ((ni, nj, nk), stored order; values < 65536) on `grid`
+    with SimpleITK, compressed: uint8 when every value fits, else uint16 (pseudo-labels of several
+    structures; a click's 0/1 mask goes through write_mask). Creates the folder. Returns `path`."""
+    img = sitk.GetImageFromArray(np.ascontiguousarray(label.transpose(2, 1, 0)))
+    img = sitk.Cast(img, sitk.sitkUInt8 if (int(label.max()) if label.size else 0) < 256 else sitk.sitkUInt16)
+    img.SetOrigin(grid.origin)
+    img.SetSpacing(grid.spacing)
+    img.SetDirection(grid.direction)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sitk.WriteImage(img, path, True)
     return path
