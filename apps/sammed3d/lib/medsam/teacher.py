@@ -111,7 +111,7 @@ def parse_boxes(entries, shape: Sequence[int], where: str = "boxes") -> List[Str
     """JSON entries [{"value": v, "roi": [6 ints], "name": ...}] -> validated StructureBoxes.
 
     A missing value numbers the structures 1, 2, ... in order. BoxError for a box that is
-    malformed or lies outside the volume (lib.medsam.propagate.clamp_roi's rules); TeacherError for
+    malformed or lies outside the volume (lib.session.roi.clamp_roi's rules); TeacherError for
     bad values.
     """
     if not isinstance(entries, list) or not entries:
