@@ -146,6 +146,7 @@ LAYERS = {
     "lib.training": 3, "lib.dataengine": 3,
     "lib.trainers": 4, "lib.activelearning": 4, "lib.versions": 4, "lib.weights": 4,
     "lib.infers": 5, "lib.guards": 5, "lib.dicom": 5, "lib.datastore": 5,
+    "lib.configs": 6,
 }
 
 

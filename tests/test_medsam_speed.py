@@ -104,7 +104,7 @@ def test_int8_encoder_quantises_only_the_encoders_linear_layers(medsam_weights):
 
 
 def test_server_options_are_checked():
-    from lib.infers.medsam_box import build_medsam_task
+    from lib.configs.medsam import build_medsam_task
 
     with pytest.raises(RuntimeError, match="medsam_encoder"):
         build_medsam_task({"medsam_encoder": "int4"})

@@ -13,7 +13,7 @@ from lib.model import load_checkpoint
 from lib.session import SegmentationEngine
 from lib.trainers import Publisher, publish_version
 from lib.versions import LiveModelWatcher, VersionStore, encoder_fingerprint, resolve_served_weights
-from lib.weights import WeightsError, sha256_file
+from lib.weights import SAMMed3DWeights, WeightsError, sha256_file
 
 
 @pytest.fixture
@@ -128,8 +128,8 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
     served, base, _ = resolve_served_weights(conf, md)
     model, _ = load_checkpoint(served.path)
     engine = SegmentationEngine(model, "base@x", max_crops=1)
-    info = {"model_version": "base@x", "source": "conf"}
-    watcher = LiveModelWatcher(store, engine, info, base, served)
+    first = SAMMed3DWeights(source="conf", path=served.path, sha256=served.sha256, model_version="base@x")
+    watcher = LiveModelWatcher(store, engine, first, base, served)
     img = samples[0]["image"]
     engine.segment("img", img, "a", [[22, 26, 20]], [])
     n_emb = sum(1 for k in engine.cache._data if k[0] == "emb")
@@ -137,7 +137,8 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
 
     name = publish_version(store, _decoder_changed(load_checkpoint(base.path)[0]), {}, base.sha256, None)
     assert watcher.poll() and not watcher.poll()
-    assert engine.model_version.startswith(f"{name}@") and info["version_name"] == name and info["source"] == "version"
+    assert engine.model_version.startswith(f"{name}@") and watcher.weights.version_name == name and watcher.weights.source == "version"
+    assert watcher.weights.model_version == engine.model_version and first.source == "conf"  # frozen: a new one
     assert sum(1 for k in engine.cache._data if k[0] == "emb") == n_emb  # embeddings kept
     res = engine.segment("img", img, "a", [[22, 26, 20]], [])
     assert res.cache_hit and res.model_version == engine.model_version
@@ -153,7 +154,7 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
     store.set_live(name)  # rollback while running
     assert watcher.poll() and engine.model_version.startswith(f"{name}@")
     store.set_live(None)  # back to the base
-    assert watcher.poll() and info["source"] == "conf" and info["version_name"] is None
+    assert watcher.poll() and watcher.weights.source == "conf" and watcher.weights.version_name is None
 
     # a broken pointer target never takes the engine down
     with open(store.checkpoint_path(name), "r+b") as f:

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from lib.infers.medsam_box import build_medsam_task
+from lib.configs.medsam import build_medsam_task
 from lib.util import parse_bool, sha256_file
 from lib.weights import WeightsError, resolve_weights
 

@@ -20,13 +20,15 @@ Which weights are served (`resolve_served_weights`), on top of lib.weights.resol
 Training subprocesses (MONAI Label re-imports the app for every train/scoring run) never write
 LIVE.json here, so a rollback setting on the command line cannot undo a version published later.
 
-The hot swap (`LiveModelWatcher.poll`, called before every infer and /info): when LIVE.json's mtime
-changes, the named checkpoint is loaded and handed to SegmentationEngine.set_model; cached
-embeddings are kept when the encoder's fingerprint did not change (decoder-only fine-tuning).
+The hot swap (`LiveModelWatcher.poll`, called before every infer and /info, and by scoring through
+`live_version`): when LIVE.json's mtime changes, the named checkpoint is loaded and handed to
+SegmentationEngine.set_model; cached embeddings are kept when the encoder's fingerprint did not
+change (decoder-only fine-tuning). lib.configs.sammed3d builds the watcher and passes it in.
 Only this module and lib.trainers touch the folder.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -40,7 +42,7 @@ from typing import Any, Dict, List, Optional
 
 from .model.checkpoint import atomic_write
 from .util import sha256_file
-from .weights import WeightsChoice, WeightsError, resolve_weights
+from .weights import SAMMed3DWeights, WeightsChoice, WeightsError, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +243,14 @@ def version_label(choice: WeightsChoice, meta_version: Optional[str]) -> str:
 class LiveModelWatcher:
     """Follows LIVE.json in the serving process and hot-swaps the engine's model.
 
-    `weights_info` (the dict /info shows) is updated in place. Cheap when nothing changed: one stat.
+    `weights` is the served weights' frozen description (lib.weights.SAMMed3DWeights); a swap
+    replaces it with a new one (what /info shows). Cheap when nothing changed: one stat. Whoever
+    needs the live version gets this watcher (or its `live_version`) as a constructor argument.
     """
 
-    def __init__(self, store: VersionStore, engine, weights_info: Dict[str, Any], base: WeightsChoice,
+    def __init__(self, store: VersionStore, engine, weights: SAMMed3DWeights, base: WeightsChoice,
                  served: WeightsChoice):
-        self.store, self.engine, self.info, self.base = store, engine, weights_info, base
+        self.store, self.engine, self.weights, self.base = store, engine, weights, base
         self._stamp = store.live_stamp()
         self._served_sha = served.sha256
         self._encoder_sha: Optional[str] = None  # of the engine's current model, computed lazily
@@ -255,6 +259,15 @@ class LiveModelWatcher:
             if live.get("sha256") == served.sha256:
                 self._encoder_sha = live.get("encoder_sha256")
         self._lock = threading.Lock()
+
+    def live_version(self) -> str:
+        """The model version served now, after a poll (a version the trainer just published is seen
+        before the next click); a failing poll is logged and the current version returned."""
+        try:
+            self.poll()
+        except Exception as e:
+            logger.warning(f"live model poll failed: {e}")
+        return str(self.engine.model_version)
 
     def poll(self) -> bool:
         """Swap to LIVE.json's version if it changed since the last poll; True when swapped."""
@@ -295,8 +308,8 @@ class LiveModelWatcher:
         version = version_label(choice, meta.get("version") or name)
         self.engine.set_model(model, version, encoder_changed=encoder_changed)
         self._encoder_sha, self._served_sha = new_enc, choice.sha256
-        self.info.update(source=choice.source, path=choice.path, sha256=choice.sha256, model_version=version,
-                         version_name=name)
+        self.weights = dataclasses.replace(self.weights, source=choice.source, path=choice.path,
+                                           sha256=choice.sha256, model_version=version, version_name=name)
         logger.info(f"hot swap: now serving {version} (encoder {'changed: embeddings dropped' if encoder_changed else 'unchanged: embeddings kept'}; "
                     f"{time.perf_counter() - t:.2f} s)")
         return True

@@ -19,8 +19,8 @@ import logging
 import os
 import tempfile
 import urllib.request
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from .util import parse_bool, sha256_file
 
@@ -55,6 +55,51 @@ class WeightsChoice:
         if self.is_random:
             return "RANDOM WEIGHTS (allow_random_weights is set): masks are meaningless"
         return f"{self.source}: {self.path} (sha256 {self.sha256[:12] if self.sha256 else '?'})"
+
+
+@dataclass(frozen=True)
+class ServedWeights:
+    """What a model serves, as /info shows it (lib.configs builds one per model).
+
+    Frozen: a hot swap (lib.versions.LiveModelWatcher) makes a new one with dataclasses.replace, so
+    a description handed out never changes under its reader."""
+
+    source: str  # "conf" | "released" | "downloaded" | "default" | "random" | "version" | MedSAM's
+    path: Optional[str]
+    sha256: Optional[str]
+    model_version: str  # what the engine and every result name: "<name>@<sha12>"
+    device: str = "cpu"
+
+    INFO_HIDDEN: ClassVar[Tuple[str, ...]] = ()  # fields /info does not show
+
+    @property
+    def is_random(self) -> bool:
+        return self.source == "random"
+
+    def info(self) -> Dict[str, Any]:
+        """The dict /info shows: the fields in order (tuples as lists), less INFO_HIDDEN."""
+        out = {}
+        for f in fields(self):
+            if f.name not in self.INFO_HIDDEN:
+                value = getattr(self, f.name)
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True)
+class SAMMed3DWeights(ServedWeights):
+    precision: str = "fp32"  # the --conf value as given (lower case)
+    click_mode: str = "newest"
+    tried: Tuple[str, ...] = ()  # where lib.weights looked
+    version_name: Optional[str] = None  # "vNNNN" when a published fine-tuned version is served
+    versions_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class MedSAMWeights(ServedWeights):
+    encoder: str = "fp32"  # fp32 | int8 (quantised Linear layers)
+
+    INFO_HIDDEN: ClassVar[Tuple[str, ...]] = ("device",)  # /info has always shown the five others
 
 
 def find_default_checkpoint(model_dir: str) -> Optional[str]:

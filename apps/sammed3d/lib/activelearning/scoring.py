@@ -36,26 +36,13 @@ from .gate import CLICKS, truthy
 from .diversity import decode_feature, diversity_scores, encode_feature, pool_features
 from .prompts import LocationPrior, choose_prompts
 from .select import DEFAULT_COMBINE, combine_scores
-from .uncertainty import make_perturbations, model_decoder, point_uncertainty
+from .uncertainty import make_perturbations, point_uncertainty
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"n_jitter": 4, "sigma": 3.0, "flips": [0, 1, 2], "max_prompts": 3, "feature_crops": 4, "weight": 0.5,
             "combine": DEFAULT_COMBINE, "threads": 1, "max_prior_labels": 50, "nice": 10,
             "idle": 0, "yield": 1}
-
-
-def live_version(app) -> str:
-    """The model version the app serves now. A hot-swap watcher (anything on the app with `poll()`
-    and `engine`, e.g. lib.versions.LiveModelWatcher) is polled first, so a version published by
-    the trainer is seen even before the next click."""
-    for value in list(vars(app).values()):
-        if hasattr(value, "poll") and hasattr(value, "engine") and callable(value.poll):
-            try:
-                value.poll()
-            except Exception as e:
-                logger.warning(f"live model poll failed: {e}")
-    return str(app.engine.model_version)
 
 
 @contextlib.contextmanager
@@ -105,7 +92,11 @@ def scheduling_policy() -> str:
 
 
 class ActiveLearningScorer:
-    """Computes and stores the three scores for a datastore; shared by the three scoring methods."""
+    """Computes and stores the three scores for a datastore; shared by the three scoring methods.
+
+    engine: the serving SegmentationEngine (embeddings from its cache, decodes through its lock and
+    runner); version_fn: the live model version (lib.versions.LiveModelWatcher.live_version, passed in
+    by lib.configs.sammed3d, so a version the trainer published is seen before the next click)."""
 
     def __init__(self, engine: SegmentationEngine, version_fn: Callable[[], str], options: Optional[Dict] = None):
         self.engine = engine
@@ -166,7 +157,7 @@ class ActiveLearningScorer:
         shape, affine = vol.shape, vol.affine
         source, points = choose_prompts(info, shape, affine, original, prior, int(o["max_prompts"]))
         perts = make_perturbations(int(o["n_jitter"]), float(o["sigma"]), tuple(o["flips"]))
-        decode = model_decoder(self.engine.runner.model)
+        decode = self.engine.decode_first_clicks  # the engine's lock and runner (CUDA graphs), as a click
         scores = []
         for p in points:
             p = [float(np.clip(x, 0, n - 1)) for x, n in zip(p[:3], shape)] if len(p) >= 3 else [(n - 1) / 2 for n in shape]

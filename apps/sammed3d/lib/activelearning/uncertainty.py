@@ -106,7 +106,10 @@ def point_uncertainty(decode: DecodeFn, embedding: torch.Tensor, point: Sequence
 
 
 def model_decoder(model) -> DecodeFn:
-    """DecodeFn for a lib.model Sam3D: first-click decode (zero previous logits, as the session)."""
+    """DecodeFn for a bare lib.model Sam3D: first-click decode (zero previous logits, as the session).
+    For offline simulations without an engine (sim_train.py); the server's scoring decodes through
+    its engine instead (SegmentationEngine.decode_first_clicks: same numbers, the engine's lock and
+    CUDA-graph runner)."""
 
     def decode(emb, coords, labels):
         n = model.image_size // 4

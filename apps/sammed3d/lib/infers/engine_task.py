@@ -40,7 +40,9 @@ class EngineInferTask(InferTask):
         if "__call__" in cls.__dict__:
             cls.__call__ = served_in_gate(cls.__dict__["__call__"])
 
-    def __init__(self, engine, weights: Dict[str, Any], description: str, config: Dict[str, Any]):
+    def __init__(self, engine, weights, description: str, config: Dict[str, Any]):
+        """weights: the served weights' frozen description (lib.weights.ServedWeights), a callable
+        returning the current one (follows hot swaps: LiveModelWatcher), or a plain dict."""
         super().__init__(
             type=InferType.DEEPGROW,  # what the Slicer and OHIF plugins send clicks/ROIs to
             labels=None,  # class-agnostic: any segment name the client sends is a label
@@ -49,7 +51,18 @@ class EngineInferTask(InferTask):
             config=config,
         )
         self.engine = engine
-        self.weights = weights  # what /info shows about the live checkpoint
+        self._weights = weights
+
+    @property
+    def served_weights(self):
+        """The served weights' description now (a ServedWeights; a dict where a test passed one)."""
+        return self._weights() if callable(self._weights) else self._weights
+
+    @property
+    def weights(self) -> Dict[str, Any]:
+        """What /info shows about the live checkpoint (a fresh dict)."""
+        w = self.served_weights
+        return w.info() if hasattr(w, "info") else dict(w)
 
     def is_valid(self) -> bool:
         return self.engine is not None
@@ -57,7 +70,7 @@ class EngineInferTask(InferTask):
     def info(self) -> Dict[str, Any]:
         info = super().info()
         info["model_version"] = self.engine.model_version
-        info["weights"] = dict(self.weights)
+        info["weights"] = self.weights
         return info
 
 

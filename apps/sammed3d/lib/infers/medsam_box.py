@@ -11,6 +11,7 @@ Options: `window` (auto | soft_tissue | lung | bone | brain | percentile | [leve
 `result_compress`, `label`). The mask is zero outside the box and lies on the image's stored grid.
 User errors are fastapi HTTPException 400 with a message; the request parsing and the label writer
 are the SAM-Med3D task's own (lib.infers.request.parse_request, lib.infers.output.write_label).
+lib.configs.medsam builds the engine and this task from --conf.
 """
 from __future__ import annotations
 
@@ -19,18 +20,16 @@ import math
 import numbers
 import os
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 from fastapi import HTTPException
-from lib.util import parse_bool
 from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
-from lib.medsam import BoxError, MedSAMEngine, MedSAMWeightsError, load_lite_medsam, locate_weights
-from lib.model.medsam import ENCODER_MODES, quantize_encoder
+from lib.medsam import BoxError, MedSAMEngine
 from lib.medsam.preprocess import CT_WINDOWS
-from lib.session import SegmentationResult, SessionError
+from lib.session import SessionError
 from lib.session.points import parse_points
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ def _window(value):
 
 
 class MedSAMBoxInfer(EngineInferTask):
-    def __init__(self, engine: MedSAMEngine, weights: Dict[str, Any], description: str):
+    def __init__(self, engine: MedSAMEngine, weights, description: str):
         super().__init__(engine, weights, description, config={"window": "auto"})
 
     def info(self) -> Dict[str, Any]:
@@ -83,8 +82,7 @@ class MedSAMBoxInfer(EngineInferTask):
             res = self.engine.segment_box(os.path.abspath(opts.image_path), roi, modality=opts.modality,
                                           window=window, clip_to_roi=True)
             t_write = time.perf_counter()
-            out = write_label(SegmentationResult(mask=res.mask, affine=res.affine, grid=res.grid), opts,
-                              opts.image_path)
+            out = write_label(res, opts, opts.image_path)  # one result type for both engines
         except (SessionError, BoxError) as e:
             logger.info(f"medsam infer rejected: {e}")
             raise HTTPException(status_code=400, detail=str(e)) from None
@@ -99,50 +97,3 @@ class MedSAMBoxInfer(EngineInferTask):
         logger.info(f"medsam box {list(res.roi)} on {os.path.basename(opts.image_path)}: {result['voxels']} voxels, "
                     f"{len(res.slices)} slices, {res.encoded} encoded, total {result['latencies']['total']:.3f} s")
         return out, result
-
-
-def build_medsam_task(conf: Dict[str, str], device: str = "cpu") -> Optional[MedSAMBoxInfer]:
-    """The task for MONAILabelApp.init_infers, or None when the weights are absent and not required.
-
-    conf: `medsam` auto (default: serve when the weights are found) | true (required: missing
-    weights stop start-up) | false; `medsam_checkpoint PATH`; `medsam_cache_mb N` (default 1024);
-    `medsam_encoder` fp32 (default) | int8 (dynamically quantised Linear layers: faster encoding,
-    slightly different masks; docs/medsam.md); `medsam_encode_batch N` (default 2: slices per encoder
-    call during propagation; same masks).
-    """
-    mode = str(conf.get("medsam", "auto")).strip().lower()
-    try:
-        required = None if mode in ("", "auto") else parse_bool(mode, "--conf medsam", error=RuntimeError)
-    except RuntimeError:
-        raise RuntimeError(f"--conf medsam must be auto, true or false, got {mode!r:.40}") from None
-    if required is False:
-        return None
-    encoder = str(conf.get("medsam_encoder", "fp32")).strip().lower()
-    if encoder not in ENCODER_MODES:
-        raise RuntimeError(f"--conf medsam_encoder must be one of {list(ENCODER_MODES)}, got {encoder!r}")
-    try:
-        loc = locate_weights(conf.get("medsam_checkpoint"))
-    except MedSAMWeightsError as e:
-        if required:
-            raise RuntimeError(f"MedSAM box task cannot start: {e}") from None
-        logger.warning(f"MedSAM box task not served: {e}")
-        return None
-    model = load_lite_medsam(loc.path, device=device)
-    version = f"lite_medsam@{(loc.sha256 or 'conf')[:12]}"
-    if encoder != "fp32":
-        if device != "cpu":
-            raise RuntimeError(f"--conf medsam_encoder {encoder} runs on the CPU only (device {device})")
-        quantize_encoder(model, encoder)
-        version += f"+{encoder}"
-    try:
-        batch = int(conf.get("medsam_encode_batch", 2))
-    except ValueError:
-        raise RuntimeError(f"--conf medsam_encode_batch must be a whole number, got {conf.get('medsam_encode_batch')!r}") from None
-    if batch < 1:
-        raise RuntimeError(f"--conf medsam_encode_batch must be >= 1, got {batch}")
-    engine = MedSAMEngine(model, version, device=device, encode_batch=batch,
-                          cache_bytes=int(float(conf.get("medsam_cache_mb", 1024)) * (1 << 20)))
-    weights = {"source": loc.source, "path": loc.path, "sha256": loc.sha256, "model_version": version,
-               "encoder": encoder}
-    desc = f"MedSAM (LiteMedSAM) 3D box: slice-by-slice from the box centre; weights {loc.source} {version}"
-    return MedSAMBoxInfer(engine, weights, desc)

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 class SAMMed3DInfer(EngineInferTask):
-    def __init__(self, engine: SegmentationEngine, weights: Dict[str, Any], description: str):
+    def __init__(self, engine: SegmentationEngine, weights, description: str):
         super().__init__(engine, weights, description, config={"reset_state": False})
 
     def __call__(self, request) -> Tuple[str, Dict[str, Any]]:

@@ -5,23 +5,27 @@
     res.mask  # (ni, nj, nk) uint8, the stored grid of the file
 
 Loading, geometry and the 3D box reuse lib.session (the SAM-Med3D session's reader, CT detection,
-RAS affine and stored grid; lib.session.roi for the box), so both models see a file the same way. Kept per file (while unchanged on disk): the
-raw volume and one VolumePredictor per (window, slice axis) with its per-slice embedding cache.
+RAS affine and stored grid; lib.session.roi for the box), so both models see a file the same way.
+Volumes come from a lib.session.volume_cache.VolumeCache: the app passes the one the SAM-Med3D engine
+uses, so a file opened by both tasks is read once. Kept per file here (while unchanged on disk, for
+the last `max_volumes` files): one VolumePredictor per (window, slice axis) with its per-slice
+embedding cache. The result is lib.session's SegmentationResult (roi, window, slice_axis, slices,
+encoded filled in); MedSAMResult is the same class.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from lib.model.medsam import LiteMedSAM, load_lite_medsam
-from lib.session.io import StoredGrid
-from lib.session.volume import file_key, is_ct, load_volume
+from lib.session.result import SegmentationResult
+from lib.session.volume import file_key, is_ct
+from lib.session.volume_cache import VolumeCache
 
 from .predictor import EMBED_BYTES, VolumePredictor
 from .preprocess import CT_WINDOWS, Window
@@ -32,19 +36,7 @@ from .weights import locate
 AIR_MEDIAN_HU = -300.0  # a box whose centre-slice median is below this is air-filled (lung window)
 
 
-@dataclass
-class MedSAMResult:
-    mask: np.ndarray  # (ni, nj, nk) uint8 0/1
-    affine: np.ndarray  # (4, 4) stored index -> RAS mm
-    roi: tuple  # clamped stored ROI
-    window: str
-    slice_axis: int
-    slices: List[int] = field(default_factory=list)
-    timings: Dict[str, float] = field(default_factory=dict)
-    encoded: int = 0  # slices encoded for this request (the rest came from the cache)
-    cache_hit: bool = False  # True when no slice had to be encoded
-    model_version: str = ""
-    grid: Optional[StoredGrid] = None  # the file's stored grid (lib.session.io): what the mask is written on
+MedSAMResult = SegmentationResult  # one result type for both engines (lib.session.result)
 
 
 def choose_window(raw: np.ndarray, roi: Sequence[int], ct: bool, window: Window, slice_axis: int) -> Window:
@@ -64,7 +56,11 @@ def choose_window(raw: np.ndarray, roi: Sequence[int], ct: bool, window: Window,
 
 class MedSAMEngine:
     def __init__(self, model: LiteMedSAM, model_version: str, device: str = "cpu", cache_bytes: int = 1 << 30,
-                 modality: Optional[str] = None, max_volumes: int = 2, encode_batch: int = 2):
+                 modality: Optional[str] = None, max_volumes: int = 2, encode_batch: int = 2,
+                 volumes: Optional[VolumeCache] = None):
+        """volumes: the app's shared VolumeCache (default: one of its own); cache_bytes bounds the
+        slice embeddings of the last `max_volumes` files."""
+        self.volumes = volumes if volumes is not None else VolumeCache()
         self.model = model.to(device).eval()
         self.model_version = model_version
         self.device = device
@@ -72,21 +68,21 @@ class MedSAMEngine:
         self.modality = modality
         self.max_volumes = max(1, int(max_volumes))
         self.encode_batch = max(1, int(encode_batch))  # slices per encoder call (VolumePredictor)
-        self._volumes: "OrderedDict[tuple, dict]" = OrderedDict()
+        self._files: "OrderedDict[tuple, dict]" = OrderedDict()
         self._lock = threading.Lock()
 
     def _volume(self, path: str) -> dict:
         key = file_key(path)
-        entry = self._volumes.get(key)
+        entry = self._files.get(key)
         if entry is not None:
-            self._volumes.move_to_end(key)
+            self._files.move_to_end(key)
             return entry
-        vol = load_volume(path)
+        vol = self.volumes.get(path)
         raw = sitk.GetArrayViewFromImage(vol.image).transpose(2, 1, 0)  # stored (i, j, k)
         entry = {"volume": vol, "raw": raw, "predictors": OrderedDict()}
-        self._volumes[key] = entry
-        while len(self._volumes) > self.max_volumes:
-            self._volumes.popitem(last=False)
+        self._files[key] = entry
+        while len(self._files) > self.max_volumes:
+            self._files.popitem(last=False)
         return entry
 
     def _predictor(self, entry: dict, ct: bool, window: Window, slice_axis: Optional[int]) -> VolumePredictor:
@@ -104,7 +100,7 @@ class MedSAMEngine:
         return pred
 
     def volume(self, path: str):
-        """The file's LoadedVolume (lib.session.volume), from the engine's cache."""
+        """The file's LoadedVolume (lib.session.volume), from the engine's (shared) cache."""
         with self._lock:
             return self._volume(path)["volume"]
 
@@ -124,7 +120,7 @@ class MedSAMEngine:
             return self._prepare(entry, clamp_roi(roi, entry["volume"].shape), modality, window, slice_axis)
 
     def segment_box(self, path: str, roi: Sequence, modality: Optional[str] = None, window: Window = None,
-                    slice_axis: Optional[int] = None, clip_to_roi: bool = True) -> MedSAMResult:
+                    slice_axis: Optional[int] = None, clip_to_roi: bool = True) -> SegmentationResult:
         """MedSAM's 3D protocol on the file at `path` for the stored ROI (see lib.medsam.propagate).
 
         Raises lib.session.SessionError (unreadable file) or BoxError (bad box) for user errors.
@@ -149,10 +145,10 @@ class MedSAMEngine:
                 "propagate": t_end - t_prep,
                 "total": t_end - t0,
             }
-            return MedSAMResult(
-                mask=res.mask, affine=vol.affine, roi=box, window=str(win), slice_axis=res.slice_axis,
-                slices=res.slices, timings=timings, encoded=encoded, cache_hit=encoded == 0,
-                model_version=self.model_version, grid=vol.grid,
+            return SegmentationResult(
+                mask=res.mask, affine=vol.affine, timings=timings, cache_hit=encoded == 0,
+                model_version=self.model_version, grid=vol.grid, encoded=encoded,
+                roi=box, window=str(win), slice_axis=res.slice_axis, slices=res.slices,
             )
 
 

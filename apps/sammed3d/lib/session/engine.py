@@ -27,7 +27,8 @@ from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
 from .state import CropState, LabelState
-from .volume import LoadedVolume, file_key, is_ct, load_volume
+from .volume import LoadedVolume, is_ct
+from .volume_cache import VolumeCache
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class _Request:
 
     def __init__(self, image_id: str, volume: LoadedVolume, grid: ModelGrid, ct: bool, timings: Dict[str, float]):
         self.image_id, self.volume, self.grid, self.ct, self.timings = image_id, volume, grid, ct, timings
-        self.encoded = False
+        self.encoded = 0  # encoder runs for this request
 
 
 class SegmentationEngine:
@@ -59,7 +60,11 @@ class SegmentationEngine:
         click_mode: str = DEFAULT_CLICK_MODE,
         precision: Optional[str] = None,
         max_crops: int = 8,
+        volumes: Optional[VolumeCache] = None,
     ):
+        """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
+        this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
+        `cache_bytes`."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -70,7 +75,8 @@ class SegmentationEngine:
         self.modality = modality
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
-        self.cache = LRUCache(cache_bytes)
+        self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
+        self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
         self._lock = threading.RLock()
 
@@ -182,18 +188,22 @@ class SegmentationEngine:
                              key=lambda o: (float(np.sum((np.array(o) + crop / 2.0 - centre) ** 2)), o))
             return [CropEmbedding(o, self._embedding(req, o), req.grid, crop) for o in origins[: max(1, int(max_crops))]]
 
+    def decode_first_clicks(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Batched first-click decode for scoring: embeddings (T, C, s, s, s), coords (T, N, 3) crop
+        voxels, labels (T, N) -> logits (T, 1, L, L, L), from zero previous logits as a first click.
+
+        Through this engine's lock and runner (CUDA-graph replay on CUDA), like a click: scoring never
+        runs the model beside a click, nor a model a hot swap has just replaced."""
+        with self._lock:
+            return self.runner.decode_batch(embeddings, coords, labels)
+
     # ------------------------------------------------------------------ loading
     def _request(self, image_id, image_path, modality, timings) -> _Request:
         t = time.perf_counter()
         if not isinstance(image_path, str) or not image_path:
             raise SessionError(f"image path must be a non-empty string, got {image_path!r}")
-        fkey = file_key(image_path)
-        vkey = ("vol",) + fkey
-        volume = self.cache.get(vkey)
-        if volume is None:
-            volume = load_volume(image_path)
-            self.cache.put(vkey, volume)
-        gkey = ("grid",) + fkey
+        volume = self.volumes.get(image_path)
+        gkey = ("grid",) + volume.file_key
         grid = self.cache.get(gkey)
         if grid is None:
             grid = _Sized(model_grid(volume.image))
@@ -214,7 +224,7 @@ class SegmentationEngine:
         self.runner.sync()
         req.timings["preprocess"] += t1 - t
         req.timings["encode"] += time.perf_counter() - t1
-        req.encoded = True
+        req.encoded += 1
         self.cache.put(key, emb)
         return emb
 
@@ -323,10 +333,11 @@ class SegmentationEngine:
             mask=mask,
             affine=req.volume.affine.copy(),
             timings=dict(req.timings),
-            cache_hit=not req.encoded,
+            cache_hit=req.encoded == 0,
             model_version=self.model_version,
-            num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
             grid=req.volume.grid,
+            encoded=req.encoded,
+            num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
         )
 
 

@@ -68,6 +68,15 @@ class ModelRunner:
         model = self._graph_decoder if self._graph_decoder is not None else self.model
         return model.decode(embedding, coords, labs, mask_input).float()
 
+    @torch.inference_mode()
+    def decode_batch(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(T, C, s, s, s) embeddings, (T, N, 3) crop-voxel coords, (T, N) labels, no previous logits
+        (zeros, as a first click) -> (T, 1, L, L, L) float32 logits on the device."""
+        n = self.crop // 4
+        zeros = torch.zeros((embeddings.shape[0], 1, n, n, n), dtype=torch.float32, device=embeddings.device)
+        model = self._graph_decoder if self._graph_decoder is not None else self.model
+        return model.decode(embeddings, coords.to(embeddings.device), labels.to(embeddings.device), zeros).float()
+
     def sync(self) -> None:
         """Wait for queued GPU work so timings measure it (no-op on CPU)."""
         if self.device.type == "cuda":

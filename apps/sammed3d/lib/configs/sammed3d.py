@@ -1,0 +1,128 @@
+"""SAM-Med3D (clicks): the served weights, the engine, the click task, fine-tuning and active learning.
+
+    config = SAMMed3DConfig()
+    config.init("sammed3d", model_dir, conf, None, volumes=shared_volumes(conf))  # builds the engine
+    engine, weights = config.served()  # SegmentationEngine, lib.weights.SAMMed3DWeights (frozen)
+
+--conf options read here: checkpoint, checkpoint_sha256, weights_url, download, download_timeout,
+allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
+device, precision, click_mode, max_crops, modality, al_* and scoring_threads (active learning).
+The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
+live version: the scoring methods and strategies (constructor argument), the infer task (a callable
+returning the current weights) and the app (`watcher`, polled before every click and /info).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Tuple
+
+import torch
+from monailabel.interfaces.config import TaskConfig
+
+from lib.infers import SAMMed3DInfer
+from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
+from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
+from lib.session.volume_cache import VolumeCache
+from lib.versions import LiveModelWatcher, resolve_served_weights
+from lib.weights import SAMMed3DWeights, WeightsError
+
+from .options import al_combine, device, none_if_auto, number, startup_check, stop_startup
+
+logger = logging.getLogger(__name__)
+
+SCORE_METHODS = ("uncertainty", "diversity", "combined")
+
+
+class SAMMed3DConfig(TaskConfig):
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner=None, volumes: VolumeCache = None,
+             **kwargs):
+        """Resolve, load and wrap the weights; any failure stops start-up with a clear message."""
+        super().init(name, model_dir, conf, planner, volumes=volumes, **kwargs)
+        self.engine, first, (store, served, base) = build_engine(conf, model_dir, volumes)
+        self.store = store
+        self.watcher = LiveModelWatcher(store, self.engine, first, base, served)
+        self.al_combine = startup_check(al_combine, conf)  # combined score's rule (docs/activelearning.md)
+
+    @property
+    def weights(self) -> SAMMed3DWeights:
+        """The weights served now (a hot swap replaces the description)."""
+        return self.watcher.weights
+
+    def served(self) -> Tuple[SegmentationEngine, SAMMed3DWeights]:
+        return self.engine, self.weights
+
+    def infer(self) -> SAMMed3DInfer:
+        w = self.weights
+        loud = " -- RANDOM WEIGHTS, masks are meaningless (allow_random_weights)" if w.is_random else ""
+        desc = f"SAM-Med3D interactive 3D segmentation; weights: {w.source} {w.model_version}{loud}"
+        return SAMMed3DInfer(self.engine, lambda: self.watcher.weights, desc)
+
+    def trainer(self):
+        from lib.trainers.task import SAMMed3DTrainTask
+
+        # the live version is LIVE.json's (the serving process follows it), not a start-up pin
+        conf = {k: v for k, v in self.conf.items() if k != "model_version"}
+        return SAMMed3DTrainTask(self.store, lambda: resolve_served_weights(conf, self.model_dir, False)[:2])
+
+    def strategy(self):
+        # active learning (lib/activelearning, docs/activelearning.md)
+        from lib.activelearning.strategies import ScoreStrategy, scoring_trigger
+
+        timeout, weight = float(self.conf.get("al_timeout", 3600)), float(self.conf.get("al_weight", 0.5))
+        trigger = scoring_trigger()
+        return {m: ScoreStrategy(m, self.watcher.live_version, trigger, timeout, weight, combine=self.al_combine)
+                for m in SCORE_METHODS}
+
+    def scoring_method(self):
+        from lib.activelearning.scoring import DEFAULTS, ActiveLearningScorer, SAMMed3DScoring
+
+        # --conf al_<option> (n_jitter, sigma, max_prompts, feature_crops, weight) and scoring_threads
+        opts = {k: type(DEFAULTS[k])(self.conf[f"al_{k}"]) for k in DEFAULTS if f"al_{k}" in self.conf and k != "flips"}
+        opts["threads"] = int(self.conf.get("scoring_threads", DEFAULTS["threads"]))
+        scorer = ActiveLearningScorer(self.engine, self.watcher.live_version, opts)
+        return {m: SAMMed3DScoring(scorer, m) for m in SCORE_METHODS}
+
+
+def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = None):
+    """-> (SegmentationEngine, SAMMed3DWeights, (VersionStore, served WeightsChoice, base WeightsChoice))."""
+    try:
+        choice, base, store = resolve_served_weights(conf, model_dir)
+        if choice.is_random:
+            torch.manual_seed(0)  # reproducible, but still meaningless
+            model, version = build_sam_med3d(None), "random-seed0"
+        else:
+            model, ckpt = load_checkpoint(choice.path, map_location="cpu")
+            # the file's hash makes the version unique even when two checkpoints share a name
+            version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
+        dev = device(conf.get("device", "auto"))
+        precision = conf.get("precision", "fp32").strip().lower()
+        engine = SegmentationEngine(
+            model,
+            version,
+            device=dev,
+            cache_bytes=int(number(conf, "cache_mb", 2048) * (1 << 20)),  # only when no shared cache is given
+            modality=none_if_auto(conf.get("modality")),
+            # a model trained on its click history (ClickUNet3D with geodesic maps) says so in its config
+            click_mode=conf.get("click_mode", (getattr(model, "config", None) or {}).get("click_mode", DEFAULT_CLICK_MODE)),
+            precision=None if precision in ("fp32", "float32", "") else precision,
+            max_crops=int(number(conf, "max_crops", 8)),
+            volumes=volumes,
+        )
+    except (WeightsError, CheckpointError, ValueError) as e:
+        raise stop_startup(e) from None
+    weights = SAMMed3DWeights(
+        source=choice.source,
+        path=choice.path,
+        sha256=choice.sha256,
+        model_version=version,
+        device=str(dev),
+        precision=precision,
+        click_mode=engine.click_mode,
+        tried=tuple(choice.tried),
+        version_name=version.split("@")[0] if choice.source == "version" else None,
+        versions_dir=store.folder,
+    )
+    logger.info(f"SAM-Med3D weights live: {choice.describe()}; version {version}; device {dev}")
+    if choice.is_random:
+        logger.warning("=" * 20 + " SERVING RANDOM WEIGHTS (allow_random_weights): masks are meaningless " + "=" * 20)
+    return engine, weights, (store, choice, base)
