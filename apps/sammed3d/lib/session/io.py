@@ -1,6 +1,7 @@
 """Stored-grid file I/O: the one place of the app that opens image and label files.
 
-* `read_image`: a whole volume (NIfTI, NRRD, ... file, or a DICOM series folder).
+* `read_image`: a whole volume (NIfTI, NRRD, ... file, or a DICOM series folder); a large .nii.gz
+  through niftigz.py (same image, faster inflate).
 * `read_header`: the stored grid (`StoredGrid`: size, origin, spacing, direction) from a file's
   header only (a DICOM folder is read whole); `file_header` is its raw header read.
 * `read_label`: a label file as a stored-order (i, j, k) array and its grid.
@@ -27,6 +28,7 @@ import SimpleITK as sitk
 
 from .errors import SessionError
 from .labelfile import UnsupportedLabelFile, write_label_file
+from .niftigz import read_nifti_gz
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,9 @@ def read_image(path: str) -> Tuple[sitk.Image, Optional[str]]:
     try:
         if os.path.isdir(path):
             return _read_dicom_series(path)
-        return sitk.ReadImage(path), None
+        # a large .nii.gz: the same image with its voxels inflated by libdeflate (niftigz.py)
+        image = read_nifti_gz(path)
+        return (sitk.ReadImage(path) if image is None else image), None
     except SessionError:
         raise
     except RuntimeError as e:  # SimpleITK reports every read failure as RuntimeError

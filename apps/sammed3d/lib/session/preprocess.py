@@ -81,7 +81,8 @@ def normalise(crop: np.ndarray, ct: bool) -> torch.Tensor:
     std = fg.std()  # unbiased, as torch/torchio
     if not torch.isfinite(std) or std < 1e-8:
         std = torch.ones((), dtype=t.dtype)
-    return ((t - mean) / std)[None, None].contiguous()
+    # One new tensor (the same values as (t - mean) / std), already contiguous.
+    return torch.sub(t, mean).div_(std)[None, None]
 
 
 def crop_origin_for(center: np.ndarray, crop: int = CROP) -> Tuple[int, int, int]:

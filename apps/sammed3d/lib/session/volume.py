@@ -11,7 +11,7 @@ Index conventions used throughout the session:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 import numpy as np
@@ -29,8 +29,18 @@ class LoadedVolume:
     shape: Tuple[int, int, int]  # stored (ni, nj, nk) == image.GetSize()
     affine: np.ndarray  # (4, 4) stored index -> RAS world (mm)
     modality: Optional[str]  # DICOM (0008,0060) when read from a series, else None
-    intensity_min: float
     file_key: Tuple  # (path, mtime_ns, size): changes when the file is rewritten
+    _intensity_min: Optional[float] = field(default=None, repr=False, compare=False)
+
+    @property
+    def intensity_min(self) -> float:
+        """The lowest voxel value, computed on first use: only is_ct asks, and only when no modality
+        was given (a whole-volume pass a click with a known modality skips)."""
+        if self._intensity_min is None:
+            stats = sitk.MinimumMaximumImageFilter()
+            stats.Execute(self.image)
+            self._intensity_min = float(stats.GetMinimum())
+        return self._intensity_min
 
     @property
     def grid(self) -> StoredGrid:
@@ -72,16 +82,7 @@ def load_volume(path: str) -> LoadedVolume:
     size = tuple(int(s) for s in image.GetSize())
     if min(size) < 2:
         raise SessionError(f"image {path} has size {list(size)}: a single slice is 2D, a 3D volume is required")
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    return LoadedVolume(
-        image=image,
-        shape=size,
-        affine=sitk_affine_ras(image),
-        modality=modality,
-        intensity_min=float(stats.GetMinimum()),
-        file_key=key,
-    )
+    return LoadedVolume(image=image, shape=size, affine=sitk_affine_ras(image), modality=modality, file_key=key)
 
 
 def is_ct(volume: LoadedVolume, modality: Optional[str]) -> bool:
