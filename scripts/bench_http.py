@@ -35,7 +35,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "apps", "sammed3d"))
 
-from local_server import LocalServer  # noqa: E402
+from local_server import APP_DIR, LocalServer  # noqa: E402
 
 SHAPE = (512, 512, 61)
 SPACING = (0.75, 0.75, 5.0)
@@ -99,6 +99,10 @@ def run(args) -> dict:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     writers = ["new", "sitk"] if args.compare else ["new"]
+    apps = {"new": args.app}
+    if args.base_app:  # first-click levers (issue 17): today's app against a checkout of the previous one
+        writers = ["new", "base"]
+        apps["base"] = args.base_app
     work = tempfile.mkdtemp(prefix="bench-http-")
     try:
         studies = os.path.join(work, "studies")
@@ -111,7 +115,8 @@ def run(args) -> dict:
         out = {w: {"first": [], "server_first": [], "repeat": {f: [] for f in formats},
                    "server_repeat": {f: [] for f in formats}, "bytes": {f: [] for f in formats}} for w in writers}
         voxels, mismatches, compared = [], [], 0
-        servers = {w: LocalServer(studies, conf, env=WRITERS[w]) for w in writers}
+        servers = {w: LocalServer(studies, conf, app_dir=apps.get(w) or APP_DIR, env=WRITERS.get(w, {}))
+                   for w in writers}
         try:
             for server in servers.values():  # both up before any timing: they take turns, so load hits both alike
                 server.start()
@@ -119,12 +124,20 @@ def run(args) -> dict:
             centre = [300, 250, 30]  # inside the liver-like blob
             for r in range(args.reps):
                 image = f"ct_{r}"
-                for w in writers:  # the first click of this image on each server in turn
+                # the first click of this image on each server in turn, which goes first alternating
+                first = {}
+                for w in (writers if r % 2 == 0 else writers[::-1]):
                     t = time.perf_counter()
-                    _, res = clients[w].infer("sammed3d", image, {"label": "liver", "foreground": [centre], "background": []})
+                    path, res = clients[w].infer("sammed3d", image, {"label": "liver", "foreground": [centre], "background": []})
                     out[w]["first"].append(time.perf_counter() - t)
                     out[w]["server_first"].append(res["latencies"])
                     assert not res["cache_hit"], "first click must run the encoder"
+                    first[w] = read_label(path)
+                if len(first) == 2:  # the first clicks' labels are compared too
+                    compared += 1
+                    a, b = first[writers[0]], first[writers[1]]
+                    if not (np.array_equal(a[0], b[0]) and a[0].dtype == b[0].dtype and a[1:] == b[1:]):
+                        mismatches.append((image, "first", 0))
                 fg = [centre]
                 for n in range(args.repeats):
                     for f in formats:
@@ -144,7 +157,7 @@ def run(args) -> dict:
                                 voxels.append(res["voxels"])
                         if len(got) == 2:
                             compared += 1
-                            a, b = got["new"], got["sitk"]
+                            a, b = got["new"], got[writers[1]]
                             if not (np.array_equal(a[0], b[0]) and a[0].dtype == b[0].dtype and a[1:] == b[1:]):
                                 mismatches.append((image, f, n))
         finally:
@@ -205,7 +218,7 @@ def report(r: dict) -> str:
         f"Mask size, median: {statistics.median(r['voxels']):.0f} voxels (random weights fill much of the crop).",
     ]
     if r["compared"]:
-        lines.append(f"Labels compared new vs sitk (SimpleITK read: voxels, dtype, origin, spacing, direction): "
+        lines.append(f"Labels compared {names[0]} vs {names[1]} (SimpleITK read: voxels, dtype, origin, spacing, direction): "
                      f"{r['compared']} clicks, {len(r['mismatches'])} different.")
     lines.append("")
     return "\n".join(lines)
@@ -233,6 +246,10 @@ def main(argv=None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help=f"repeat-click formats, from {list(FORMATS)}")
     p.add_argument("--no-compare", dest="compare", action="store_false",
                    help="skip the second server with today's SimpleITK writer")
+    p.add_argument("--app", default=None, help="app folder of the \"new\" server (default: this checkout's)")
+    p.add_argument("--base-app", default=None,
+                   help="compare with a second server running this app folder (e.g. a git worktree of the "
+                        "previous commit) instead of the SimpleITK label writer; labels are compared the same way")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md, section HTTP")
     args = p.parse_args(argv)
     result = run(args)

@@ -159,3 +159,32 @@ def test_normalise_bit_for_bit(ct, kind):
     assert got.shape == want.shape and got.dtype == want.dtype and got.is_contiguous()
     assert torch.equal(got, want)
 
+
+
+def _quirk_bias_before(t1, t2, t3, real, last=None):
+    """rel_pos.quirk_bias before issue 17, with attention3d's concatenation of the padded keys' column."""
+    s = real
+    bias = (t1[:, :, :, :, None, None, :s] + t2[:, :, :, None, :s, None, :s]
+            + t3[:, :, :, None, None, :s, :s]).reshape(t1.shape[0], s**3, s**3)
+    return bias if last is None else torch.cat([bias, last[..., None]], dim=-1)
+
+
+@pytest.mark.parametrize("img_size", [64, 96])
+def test_encoder_rel_pos_bias_without_copies_is_bit_for_bit(monkeypatch, img_size):
+    """The fast encoder writes its rel-pos bias into one tensor: the embedding is the previous one, bit for bit
+    (windowed blocks with padded keys and global blocks)."""
+    import lib.model.attention3d as attention3d
+    from lib.model.image_encoder import ImageEncoderViT3D
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT3D(img_size=img_size, embed_dim=96, depth=4, num_heads=4, out_chans=32, window_size=7,
+                            global_attn_indexes=(1, 3)).eval()
+    for blk in enc.blocks:  # zero-initialised tables would hide the bias
+        for t in (blk.attn.rel_pos_d, blk.attn.rel_pos_h, blk.attn.rel_pos_w):
+            torch.nn.init.normal_(t, std=0.5)
+    x = torch.randn(1, 1, img_size, img_size, img_size)
+    with torch.inference_mode():
+        got = enc(x)
+        monkeypatch.setattr(attention3d, "quirk_bias", _quirk_bias_before)
+        want = enc(x)
+    assert torch.equal(got, want)

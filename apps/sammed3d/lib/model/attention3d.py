@@ -72,10 +72,8 @@ class Attention3D(nn.Module):
                 q_acc = torch.cat([q_acc, qb_acc.reshape(b * nh, s, s, p - s, hd)], dim=3)
             tables = (self.rel_pos_d.to(acc), self.rel_pos_h.to(acc), self.rel_pos_w.to(acc))
             t1, t2, t3 = quirk_terms(q_acc, *tables, s, p)
-            attn_bias = quirk_bias(t1, t2, t3, s)
-            if p > s:
-                lse = padded_key_logsumexp(t1, t2, t3, s)
-                attn_bias = torch.cat([attn_bias, lse[..., None]], dim=-1)
+            lse = padded_key_logsumexp(t1, t2, t3, s) if p > s else None
+            attn_bias = quirk_bias(t1, t2, t3, s, lse)  # the padded keys' lse as the last column
             attn_bias = attn_bias.reshape(b, nh, n_tok, -1).to(q.dtype)
         elif p > s:
             # Without rel-pos every padded key has the same logit: log(count) accounts for all of them.

@@ -12,6 +12,8 @@ Two implementations live here:
 - ``quirk_bias`` + ``padded_key_logsumexp``: the same numbers computed only for the real query rows,
   with all padded keys of a windowed block folded into one log-sum-exp (the fast path).
 """
+from typing import Optional
+
 import torch
 
 
@@ -69,15 +71,30 @@ def quirk_terms(q_ext: torch.Tensor, rel_pos_d, rel_pos_h, rel_pos_w, real: int,
     return t1, t2, t3
 
 
-def quirk_bias(t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor, real: int) -> torch.Tensor:
-    """Rel-pos bias between real queries and real keys: (N, S^3, S^3)."""
+def quirk_bias(t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor, real: int,
+               last: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rel-pos bias between real queries and real keys: (N, S^3, S^3), or (N, S^3, S^3 + 1) with
+    `last` (N, S^3) as the final column (the padded keys' log-sum-exp).
+
+    Without autograd the sum is written straight into one contiguous tensor (the broadcast sum's
+    own layout is permuted, and reshaping or concatenating it copied 12.6 MB per block): the same
+    additions in the same order, so the same values.
+    """
     s = real
-    bias = (
-        t1[:, :, :, :, None, None, :s]
-        + t2[:, :, :, None, :s, None, :s]
-        + t3[:, :, :, None, None, :s, :s]
-    )
-    return bias.reshape(t1.shape[0], s**3, s**3)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (t1, t2, t3)):
+        bias = (
+            t1[:, :, :, :, None, None, :s]
+            + t2[:, :, :, None, :s, None, :s]
+            + t3[:, :, :, None, None, :s, :s]
+        ).reshape(t1.shape[0], s**3, s**3)
+        return bias if last is None else torch.cat([bias, last[..., None]], dim=-1)
+    t1, t2, t3 = (t.contiguous() for t in (t1, t2, t3))  # einsum's permuted outputs read slower
+    out = t1.new_empty(t1.shape[0], s**3, s**3 + (last is not None))
+    view = out[:, :, : s**3].unflatten(2, (s, s, s)).unflatten(1, (s, s, s))
+    torch.add(t1[:, :, :, :, None, None, :s] + t2[:, :, :, None, :s, None, :s], t3[:, :, :, None, None, :s, :s], out=view)
+    if last is not None:
+        out[:, :, s**3] = last
+    return out
 
 
 def padded_key_logsumexp(t1: torch.Tensor, t2: torch.Tensor, t3: torch.Tensor, real: int) -> torch.Tensor:
