@@ -35,7 +35,8 @@ from lib.dataengine import TrainingSampler  # noqa: E402
 from lib.model import CLICK_UNET_CONFIG, atomic_write, build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from lib.model.training_view import LossGridView  # noqa: E402
 from lib.training.loop import evaluate_clicks, summarise  # noqa: E402
-from lib.training.recipe import RecipeOptions, build_optimizer, click_losses, loss_targets, set_lr_scale  # noqa: E402
+from lib.training.recipe import (  # noqa: E402
+    RecipeOptions, build_optimizer, click_losses, loss_targets, set_lr_scale, trains_on_click_history)
 
 DEV_SEED = 987_654  # the dev crops' sampler seed; training uses --seed (never this one)
 
@@ -81,7 +82,7 @@ def dev_set(sampler: TrainingSampler, n: int):
 def evaluate(model, dev):
     x, y, kinds = dev
     t = time.time()
-    res = evaluate_clicks(model, x, y, n_clicks=5, batch=2, accumulate=model.config.get("click_mode") == "all")
+    res = evaluate_clicks(model, x, y, n_clicks=5, batch=2, accumulate=trains_on_click_history(model))
     out = summarise(res)
     for kind in sorted(set(kinds)):
         sel = [i for i, k in enumerate(kinds) if k == kind]
@@ -166,7 +167,7 @@ def main(argv=None):
         emb = model.encode(x)
         loss, dice = click_losses(LossGridView(model, args.loss_size, crop=args.crop), emb,
                                   loss_targets(y, args.loss_size), args.num_clicks, rs, gen, False,
-                                  history=model.config.get("click_mode") == "all")
+                                  history=trains_on_click_history(model))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)

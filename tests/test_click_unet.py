@@ -226,3 +226,20 @@ def test_warm_start_widens_the_decoder_input_and_keeps_everything_else(tmp_path)
     torch.save({"model": {"mask_decoder.head.weight": torch.zeros(3, 3)}, "step": 1}, tmp_path / "bad.pt")
     with pytest.raises(SystemExit, match="head.weight"):
         script.warm_start(_model(**GEO), str(tmp_path / "bad.pt"))
+
+
+def test_every_training_path_trains_a_history_model_on_its_click_history(monkeypatch):
+    """ClickChain (fine-tuning, active-learning simulation) and the fine-tune validation engine follow
+    the model config's click mode, as the server does."""
+    import lib.training.recipe as recipe
+    from lib.trainers.finetune import served_click_mode
+
+    seen = []
+    real = recipe.click_losses
+    monkeypatch.setattr(recipe, "click_losses", lambda *a, **k: seen.append(k.get("history")) or real(*a, **k))
+    x = torch.randn(1, 1, 64, 64, 64)
+    y = (torch.rand(1, 1, 64, 64, 64) > 0.5).float()
+    for kw, history, mode in (({}, False, "newest"), (GEO, True, "all")):
+        m = _model(**kw)
+        recipe.ClickChain(m, loss_size=32)(x, y, np.random.default_rng(0), torch.Generator().manual_seed(0), 2, True)
+        assert seen[-1] is history and served_click_mode(m) == mode

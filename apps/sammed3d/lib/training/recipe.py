@@ -148,6 +148,12 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
     return total, dice_score(pred, gt)
 
 
+def trains_on_click_history(model) -> bool:
+    """True for a model whose config says it sees every click (click_mode "all", e.g. ClickUNet3D with
+    geodesic maps): fine-tuning and the active-learning simulation then train it as it is served."""
+    return (getattr(model, "config", None) or {}).get("click_mode") == "all"
+
+
 class ClickChain(nn.Module):
     """The learned forward pass as one module (what DDP wraps): [encode] + the simulated-click chain.
 
@@ -191,7 +197,8 @@ class ClickChain(nn.Module):
         view = training_view(model, self.loss_size, self.fast)
         if self.loss_size is not None:
             targets = loss_targets(targets, self.loss_size)
-        return click_losses(view, x.float(), targets, num_clicks, rs, generator, self.bf16)
+        return click_losses(view, x.float(), targets, num_clicks, rs, generator, self.bf16,
+                            history=trains_on_click_history(model))
 
 
 def train_step(chain: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
