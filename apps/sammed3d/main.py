@@ -11,7 +11,7 @@
   allow_random_weights     serve random weights when nothing is found (testing only; /info says so)
   device auto|cpu|cuda[:N] where the model runs (default auto: cuda if present)
   precision fp32|bf16|fp16 encoder precision (default fp32; reduced precision is meant for CUDA)
-  cache_mb N               memory bound of the volume/embedding cache (default 2048)
+  cache_mb N               memory bound of the volume cache (both tasks) and embeddings (default 2048)
   modality auto|CT|MR|...  CT gets the [-1000, 1000] clamp; auto decides per image (default auto)
   click_mode all|newest    clicks sent to the decoder (default: the model config's, else the session's measured best)
   max_crops N              crops one label may grow to for large structures (default 8)
