@@ -20,7 +20,7 @@ import torch
 from monailabel.interfaces.config import TaskConfig
 
 from lib.infers import SAMMed3DInfer
-from lib.model import CheckpointError, build_sam_med3d, load_checkpoint
+from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -103,7 +103,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             cache_bytes=int(number(conf, "cache_mb", 2048) * (1 << 20)),  # only when no shared cache is given
             modality=none_if_auto(conf.get("modality")),
             # a model trained on its click history (ClickUNet3D with geodesic maps) says so in its config
-            click_mode=conf.get("click_mode", (getattr(model, "config", None) or {}).get("click_mode", DEFAULT_CLICK_MODE)),
+            click_mode=conf.get("click_mode", model_click_mode(model) or DEFAULT_CLICK_MODE),
             precision=None if precision in ("fp32", "float32", "") else precision,
             max_crops=int(number(conf, "max_crops", 8)),
             volumes=volumes,

@@ -156,5 +156,11 @@ def build_model(config: Optional[dict] = None):
     return build_sam_med3d(config)
 
 
+def model_click_mode(model) -> Optional[str]:
+    """The clicks a model was trained to see, from its config: "all" (its click history, e.g.
+    ClickUNet3D with geodesic maps), "newest", or None when the config does not say (SAM-Med3D)."""
+    return (getattr(model, "config", None) or {}).get("click_mode")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

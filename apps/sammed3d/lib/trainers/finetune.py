@@ -36,9 +36,9 @@ import torch.distributed as dist
 from torch import nn
 
 from lib.evaluation.loop import evaluate_target
+from lib.model import model_click_mode
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
-from lib.training.recipe import (ClickChain, build_optimizer, click_rngs, resolve_loss_size, set_trainable, train_step,
-                                 trains_on_click_history)
+from lib.training.recipe import ClickChain, build_optimizer, click_rngs, resolve_loss_size, set_trainable, train_step
 from lib.versions import encoder_fingerprint
 
 from .data import CropSource, EmbeddingCache, Target, cache_key, find_targets, make_variants
@@ -47,11 +47,6 @@ from .progress import Progress
 
 logger = logging.getLogger(__name__)
 VAL_CLICKS = 5
-
-
-def served_click_mode(model) -> str:
-    """The click mode the server uses for `model` without --conf click_mode (main.py's rule)."""
-    return "all" if trains_on_click_history(model) else DEFAULT_CLICK_MODE
 
 
 def split_samples(samples: Sequence[Dict], val_split: float, seed: int = 0) -> Tuple[List[Dict], List[Dict]]:
@@ -181,7 +176,8 @@ def _train(rank, world, device, model, train_targets, val_targets, opts, callbac
                             run_id, extra={"status": "RUNNING", "train_parts": list(parts), "world_size": world})
         if val_targets:
             engine = SegmentationEngine(model, f"{run_id}-e0", device=device, cache_bytes=2 << 30,
-                                        modality=opts.modality, click_mode=opts.click_mode or served_click_mode(model),
+                                        modality=opts.modality,
+                                        click_mode=opts.click_mode or model_click_mode(model) or DEFAULT_CLICK_MODE,
                                         max_crops=opts.val_max_crops)
             t = time.perf_counter()
             baseline = validate(engine, model, f"{run_id}-e0", False, val_targets, source)

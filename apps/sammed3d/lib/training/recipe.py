@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.build import model_click_mode
 from ..model.precision import autocast
 from ..model.training_view import training_view
 from .clicks import sample_click_uniform
@@ -151,7 +152,7 @@ def click_losses(model, emb: torch.Tensor, targets: torch.Tensor, num_clicks: in
 def trains_on_click_history(model) -> bool:
     """True for a model whose config says it sees every click (click_mode "all", e.g. ClickUNet3D with
     geodesic maps): fine-tuning and the active-learning simulation then train it as it is served."""
-    return (getattr(model, "config", None) or {}).get("click_mode") == "all"
+    return model_click_mode(model) == "all"
 
 
 class ClickChain(nn.Module):
