@@ -15,6 +15,10 @@ The model is the released size (vit_b_ori, 100.5 M parameters) with random weigh
 saved to a temp checkpoint and passed with --conf checkpoint. Random weights make the mask shape
 arbitrary, so the server runs with --conf max_crops 1: the numbers are the one-crop path.
 --write-docs replaces the "## HTTP" section of docs/benchmarks.md (other sections stay).
+
+--base-app DIR runs the second server ("base") from another app folder instead, e.g. a git worktree of the
+previous commit, to measure a change of the click path against it in the same run (labels compared, first
+clicks included; which server gets an image first alternates). --app DIR does the same for "new".
 """
 import argparse
 import os
@@ -181,14 +185,18 @@ def report(r: dict) -> str:
     w = r["writers"]
     names = list(w)
     med = statistics.median
+    second = ("\"base\" is a second server running another app folder (`--base-app`), in the same run, the two "
+              "taking turns click by click." if "base" in names else
+              "\"new\" writes the label file with `lib/session/labelfile.py`; \"sitk\" is the previous path (SimpleITK "
+              "writes the whole volume; `SAMMED3D_LABEL_WRITER=sitk`), run in a second server in the same run, the two "
+              "taking turns click by click.")
     lines = [
         "## HTTP",
         "",
         "Round trip through `MONAILabelClient.infer` (request, inference, label file written, sent and saved",
         "by the client) against a real `monailabel start_server`; synthetic 512x512x61 CT, released-size",
-        "model with random weights, `--conf max_crops 1`. \"new\" writes the label file with",
-        "`lib/session/labelfile.py`; \"sitk\" is the previous path (SimpleITK writes the whole volume;",
-        "`SAMMED3D_LABEL_WRITER=sitk`), run in a second server in the same run, the two taking turns click by click.",
+        "model with random weights, `--conf max_crops 1`.",
+        second,
         "",
         f"- Command: `{r['command']}`",
         f"- Machine: {r['machine']}; device {r['device']}; commit {commit}; {time.strftime('%Y-%m-%d %H:%M')}",
