@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--config", default=None, help="model config JSON (default: CLICK_UNET_CONFIG)")
+    p.add_argument("--config", default=None,
+                   help="model config JSON of a new run (default: CLICK_UNET_CONFIG); a resumed run keeps its own")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--loss-size", type=int, default=32)
     p.add_argument("--batch", type=int, default=4)
@@ -124,15 +125,16 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     device = torch.device(args.device)
-    config = json.loads(args.config) if args.config else dict(CLICK_UNET_CONFIG)
+    state_path = os.path.join(args.out, "state.pt")
+    st = torch.load(state_path, map_location=device, weights_only=True) if os.path.exists(state_path) else None
+    # a resumed run keeps the config it was started with (--config applies to a new run only)
+    config = st["config"] if st else (json.loads(args.config) if args.config else dict(CLICK_UNET_CONFIG))
     model = build_model(config).to(device)
     recipe = RecipeOptions(lr=args.lr, decoder_lr_ratio=1.0, weight_decay=args.weight_decay,
                            num_clicks=args.num_clicks, grad_clip=args.grad_clip)
     opt = build_optimizer(model, recipe)
-    state_path = os.path.join(args.out, "state.pt")
     step = 0
-    if os.path.exists(state_path):
-        st = torch.load(state_path, map_location=device, weights_only=True)
+    if st:
         model.load_state_dict(st["model"])
         try:
             opt.load_state_dict(st["optimizer"])
