@@ -20,6 +20,10 @@ with each variant and prints mean Dice after 2, 3, 5 and 10 actions.
     .venv/bin/python scripts/bench_medsam.py [--repeats 3] [--threads 2] [--bound] [--device cuda]
     .venv/bin/python scripts/bench_medsam.py --encoders fp32,int8 --batches 1,2 --repeats 3 [--eval-row]
     .venv/bin/python scripts/bench_medsam.py --variants fp32:1,fp32:2,int8:2 --repeats 1
+    .venv/bin/python scripts/bench_medsam.py --variants fp32:2:1,fp32:2:2,int8:2:2 --repeats 1 --eval-row
+
+A variant is encoder:batch[:stride]; stride k (--conf medsam_slice_stride) decodes every k-th slice and
+fills the others from their neighbours. --eval-row also prints each target's Dice after 2 and 10 actions.
 """
 from __future__ import annotations
 
@@ -47,16 +51,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
-def eval_row(model, site: str, batch: int = 2) -> dict:
+def eval_row(model, site: str, batch: int = 2, stride: int = 1) -> dict:
     """Mean Dice after 2/3/5/10 actions of the evaluation row (docs/medsam.md) with this model."""
     from lib.evaluation.medsam import evaluate_medsam
 
     pairs = [("CTChest4", os.path.join(site, "slicerio", "data", "CTChest4.nrrd"),
               os.path.join(site, "slicerio", "data", "Segmentation.seg.nrrd"))]
-    engine = MedSAMEngine(model, "eval", cache_bytes=1 << 30, encode_batch=batch)
+    engine = MedSAMEngine(model, "eval", cache_bytes=1 << 30, encode_batch=batch, slice_stride=stride)
     t = time.perf_counter()
     rows = evaluate_medsam(engine, pairs, [5, 6, 3], 10, 5.0)
     out = {n: float(np.mean([r["dice"] for r in rows if r["clicks"] == n])) for n in (2, 3, 5, 10)}
+    out["targets"] = {(r["value"], r["clicks"]): r["dice"] for r in rows}
     out["seconds"] = time.perf_counter() - t
     return out
 
@@ -93,7 +98,7 @@ def main() -> int:
     p.add_argument("--bound", action="store_true", help="also print the FLOP lower bound (see above)")
     p.add_argument("--encoders", default="fp32", help="comma-separated encoder variants: fp32, int8")
     p.add_argument("--batches", default="2", help="comma-separated slices per encoder call (1 = the previous path)")
-    p.add_argument("--variants", default="", help="encoder:batch pairs instead, e.g. fp32:1,fp32:2,int8:2")
+    p.add_argument("--variants", default="", help="encoder:batch[:stride] instead, e.g. fp32:1,fp32:2,int8:2,fp32:2:2")
     p.add_argument("--eval-row", action="store_true", help="also run the evaluation row with each variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,19 +115,32 @@ def main() -> int:
     k0 = 2
     roi = [int(ii.min()), int(ii.max()), int(jj.min()), int(jj.max()), k0, k0 + args.slices - 1]
     if args.variants:
-        pairs = [(v.split(":")[0].strip(), int(v.split(":")[1])) for v in args.variants.split(",") if v.strip()]
+        triples = [([x.strip() for x in v.split(":")] + ["1"])[:3] for v in args.variants.split(",") if v.strip()]
+        pairs = [(e, int(b), int(k)) for e, b, k in triples]
     else:
-        pairs = [(e.strip(), int(b)) for e in args.encoders.split(",") if e.strip()
+        pairs = [(e.strip(), int(b), 1) for e in args.encoders.split(",") if e.strip()
                  for b in args.batches.split(",") if b.strip()]
-    loaded = {e: quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), e) for e, _ in pairs}
-    names = [f"{e} batch {b}" for e, b in pairs]  # the first is the reference
-    models = {f"{e} batch {b}": loaded[e] for e, b in pairs}
-    batch_of = {f"{e} batch {b}": b for e, b in pairs}
-    if args.repeats < 1:  # --repeats 0 --eval-row: only the evaluation rows
+    loaded = {e: quantize_encoder(load_lite_medsam(locate_weights().path, device=args.device), e) for e, _, _ in pairs}
+    label = {(e, b, k): f"{e} batch {b}" + (f" stride {k}" if k > 1 else "") for e, b, k in pairs}
+    names = [label[v] for v in pairs]  # the first is the reference
+    models = {label[v]: loaded[v[0]] for v in pairs}
+    batch_of = {label[v]: v[1] for v in pairs}
+    stride_of = {label[v]: v[2] for v in pairs}
+
+    def run_eval_rows():
+        ref = None
         for name in names:
-            row = eval_row(models[name], site, batch_of[name])
+            row = eval_row(models[name], site, batch_of[name], stride_of[name])
             print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
                   f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
+            ref = ref or row["targets"]
+            print("  per target (label: Dice after 2 / 10 actions, change vs " + names[0] + "): " + "; ".join(
+                f"{v}: {row['targets'][(v, 2)]:.3f} ({row['targets'][(v, 2)] - ref[(v, 2)]:+.3f}) / "
+                f"{row['targets'][(v, 10)]:.3f} ({row['targets'][(v, 10)] - ref[(v, 10)]:+.3f})"
+                for v in sorted({v for v, _ in row["targets"]})), flush=True)
+
+    if args.repeats < 1:  # --repeats 0 --eval-row: only the evaluation rows
+        run_eval_rows()
         return 0
     cold = {n: [] for n in names}
     enc = {n: [] for n in names}
@@ -130,7 +148,7 @@ def main() -> int:
     for _ in range(args.repeats):
         for name in names:  # the variants take turns: load from other jobs hits them alike
             engine = MedSAMEngine(models[name], "bench", device=args.device, cache_bytes=1 << 30,
-                                  encode_batch=batch_of[name])
+                                  encode_batch=batch_of[name], slice_stride=stride_of[name])
             engine.volume(ct_path)  # file read outside the timing: the server keeps volumes cached too
             t = time.perf_counter()
             res = engine.segment_box(ct_path, roi, window="soft_tissue")
@@ -155,10 +173,7 @@ def main() -> int:
               f"| {n} slices | cold median {med:.1f} s ({med / max(n, 1):.2f} s/slice, n={len(cold[name])}; "
               f"all {', '.join(f'{c:.1f}' for c in cold[name])}), encode median {statistics.median(enc[name]):.1f} s{vs} |")
     if args.eval_row:
-        for name in names:
-            row = eval_row(models[name], site, batch_of[name])
-            print(f"eval row {name}: mean Dice after 2 / 3 / 5 / 10 actions "
-                  f"{row[2]:.3f} / {row[3]:.3f} / {row[5]:.3f} / {row[10]:.3f} ({row['seconds']:.0f} s)", flush=True)
+        run_eval_rows()
     model = models[names[0]]
     if args.bound and args.device == "cpu":
         flop, rate = encoder_gflop(model), gemm_gflops()

@@ -9,7 +9,9 @@
 missing weights stop start-up) | false; medsam_checkpoint PATH; medsam_cache_mb N (default 1024);
 medsam_encoder fp32 (default) | int8 (dynamically quantised Linear layers: faster encoding, slightly
 different masks; docs/medsam.md); medsam_encode_batch N (default 2: slices per encoder call during
-propagation; same masks); device (shared with SAM-Med3D).
+propagation; same masks); medsam_slice_stride k (default 1: every slice of a box is encoded and decoded;
+k > 1 decodes every k-th slice and fills the others from their neighbours, about 1/k of the encodings;
+docs/medsam.md); device (shared with SAM-Med3D).
 """
 from __future__ import annotations
 
@@ -64,6 +66,12 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu",
     if encoder not in ENCODER_MODES:
         raise RuntimeError(f"--conf medsam_encoder must be one of {list(ENCODER_MODES)}, got {encoder!r}")
     try:
+        stride = int(conf.get("medsam_slice_stride", 1))
+    except ValueError:
+        raise RuntimeError(f"--conf medsam_slice_stride must be a whole number, got {conf.get('medsam_slice_stride')!r}") from None
+    if stride < 1:
+        raise RuntimeError(f"--conf medsam_slice_stride must be >= 1, got {stride}")
+    try:
         loc = locate_weights(conf.get("medsam_checkpoint"))
     except MedSAMWeightsError as e:
         if required:
@@ -83,7 +91,9 @@ def build_medsam_task(conf: Dict[str, str], device: str = "cpu",
         raise RuntimeError(f"--conf medsam_encode_batch must be a whole number, got {conf.get('medsam_encode_batch')!r}") from None
     if batch < 1:
         raise RuntimeError(f"--conf medsam_encode_batch must be >= 1, got {batch}")
-    engine = MedSAMEngine(model, version, device=device, encode_batch=batch, volumes=volumes,
+    if stride > 1:
+        version += f"+stride{stride}"
+    engine = MedSAMEngine(model, version, device=device, encode_batch=batch, volumes=volumes, slice_stride=stride,
                           cache_bytes=int(float(conf.get("medsam_cache_mb", 1024)) * (1 << 20)))
     weights = MedSAMWeights(source=loc.source, path=loc.path, sha256=loc.sha256, model_version=version,
                             device=device, encoder=encoder)

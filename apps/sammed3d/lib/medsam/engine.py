@@ -57,9 +57,10 @@ def choose_window(raw: np.ndarray, roi: Sequence[int], ct: bool, window: Window,
 class MedSAMEngine:
     def __init__(self, model: LiteMedSAM, model_version: str, device: str = "cpu", cache_bytes: int = 1 << 30,
                  modality: Optional[str] = None, max_volumes: int = 2, encode_batch: int = 2,
-                 volumes: Optional[VolumeCache] = None):
+                 volumes: Optional[VolumeCache] = None, slice_stride: int = 1):
         """volumes: the app's shared VolumeCache (default: one of its own); cache_bytes bounds the
-        slice embeddings of the last `max_volumes` files."""
+        slice embeddings of the last `max_volumes` files. slice_stride: decode every k-th slice of a
+        box and fill the others from their neighbours (lib.medsam.propagate; 1 = every slice)."""
         self.volumes = volumes if volumes is not None else VolumeCache()
         self.model = model.to(device).eval()
         self.model_version = model_version
@@ -68,6 +69,7 @@ class MedSAMEngine:
         self.modality = modality
         self.max_volumes = max(1, int(max_volumes))
         self.encode_batch = max(1, int(encode_batch))  # slices per encoder call (VolumePredictor)
+        self.slice_stride = max(1, int(slice_stride))
         self._files: "OrderedDict[tuple, dict]" = OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,7 +95,8 @@ class MedSAMEngine:
             per_volume = self.cache_bytes // self.max_volumes
             pred = VolumePredictor(self.model, entry["raw"], vol.image.GetSpacing(), vol.image.GetDirection(), ct,
                                    window=window, slice_axis=slice_axis, cache_bytes=max(per_volume // 2, EMBED_BYTES),
-                                   device=self.device, encode_batch=self.encode_batch)
+                                   device=self.device, encode_batch=self.encode_batch,
+                                   slice_stride=self.slice_stride)
             entry["predictors"][key] = pred
             while len(entry["predictors"]) > 2:  # e.g. lung + soft tissue of one CT
                 entry["predictors"].popitem(last=False)

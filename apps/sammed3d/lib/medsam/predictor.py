@@ -27,12 +27,15 @@ EMBED_BYTES = 256 * 64 * 64 * 4
 class VolumePredictor:
     def __init__(self, model: LiteMedSAM, vol: np.ndarray, spacing: Sequence[float], direction: Sequence[float],
                  is_ct: bool, window: Window = None, slice_axis: Optional[int] = None,
-                 cache_bytes: int = 512 << 20, device: Optional[str] = None, encode_batch: int = 2):
+                 cache_bytes: int = 512 << 20, device: Optional[str] = None, encode_batch: int = 2,
+                 slice_stride: int = 1):
         """vol: (ni, nj, nk) in stored index order, raw intensities (HU for CT).
 
         encode_batch: slices encoded per model call when the caller names the next slice it will
         need (predict_256's `ahead`). Two slices per call keep both CPU cores busier than one
         (scripts/bench_medsam_encoder.py --batch2); each slice's embedding is the same as alone.
+        slice_stride: propagate_box's default stride (decode every k-th slice, fill the rest from
+        their neighbours; 1 = every slice).
         """
         if vol.ndim != 3:
             raise ValueError(f"volume must be 3D (ni, nj, nk), got shape {vol.shape}")
@@ -42,6 +45,7 @@ class VolumePredictor:
         self.volume_u8 = window_volume(vol, is_ct, window)
         self.max_cached = max(2, int(cache_bytes // EMBED_BYTES))
         self.encode_batch = max(1, int(encode_batch))
+        self.slice_stride = max(1, int(slice_stride))
         self._cache: "OrderedDict[int, Tuple[torch.Tensor, Tuple[int, int]]]" = OrderedDict()
         self.stats: Dict[str, float] = {"encoded": 0, "cache_hits": 0, "encode_s": 0.0, "decode_s": 0.0}
 

@@ -12,6 +12,12 @@
    MedSAM paper's protocol and avoids segmenting something else beyond the structure's end.)
 5. Image encodings are cached per slice by the VolumePredictor, so corrections and repeated
    requests on the same slices only run the decoder.
+6. Slice stride k > 1 (`--conf medsam_slice_stride k`, VolumePredictor.slice_stride; default 1 = the
+   protocol above): propagation steps k slices at a time, each decoded slice prompted with the box of
+   the last decoded one, and every skipped slice is filled from its two decoded neighbours (their
+   logits interpolated linearly by distance, thresholded at 0), so only about 1/k of the slices are
+   encoded. Where a strided step finds the structure gone, that direction goes on slice by slice
+   from the last non-empty slice (the stride-1 protocol), so the structure's ends are decoded.
 """
 from __future__ import annotations
 
@@ -57,7 +63,8 @@ def clamp_roi(roi: Sequence, shape: Sequence[int]) -> Tuple[int, int, int, int, 
 
 def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = False,
                   centre: Optional[int] = None,
-                  anchors: Optional[Dict[int, Sequence[int]]] = None) -> PropagationResult:
+                  anchors: Optional[Dict[int, Sequence[int]]] = None,
+                  stride: Optional[int] = None) -> PropagationResult:
     """Segment the structure in a 3D box by MedSAM's slice-by-slice protocol.
 
     clip_to_roi: zero the result outside the box (in-plane too); the slice range is always bounded.
@@ -86,12 +93,16 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
     progress = {"n": 0}
     stats = getattr(pred, "stats", None)  # stand-in predictors (tests, evaluations) may have none
     takes_ahead = "ahead" in inspect.signature(pred.predict_256).parameters
+    k = max(1, int(stride if stride is not None else getattr(pred, "slice_stride", 1)))
+    logits_of: Dict[int, np.ndarray] = {}  # decoded slices' logits, kept only when k > 1 (for the fill)
 
     def run(s: int, box256: np.ndarray, ahead=()) -> np.ndarray:
         t = time.perf_counter()
         encoded = stats["encoded"] if stats is not None else 0
         logits, iou = pred.predict_256(s, box256, ahead) if takes_ahead else pred.predict_256(s, box256)
         m = (logits > 0).numpy()  # sigmoid > 0.5
+        if k > 1:
+            logits_of[s] = logits.numpy()
         progress["n"] += 1
         how = "" if stats is None else ("encoded, " if stats["encoded"] > encoded else "cached encoding, ")
         logger.info("medsam box: slice %d (%d of at most %d), %s%d pixels, %.2f s", s, progress["n"], total,
@@ -102,9 +113,24 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
             frame.put_slice(mask, s, m.astype(np.uint8))
         return m
 
+    def fill(a: int, b: int) -> List[int]:
+        """Slices strictly between decoded slices a and b: their logits interpolated by distance.
+        Returns the filled slices whose mask is not empty."""
+        filled = []
+        for u in range(min(a, b) + 1, max(a, b)):
+            w = abs(u - a) / abs(b - a)
+            m = ((1.0 - w) * logits_of[a] + w * logits_of[b]) > 0
+            progress["n"] += 1
+            logger.info("medsam box: slice %d (%d of at most %d), filled from slices %d and %d, %d pixels",
+                        u, progress["n"], total, a, b, int(m.sum()))
+            if m.any():
+                frame.put_slice(mask, u, m.astype(np.uint8))
+                filled.append(u)
+        return filled
+
     # `ahead`: the slice propagation will most likely need next, encoded in the same model call
     # (VolumePredictor.encode_batch); at worst one slice per direction is encoded in vain.
-    firsts = {seed: run(seed, seeds[seed], [seed + 1] if seed + 1 <= s1 else []) for seed in order}
+    firsts = {seed: run(seed, seeds[seed], [seed + k] if seed + k <= s1 else []) for seed in order}
     live = [seed for seed in order if firsts[seed].any()]  # an empty seed owns no slices
     done = list(live)
     for n, seed in enumerate(live):
@@ -112,6 +138,8 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
         hi = s1 if n == len(live) - 1 else (seed + live[n + 1]) // 2
         for step in (1, -1):
             prev, s = firsts[seed], seed + step
+            if k > 1:
+                prev, s = _strided(run, fill, prev, seed, step, k, lo, hi, done)
             while lo <= s <= hi:
                 b = box256_from_mask(prev)
                 if b is None:
@@ -121,8 +149,25 @@ def propagate_box(pred: VolumePredictor, roi: Sequence, clip_to_roi: bool = Fals
                     break
                 done.append(s)
                 s += step
-    res.slices = sorted(done)
+    res.slices = sorted(set(done))
     if clip_to_roi:
         res.mask = roi_tools.apply_roi(mask, box)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _strided(run, fill, prev: np.ndarray, seed: int, step: int, k: int, lo: int, hi: int, done: List[int]):
+    """One direction of a seed's propagation, k slices per step (module docstring, step 6); the last step
+    is shortened to end on the range's end. Returns (mask, slice) where slice-by-slice propagation goes
+    on: past the range when the structure reached it, else from the last non-empty decoded slice."""
+    s = seed
+    while True:
+        t = s + step * min(k, (hi - s) if step > 0 else (s - lo))
+        b = box256_from_mask(prev)
+        if t == s or b is None:
+            return prev, s + step
+        m = run(t, b, [t + step * k] if lo <= t + step * k <= hi else [])
+        if not m.any():  # the structure ends between s and t: slice by slice from s
+            return prev, s + step
+        done.extend(fill(s, t) + [t])
+        prev, s = m, t
