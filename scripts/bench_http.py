@@ -114,8 +114,8 @@ def run(args) -> dict:
         synthetic_ct(os.path.join(studies, "ct_0.nii.gz"))
         for r in range(1, args.reps):
             shutil.copyfile(os.path.join(studies, "ct_0.nii.gz"), os.path.join(studies, f"ct_{r}.nii.gz"))
-        ckpt = released_random_checkpoint(os.path.join(work, "random_released.pt"))
-        conf = {"checkpoint": ckpt, "device": args.device, "max_crops": "1", "modality": "CT"}
+        ckpt = os.path.abspath(args.checkpoint) if args.checkpoint else released_random_checkpoint(os.path.join(work, "random_released.pt"))
+        conf = {"checkpoint": ckpt, "device": args.device, "max_crops": str(args.max_crops), "modality": "CT"}
         out = {w: {"first": [], "server_first": [], "repeat": {f: [] for f in formats},
                    "server_repeat": {f: [] for f in formats}, "bytes": {f: [] for f in formats}} for w in writers}
         voxels, mismatches, compared = [], [], 0
@@ -259,6 +259,10 @@ def main(argv=None) -> int:
                    help="compare with a second server running this app folder (e.g. a git worktree of the "
                         "previous commit) instead of the SimpleITK label writer; labels are compared the same way")
     p.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md, section HTTP")
+    p.add_argument("--checkpoint", default=None,
+                   help="serve this checkpoint (e.g. apps/sammed3d/model/default/model.pt) instead of the "
+                        "released-size model at random weights")
+    p.add_argument("--max-crops", type=int, default=1, help="--conf max_crops of the servers (default 1: one crop)")
     args = p.parse_args(argv)
     result = run(args)
     section = report(result)
