@@ -49,7 +49,7 @@ def test_info_lists_both_models(client):
     assert models["medsam_box"]["type"] == "deepgrow" and models["medsam_box"]["labels"]
 
 
-def test_box_gives_a_mask_on_the_image_grid_inside_the_box(client, data):
+def test_box_gives_a_mask_on_the_image_grid_inside_the_box(server, client, data):
     import SimpleITK as sitk
 
     image_id = "synth_ras_ct"
@@ -65,6 +65,7 @@ def test_box_gives_a_mask_on_the_image_grid_inside_the_box(client, data):
     outside[roi[0]:roi[1] + 1, roi[2]:roi[3] + 1, roi[4]:roi[5] + 1] = 0
     assert outside.sum() == 0, "voxels outside the requested box"
     assert set(result["latencies"]) >= {"total"}
+    assert "medsam box: slice" in server.log()  # per-slice progress reaches the server log (issue 17)
 
 
 @pytest.mark.parametrize("params, fragment", [
