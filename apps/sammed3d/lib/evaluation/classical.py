@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from lib.model.geodesic_maps import geodesic_from
+from lib.model.geodesic_maps import geodesic_cost, geodesic_from
 
 METHODS = ("random_walker", "geodesic")
 
@@ -161,19 +161,15 @@ def random_walker_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[
     return 0.5 * (prob[0] - prob[1])  # channel 0 is label 1 (foreground)
 
 
-def geodesic_distance(data: np.ndarray, seeds: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
-    """Geodesic distance (mm-weighted) from the True voxels of `seeds` over the box (the model's
-    geodesic click maps use the same function on their cell grid)."""
-    return geodesic_from(data, np.argwhere(seeds), gamma, spacing)
-
-
 def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
-    """Distance to the background seeds minus distance to the foreground seeds (> 0: foreground)."""
+    """Distance to the background seeds minus distance to the foreground seeds (> 0: foreground); the
+    mm-weighted geodesic distance the model's click maps also use (lib.model.geodesic_maps)."""
     if not (labels == 2).any():
         return np.ones(labels.shape)
     if not (labels == 1).any():
         return -np.ones(labels.shape)
-    return geodesic_distance(data, labels == 2, spacing, gamma) - geodesic_distance(data, labels == 1, spacing, gamma)
+    cost = geodesic_cost(data, gamma, spacing)
+    return geodesic_from(cost, np.argwhere(labels == 2), spacing) - geodesic_from(cost, np.argwhere(labels == 1), spacing)
 
 
 def coarse_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:

@@ -28,17 +28,19 @@ import torch
 from torch import nn
 
 
-def geodesic_from(image: np.ndarray, seeds: np.ndarray, gamma: float,
-                  spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Minimal path length from any of `seeds` ((K, 3) indices, K >= 1) to every voxel of `image`:
-    local cost sqrt(1 + (gamma |grad I|)^2) per unit length, grad per unit of `spacing`, 26-connected
-    (skimage.graph.MCP_Geometric with sampling = spacing)."""
+def geodesic_cost(image: np.ndarray, gamma: float, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Local cost per unit length sqrt(1 + (gamma |grad I|)^2), grad per unit of `spacing` (>= 1).
+    Computed once per image and shared by the include and the exclude solve."""
+    grads = np.gradient(np.asarray(image, dtype=np.float64), *[float(s) for s in spacing])
+    return np.sqrt(1.0 + (gamma * gamma) * sum(g * g for g in grads))
+
+
+def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Minimal path length over `cost` (geodesic_cost) from any of `seeds` ((K, 3) indices, K >= 1) to
+    every voxel, 26-connected (skimage.graph.MCP_Geometric with sampling = spacing)."""
     from skimage.graph import MCP_Geometric
 
-    spacing = tuple(float(s) for s in spacing)
-    grads = np.gradient(np.asarray(image, dtype=np.float64), *spacing)
-    cost = np.sqrt(1.0 + (gamma * gamma) * sum(g * g for g in grads))
-    mcp = MCP_Geometric(cost, fully_connected=True, sampling=spacing)
+    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
     dist, _ = mcp.find_costs([tuple(int(v) for v in s) for s in seeds])
     return dist
 
@@ -66,11 +68,12 @@ class GeodesicMaps(nn.Module):
             cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
             labs = labels.detach().cpu().numpy()
             for i in range(b):
+                cost = geodesic_cost(inten[i], self.gamma)
                 for p, polarity in enumerate((1, 0)):
                     seeds = cells[i][labs[i] == polarity]
                     if not len(seeds):
                         continue
-                    dist = geodesic_from(inten[i], seeds, self.gamma)
+                    dist = geodesic_from(cost, seeds)
                     for t, tau in enumerate(self.taus):
                         out[i, 2 * t + p] = np.exp(-dist / tau)
         return torch.from_numpy(out).to(intensity.device)
