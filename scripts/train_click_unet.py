@@ -67,6 +67,9 @@ def parse_args(argv=None):
                    help="start from this app checkpoint or state.pt (ignored when resuming); tensors that grew in "
                         "input channels (the decoder's first layer when geodesic maps are added) keep the old "
                         "weights in their leading channels and zeros in the new ones")
+    p.add_argument("--zero-head", action="store_true",
+                   help="with --init: zero the decoder's output layer, so a model with a geodesic prior "
+                        "(prior_margin_cells) starts as exactly the classical region and learns a residual")
     return p.parse_args(argv)
 
 
@@ -144,7 +147,11 @@ def main(argv=None):
         print(f"resumed at step {step}", flush=True)
     elif args.init:
         warm_start(model, args.init)
-        print(f"initialised from {args.init}", flush=True)
+        if args.zero_head:
+            with torch.no_grad():
+                model.mask_decoder.head.weight.zero_()
+                model.mask_decoder.head.bias.zero_()
+        print(f"initialised from {args.init}" + (" (output layer zeroed)" if args.zero_head else ""), flush=True)
     sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=args.seed)
     dev_sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=DEV_SEED)
     dev = dev_set(dev_sampler, args.dev_crops)

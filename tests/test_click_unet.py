@@ -243,3 +243,51 @@ def test_every_training_path_trains_a_history_model_on_its_click_history(monkeyp
         m = _model(**kw)
         recipe.ClickChain(m, loss_size=32)(x, y, np.random.default_rng(0), torch.Generator().manual_seed(0), 2, True)
         assert seen[-1] is history and (model_click_mode(m) or "newest") == mode
+
+
+def test_geodesic_prior_is_the_classical_region_on_the_cell_grid():
+    from lib.model.geodesic_maps import GeodesicPrior, box_face_seeds
+
+    inten = torch.zeros(1, 16, 16, 16)
+    inten[0, :, :, 8:] = 3.0  # edge between cells 7 and 8 on the last axis
+    prior = GeodesicPrior(gamma=20.0, margin=4, clip=6.0)
+    click = torch.tensor([[[4 * 8 + 1.5, 4 * 8 + 1.5, 4 * 5 + 1.5], [0.0, 0.0, 0.0]]])  # cell (8, 8, 5); padding
+    out = prior(inten, click, torch.tensor([[1, -1]]))[0, 0]
+    assert out.shape == (16, 16, 16)
+    assert out[8, 8, 5] == 6.0 and out[8, 8, 4] > 0 and out[8, 8, 7] > 0  # the click's side of the edge, in the box
+    assert out[8, 8, 8] < 0 and out[8, 8, 12] == -6.0  # across the edge (nearer the box face than the click)
+    assert out[8, 1, 5] < 0 and out[8, 15, 5] < 0  # outside the box of the click plus 4 cells
+    # an exclude click keeps its own label and pulls its neighbourhood to the background
+    both = prior(inten, torch.tensor([[[33.5, 33.5, 21.5], [33.5, 33.5, 13.5]]]), torch.tensor([[1, 0]]))[0, 0]
+    assert both[8, 8, 3] == -6.0 and both[8, 8, 5] == 6.0
+    # no include click: background everywhere; a box that covers the whole grid: foreground everywhere
+    assert torch.equal(prior(inten, click, torch.tensor([[0, -1]])), torch.full((1, 1, 16, 16, 16), -6.0))
+    assert torch.equal(prior(inten, None, None), torch.full((1, 1, 16, 16, 16), -6.0))
+    wide = GeodesicPrior(gamma=20.0, margin=20, clip=6.0)
+    assert torch.equal(wide(inten, click[:, :1], torch.tensor([[1]])), torch.full((1, 1, 16, 16, 16), 6.0))
+    faces = box_face_seeds(np.array([[8, 8, 5]]), 16, 4)
+    assert {tuple(f) for f in faces} >= {(4, 8, 5), (12, 8, 5), (8, 8, 1), (8, 8, 9)}
+    assert len(box_face_seeds(np.array([[8, 8, 7]]), 16, 8)) == 0  # every face on or beyond the grid's border
+
+
+def test_a_prior_model_with_a_zero_output_layer_serves_exactly_the_prior(tmp_path):
+    from lib.model.geodesic_maps import GeodesicPrior
+
+    m = _model(**GEO, prior_margin_cells=4, prior_gamma=20.0).eval()
+    with torch.no_grad():
+        m.mask_decoder.head.weight.zero_()
+        m.mask_decoder.head.bias.zero_()
+    x = torch.randn(1, 1, 64, 64, 64)
+    emb = m.encode(x)
+    coords, labels = torch.tensor([[[30.0, 30.0, 30.0], [5.0, 5.0, 5.0]]]), torch.tensor([[1, 0]])
+    expected = GeodesicPrior(20.0, 4, 6.0)(emb[:, -1], coords, labels)
+    with torch.no_grad():
+        assert torch.equal(m.decode(emb, coords, labels, None), expected)
+    path = str(tmp_path / "prior.pt")
+    save_checkpoint(m, path, version="prior")
+    loaded, _ = load_checkpoint(path)
+    assert loaded.prior is not None and loaded.prior.margin == 4
+    for bad in ({"prior_margin_cells": -1}, {"prior_margin_cells": 2.5}, {"prior_gamma": 0},
+                {"prior_clip": True}, {"prior_margin_cells": 3, "geodesic_taus": []}):
+        with pytest.raises(ValueError):
+            build_model({**SMALL, **GEO, **bad} if "geodesic_taus" not in bad else {**SMALL, **bad})

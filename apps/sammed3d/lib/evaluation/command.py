@@ -60,15 +60,23 @@ def build_engine(args):
         version = args.model_version or f"random-seed{args.seed}"
     else:
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
+    from lib.session.refine import GeodesicRefine
+
+    refine = GeodesicRefine(band=args.refine_band, gamma=args.refine_gamma) if args.refine == "geodesic" else None
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
-        precision=args.precision, max_crops=args.max_crops,
+        precision=args.precision, max_crops=args.max_crops, refine=refine,
     )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m lib.evaluation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="folder with images/ and labels/ (or imagesTr/ and labelsTr/)")
+    p.add_argument("--refine", choices=("none", "geodesic"), default="none",
+                   help="sammed3d: image-aware refinement of the mask at twice the logits' resolution "
+                        "(lib.session.refine); the server's --conf refine")
+    p.add_argument("--refine-band", type=float, default=2.0, help="refinement: |logit| below this is re-decided")
+    p.add_argument("--refine-gamma", type=float, default=20.0, help="refinement: gradient weight of the cost")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

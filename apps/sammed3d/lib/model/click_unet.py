@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geodesic_maps import GeodesicMaps
+from .geodesic_maps import GeodesicMaps, GeodesicPrior
 
 CLICK_UNET_CONFIG = {
     "architecture": "click_unet",
@@ -46,6 +46,12 @@ CLICK_UNET_CONFIG = {
     # more prompt maps.
     "geodesic_taus": [],
     "geodesic_gamma": 20.0,
+    # The classical geodesic region as a prior the decoder's output is added to (GeodesicPrior):
+    # margin of the clicks' box in cells (0: off; 7 cells = 42 mm at 1.5 mm, the classical row's 40 mm),
+    # gamma of its cost, and the logit clip. Needs geodesic_taus (the cell-intensity channel).
+    "prior_margin_cells": 0,
+    "prior_gamma": 50.0,
+    "prior_clip": 6.0,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model
     "click_mode": "newest",
@@ -210,6 +216,9 @@ class ClickUNet3D(nn.Module):
         self.prompt_encoder = ClickMaps(size, config["click_sigmas"])
         taus = config.get("geodesic_taus") or []
         self.geodesic = GeodesicMaps(config.get("geodesic_gamma", 20.0), taus) if taus else None
+        margin = int(config.get("prior_margin_cells", 0))
+        self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0)) \
+            if margin > 0 else None
         # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a
         # decoder trained without them is the leading input channels of one trained with them
         extra = 1 + self.geodesic.num_channels if self.geodesic is not None else 0
@@ -259,7 +268,10 @@ class ClickUNet3D(nn.Module):
             feats, cells = image_embedding[:, :-1], image_embedding[:, -1:]
             geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0)
             prompts = torch.cat([prompts, cells.float(), geo], dim=1)
-        return self.mask_decoder(feats, prompts.to(image_embedding.dtype))
+        logits = self.mask_decoder(feats, prompts.to(image_embedding.dtype))
+        if self.prior is not None:
+            logits = logits + self.prior(cells[:, 0], point_coords, point_labels, cell=4.0).to(logits.dtype)
+        return logits
 
     def upsample_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, S/4, S/4, S/4) -> (B, 1, S, S, S) trilinear (align_corners False), as Sam3D."""
@@ -297,6 +309,15 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     gamma = cfg["geodesic_gamma"]
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
         raise ValueError(f"geodesic_gamma must be a number >= 0, got {gamma!r}")
+    for key in ("prior_gamma", "prior_clip"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            raise ValueError(f"{key} must be a number > 0, got {v!r}")
+    margin = cfg["prior_margin_cells"]
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"prior_margin_cells must be an integer >= 0, got {margin!r}")
+    if margin and not cfg["geodesic_taus"]:
+        raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

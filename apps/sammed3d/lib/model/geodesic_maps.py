@@ -77,3 +77,63 @@ class GeodesicMaps(nn.Module):
                     for t, tau in enumerate(self.taus):
                         out[i, 2 * t + p] = np.exp(-dist / tau)
         return torch.from_numpy(out).to(intensity.device)
+
+
+def box_face_seeds(cells: np.ndarray, grid: int, margin: int) -> np.ndarray:
+    """Seeds (K, 3) on the faces of the clicks' bounding box plus `margin` cells that lie strictly inside
+    the grid (a face on or beyond the grid's border is not a seed: the structure may continue past the
+    crop), as lib.evaluation.classical.roi_box's inner faces."""
+    lo, hi = cells.min(0) - margin, cells.max(0) + margin
+    axes = [np.arange(max(lo[a], 0), min(hi[a], grid - 1) + 1) for a in range(3)]
+    faces = []
+    for a in range(3):
+        for v in (lo[a], hi[a]):
+            if 0 < v < grid - 1:
+                rng = [np.array([v]) if b == a else axes[b] for b in range(3)]
+                faces.append(np.stack(np.meshgrid(*rng, indexing="ij"), -1).reshape(-1, 3))
+    return np.concatenate(faces) if faces else np.zeros((0, 3), dtype=np.int64)
+
+
+class GeodesicPrior(nn.Module):
+    """The classical geodesic region (lib.evaluation.classical's `geodesic` row) on the S/4 grid, as
+    logits the decoder adds its output to: the model starts from the classical answer and learns
+    what to change (a residual), instead of having to learn from scratch what the classical tool
+    gets for free.
+
+    logit = clip(d_background - d_include, -clip, clip), d in cells over geodesic_cost(gamma) of the
+    cell-mean intensity; background seeds: the exclude clicks and the faces of the clicks' bounding
+    box plus `margin` cells that lie inside the crop (the classical row's region of interest). No
+    include click: -clip everywhere; no background seed: +clip everywhere.
+
+    prior(intensity (B, g, g, g), coords (B, N, 3), labels (B, N), cell) -> (B, 1, g, g, g)
+    """
+
+    def __init__(self, gamma: float, margin: int, clip: float):
+        super().__init__()
+        self.gamma, self.margin, self.clip = float(gamma), int(margin), float(clip)
+
+    def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                cell: float = 4.0) -> torch.Tensor:
+        b, g = intensity.shape[0], intensity.shape[-1]
+        out = np.full((b, 1, g, g, g), -self.clip, dtype=np.float32)
+        if coords is not None and coords.shape[1] > 0:
+            inten = intensity.detach().float().cpu().numpy()
+            cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
+            labs = labels.detach().cpu().numpy()
+            for i in range(b):
+                valid = (labs[i] == 0) | (labs[i] == 1)
+                fg, ex = cells[i][labs[i] == 1], cells[i][labs[i] == 0]
+                if not len(fg):
+                    continue
+                bg = np.concatenate([ex, box_face_seeds(cells[i][valid], g, self.margin)])
+                if not len(bg):
+                    out[i] = self.clip
+                    continue
+                cost = geodesic_cost(inten[i], self.gamma)
+                d_fg = geodesic_from(cost, fg)
+                d_bg = geodesic_from(cost, bg)
+                out[i, 0] = np.clip(d_bg - d_fg, -self.clip, self.clip)
+                out[i, 0][tuple(fg.T)] = self.clip  # a click keeps its own label
+                if len(ex):
+                    out[i, 0][tuple(ex.T)] = -self.clip
+        return torch.from_numpy(out).to(intensity.device)

@@ -23,6 +23,7 @@ from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shif
 from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
 from .preprocess import crop_origin_for, normalise, resample_crop
+from .refine import GeodesicRefine, refine_image, refine_logits
 from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
@@ -61,10 +62,11 @@ class SegmentationEngine:
         precision: Optional[str] = None,
         max_crops: int = 8,
         volumes: Optional[VolumeCache] = None,
+        refine: Optional[GeodesicRefine] = None,
     ):
         """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
-        `cache_bytes`."""
+        `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -75,6 +77,7 @@ class SegmentationEngine:
         self.modality = modality
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
+        self.refine = refine
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -226,7 +229,25 @@ class SegmentationEngine:
         req.timings["encode"] += time.perf_counter() - t1
         req.encoded += 1
         self.cache.put(key, emb)
+        if self.refine is not None:
+            self.cache.put(("rimg",) + key[1:-1] + (self.refine.factor,), refine_image(image, self.refine.factor))
         return emb
+
+    def _refine_image(self, req: _Request, origin) -> np.ndarray:
+        """The crop at the refinement grid (cached beside its embedding; recomputed if evicted)."""
+        key = ("rimg", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.refine.factor)
+        img = self.cache.get(key)
+        if img is None:
+            img = refine_image(normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct),
+                               self.refine.factor)
+            self.cache.put(key, img)
+        return img
+
+    def _refined(self, req: _Request, state: LabelState, cs: CropState) -> torch.Tensor:
+        """cs's logits refined by the image (lib.session.refine) with every click inside the crop."""
+        pts = list(cs.seeds) + self._in_crop(req, cs, state.applied)
+        return refine_logits(cs.logits, self._refine_image(req, cs.origin), [p for p, _ in pts],
+                             [lab for _, lab in pts], self.refine)
 
     # ------------------------------------------------------------------ clicks
     def _apply_click(self, req: _Request, state: LabelState, click: Click) -> None:
@@ -257,16 +278,16 @@ class SegmentationEngine:
     def _prompts(self, req: _Request, state: LabelState, cs: CropState, newest: Optional[Click]):
         """Points (crop coords) and labels for a decode of crop `cs`, per click mode."""
         pts = list(cs.seeds) if (self.click_mode == "all" or not cs.decoded) else []
-        if self.click_mode == "all":
-            clicks = state.applied
-        else:
-            clicks = [newest] if newest is not None else []
-        if clicks:
-            mapped = req.grid.stored_to_grid(np.array([p for p, _ in clicks])) - np.array(cs.origin)
-            for a, (_, lab) in zip(mapped, clicks):
-                if inside_crop(a, self.runner.crop):
-                    pts.append((tuple(float(x) for x in a), lab))
-        return pts
+        clicks = state.applied if self.click_mode == "all" else ([newest] if newest is not None else [])
+        return pts + self._in_crop(req, cs, clicks)
+
+    def _in_crop(self, req: _Request, cs: CropState, clicks) -> List:
+        """The clicks (stored indices, label) inside crop `cs`, in its coordinates."""
+        if not clicks:
+            return []
+        mapped = req.grid.stored_to_grid(np.array([p for p, _ in clicks])) - np.array(cs.origin)
+        return [(tuple(float(x) for x in a), lab) for a, (_, lab) in zip(mapped, clicks)
+                if inside_crop(a, self.runner.crop)]
 
     def _decode(self, req: _Request, state: LabelState, origin, newest: Optional[Click]) -> None:
         cs = state.crops[origin]
@@ -320,7 +341,8 @@ class SegmentationEngine:
         for cs in state.crops.values():
             if not cs.decoded:
                 continue
-            pasted = paste_logits(cs.logits, req.grid, cs.origin, shape, self.runner.crop)
+            logits = self._refined(req, state, cs) if self.refine is not None else cs.logits
+            pasted = paste_logits(logits, req.grid, cs.origin, shape, self.runner.crop)
             if pasted is None:
                 continue
             slices, box = pasted

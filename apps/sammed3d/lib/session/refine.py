@@ -1,0 +1,107 @@
+"""Image-aware refinement of a crop's mask at twice the logits' resolution (optional post-processing).
+
+Why: every promptable model served here predicts logits on the S/4 grid (32^3 cells for a 128^3
+crop: 6 mm at 1.5 mm), and its mask is their trilinear upsampling, so a boundary can only be as
+sharp as a cell. Where the model is unsure (|logit| < band), the boundary is re-decided on the
+S/factor grid (64^3 by default: 3 mm) by the image itself: a voxel of that band goes to the
+geodesically nearer of the confident inside and the confident outside (the geodesic region of
+lib.evaluation.classical, seeded by the model instead of by a box). The model still decides WHAT
+the structure is; the image decides WHERE its edge runs. Clicks keep their own label.
+
+    refine_logits(logits (1, 1, L, L, L), image (M, M, M) normalised crop at S/factor,
+                  points [(crop coords)], labels [1/0], params)   -> (1, 1, M, M, M) logits
+
+The solve is restricted to the band plus a one-voxel shell of seeds (infinite cost elsewhere), so
+it costs in proportion to the boundary's area, not the crop's volume. The returned logits equal
+the upsampled model logits outside the band; inside it they are clip(d_out - d_in, -band, band),
+so the mask the paste-back thresholds at 0 follows the image there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..model.geodesic_maps import geodesic_cost, geodesic_from
+
+REFINE_MODES = ("none", "geodesic")
+
+
+@dataclass(frozen=True)
+class GeodesicRefine:
+    """Parameters of refine_logits (chosen on development cases, see docs/default_model.md)."""
+
+    band: float = 2.0  # logits with |x| < band are re-decided by the image
+    gamma: float = 20.0  # cost sqrt(1 + (gamma |grad I|)^2) per refinement voxel
+    factor: int = 2  # refinement grid = crop / factor
+
+    def __post_init__(self):
+        if not (self.band > 0 and self.gamma >= 0):
+            raise ValueError(f"band must be > 0 and gamma >= 0, got {self.band}, {self.gamma}")
+        if self.factor not in (1, 2, 4):
+            raise ValueError(f"factor must be 1, 2 or 4, got {self.factor}")
+
+
+def refine_image(image: torch.Tensor, factor: int) -> np.ndarray:
+    """The normalised crop (1, 1, S, S, S) -> (S/factor,)^3 float64 block means (what refine_logits reads);
+    clamped as the model clamps its input, so air in a tissue-poor crop does not dominate the gradient."""
+    x = image.float().clamp(-10.0, 10.0)
+    if factor > 1:
+        x = F.avg_pool3d(x, factor)
+    return x[0, 0].cpu().numpy().astype(np.float64)
+
+
+def _voxels(points: Sequence[Sequence[float]], factor: int, size: int) -> np.ndarray:
+    """Crop voxel coordinates -> refinement-grid indices (K, 3)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return np.clip(np.floor((pts + 0.5) / factor), 0, size - 1).astype(np.int64)
+
+
+def refine_logits(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequence[float]],
+                  labels: Sequence[int], params: GeodesicRefine) -> torch.Tensor:
+    """See the module doc. `image`: refine_image's output for the same crop."""
+    size = image.shape[0]
+    up = F.interpolate(logits.detach().float().cpu(), size=(size,) * 3, mode="trilinear",
+                       align_corners=False)[0, 0].numpy().copy()
+    inside, outside = up >= params.band, up <= -params.band
+    labels = np.asarray(list(labels), dtype=np.int64)
+    clicks = _voxels(points, params.factor, size) if len(labels) else np.zeros((0, 3), np.int64)
+    for p, lab in zip(clicks, labels):
+        if lab in (0, 1):
+            inside[tuple(p)], outside[tuple(p)] = lab == 1, lab == 0
+    band = ~(inside | outside)
+    if not band.any() or not inside.any() or not outside.any():
+        _keep_clicks(up, clicks, labels, params.band)
+        return torch.from_numpy(up)[None, None]
+    region = ndimage.binary_dilation(band, structure=np.ones((3, 3, 3), bool))
+    box = _bounding_box(region)
+    sub = lambda a: a[box]  # noqa: E731  (the solve only needs the band's bounding box)
+    cost = geodesic_cost(sub(image), params.gamma)
+    cost[~sub(region)] = np.inf  # impassable: the solve stays in the band and its seed shell
+    seeds_in, seeds_out = np.argwhere(sub(region) & sub(inside)), np.argwhere(sub(region) & sub(outside))
+    d_in, d_out = geodesic_from(cost, seeds_in), geodesic_from(cost, seeds_out)
+    with np.errstate(invalid="ignore"):  # inf - inf where neither side reaches a voxel
+        decided = np.clip(d_out - d_in, -params.band, params.band)
+    # a band voxel that neither side reaches (cut off by the band's shape) keeps the model's own logit
+    update = sub(band) & (np.isfinite(d_in) | np.isfinite(d_out))
+    target = up[box]  # a view: writes go to `up`
+    target[update] = decided[update]
+    _keep_clicks(up, clicks, labels, params.band)
+    return torch.from_numpy(up)[None, None]
+
+
+def _keep_clicks(up: np.ndarray, clicks: np.ndarray, labels: np.ndarray, band: float) -> None:
+    """A click's own voxel keeps its label (as the classical rows' seeds do)."""
+    for p, lab in zip(clicks, labels):
+        if lab in (0, 1):
+            up[tuple(p)] = band if lab == 1 else -band
+
+
+def _bounding_box(mask: np.ndarray) -> Tuple[slice, slice, slice]:
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))

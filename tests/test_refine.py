@@ -1,0 +1,73 @@
+"""lib.session.refine: the image-aware refinement of a crop's mask (optional post-processing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.session import SegmentationEngine
+from lib.session.refine import GeodesicRefine, refine_image, refine_logits
+from test_session_fakes import BallModel, ras_affine, write_nifti
+
+
+def _edge_image(size=32, edge=19):
+    img = np.zeros((size,) * 3)
+    img[:, :, edge:] = 3.0  # an edge between voxels edge-1 and edge on the last axis
+    return img
+
+
+def test_the_unsure_band_follows_the_image_edge_and_the_rest_is_the_model():
+    img = _edge_image()
+    # coarse logits (8^3 cells of 4 refinement voxels... here factor 1 on a 32^3 crop): a ramp whose zero
+    # crossing (z = 12) misses the image edge (z = 19) by 7 voxels
+    z = (torch.arange(8, dtype=torch.float32) * 4 + 1.5)
+    logits = (12.0 - z).view(1, 1, 1, 1, 8).expand(1, 1, 8, 8, 8) * 0.5
+    params = GeodesicRefine(band=6.0, gamma=20.0, factor=1)
+    out = refine_logits(logits, img, [(16.0, 16.0, 4.0)], [1], params)[0, 0]
+    up = torch.nn.functional.interpolate(logits, size=(32,) * 3, mode="trilinear", align_corners=False)[0, 0]
+    assert out.shape == (32, 32, 32)
+    assert (up[16, 16] > 0).nonzero().max() == 11  # the model alone stops at z = 11
+    assert (out[16, 16] > 0).nonzero().max() == 18  # refined: up to the edge
+    confident = up.abs() >= 6.0
+    assert torch.equal(out[confident], up[confident])  # outside the band the model's logits are kept
+    assert (out.abs() <= up.abs().max() + 1e-6).all()
+
+
+def test_clicks_keep_their_label_and_degenerate_cases_return_the_model():
+    img = _edge_image()
+    logits = torch.full((1, 1, 8, 8, 8), 1.0)  # all unsure, no confident outside
+    params = GeodesicRefine(band=2.0, factor=1)
+    out = refine_logits(logits, img, [(5.0, 5.0, 5.0), (20.0, 20.0, 25.0)], [1, 0], params)[0, 0]
+    assert out[5, 5, 5] == 2.0 and out[20, 20, 25] == -2.0  # the exclude click makes an outside seed
+    assert out[5, 5, 10] > 0 and out[5, 5, 28] < 0  # ...and the edge splits the two
+    lone = refine_logits(logits, img, [], [], params)[0, 0]
+    assert torch.allclose(lone, torch.ones(32, 32, 32))  # nothing confident outside: the model's logits
+    with pytest.raises(ValueError):
+        GeodesicRefine(band=0.0)
+    with pytest.raises(ValueError):
+        GeodesicRefine(factor=3)
+
+
+def test_refine_image_pools_and_clamps():
+    x = torch.zeros(1, 1, 8, 8, 8)
+    x[..., :2, :2, :2] = 100.0
+    img = refine_image(x, 2)
+    assert img.shape == (4, 4, 4) and img[0, 0, 0] == pytest.approx(10.0) and img[1, 1, 1] == 0
+
+
+def test_engine_with_refinement_snaps_the_ball_to_the_cube(tmp_path):
+    vol = np.zeros((48, 48, 48), np.float32)
+    vol[14:34, 14:34, 14:34] = 100.0  # a bright cube, 20 voxels a side
+    path = write_nifti(tmp_path / "cube.nii.gz", vol, ras_affine((1.5, 1.5, 1.5)))
+    cube = vol > 0
+
+    def dice(m):
+        return 2 * (m.astype(bool) & cube).sum() / (m.astype(bool).sum() + cube.sum())
+
+    plain = SegmentationEngine(BallModel(radius=16.0, image_size=64), "ball").segment("c", path, "a", [[24, 24, 24]], [])
+    refined_engine = SegmentationEngine(BallModel(radius=16.0, image_size=64), "ball",
+                                        refine=GeodesicRefine(band=20.0, gamma=20.0, factor=2))
+    refined = refined_engine.segment("c", path, "a", [[24, 24, 24]], [])
+    assert dice(plain.mask) < 0.8 and dice(refined.mask) > 0.9
+    again = refined_engine.segment("c", path, "a", [[24, 24, 24]], [[40, 40, 40]])  # a repeat click
+    assert again.cache_hit and dice(again.mask) > 0.9
