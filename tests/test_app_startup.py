@@ -132,3 +132,29 @@ def test_click_mode_defaults_to_the_one_the_model_was_trained_with(tmp_path, stu
     plain = str(tmp_path / "plain.pt")
     save_checkpoint(build_model(small), plain, version="plain")
     assert make_app(tmp_path / "c", studies, {"checkpoint": plain}).info()["weights"]["click_mode"] == "newest"
+
+
+def test_refine_defaults_to_the_models_config_and_conf_wins_or_stops_start_up(tmp_path, studies):
+    """The mask post-processing (lib.session.refine) follows the model's config unless --conf refine
+    says otherwise; a bad value stops start-up with a clear message."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 7}
+    path = str(tmp_path / "ref.pt")
+    save_checkpoint(build_model({**small, "refine": {"band": 6.0, "gamma": 60.0}}), path, version="ref")
+    info = make_app(tmp_path / "a", studies, {"checkpoint": path}).info()["weights"]
+    assert info["refine"] == "geodesic band 6 gamma 60 factor 2"
+    assert make_app(tmp_path / "b", studies, {"checkpoint": path, "refine": "none"}).info()["weights"]["refine"] == "none"
+    conf = {"checkpoint": path, "refine_band": "3"}
+    assert make_app(tmp_path / "c", studies, conf).info()["weights"]["refine"] == "geodesic band 3 gamma 60 factor 2"
+    plain = str(tmp_path / "plain.pt")
+    save_checkpoint(build_model(small), plain, version="plain")
+    assert make_app(tmp_path / "d", studies, {"checkpoint": plain}).info()["weights"]["refine"] == "none"
+    conf = {"checkpoint": plain, "refine": "geodesic"}
+    assert make_app(tmp_path / "e", studies, conf).info()["weights"]["refine"] == "geodesic band 2 gamma 20 factor 2"
+    for bad in ({"refine": "snap"}, {"refine": "geodesic", "refine_factor": "3"},
+                {"refine": "geodesic", "refine_factor": "2.5"}, {"refine": "geodesic", "refine_band": "-1"}):
+        with pytest.raises(RuntimeError, match="cannot start.*refine"):
+            make_app(tmp_path / "f", studies, {"checkpoint": plain, **bad})

@@ -93,6 +93,7 @@ class SAMMed3DWeights(ServedWeights):
     tried: Tuple[str, ...] = ()  # where lib.weights looked
     version_name: Optional[str] = None  # "vNNNN" when a published fine-tuned version is served
     versions_dir: Optional[str] = None
+    refine: str = "none"  # the mask post-processing (lib.session.refine), in words
 
 
 @dataclass(frozen=True)

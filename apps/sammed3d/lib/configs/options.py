@@ -44,6 +44,26 @@ def al_combine(conf: Dict[str, str]):
     return value
 
 
+def refine(conf: Dict[str, str], model_default):
+    """--conf refine none | geodesic | auto (default: what the model's config asks for, lib.model.model_refine),
+    refine_band / refine_gamma / refine_factor override its numbers -> GeodesicRefine or None."""
+    from lib.session.refine import GeodesicRefine
+
+    mode = str(conf.get("refine", "auto")).strip().lower()
+    if mode not in ("auto", "none", "geodesic"):
+        raise ValueError(f"--conf refine must be auto, none or geodesic, got {conf.get('refine')!r}")
+    if mode == "none" or (mode == "auto" and not model_default):
+        return None
+    params = dict(model_default or {})
+    for key in ("band", "gamma", "factor"):
+        if f"refine_{key}" in conf:
+            params[key] = number(conf, f"refine_{key}", 0)
+    if params.get("factor", 2) != int(params.get("factor", 2)):
+        raise ValueError(f"--conf refine_factor must be 1, 2 or 4, got {params['factor']!r}")
+    params["factor"] = int(params.get("factor", 2))
+    return GeodesicRefine(**params)
+
+
 def device(value: str) -> str:
     value = (value or "auto").strip().lower()
     if value == "auto":

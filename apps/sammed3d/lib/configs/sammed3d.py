@@ -6,7 +6,7 @@
 
 --conf options read here: checkpoint, checkpoint_sha256, weights_url, download, download_timeout,
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
-device, precision, click_mode, max_crops, modality, al_* and scoring_threads (active learning).
+device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -20,13 +20,13 @@ import torch
 from monailabel.interfaces.config import TaskConfig
 
 from lib.infers import SAMMed3DInfer
-from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode
+from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
 from lib.weights import SAMMed3DWeights, WeightsError
 
-from .options import al_combine, device, none_if_auto, number, startup_check, stop_startup
+from .options import al_combine, device, none_if_auto, number, refine, startup_check, stop_startup
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             precision=None if precision in ("fp32", "float32", "") else precision,
             max_crops=int(number(conf, "max_crops", 8)),
             volumes=volumes,
+            # image-aware post-processing: what the model's config asks for unless --conf refine says
+            refine=refine(conf, model_refine(model)),
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
@@ -118,6 +120,8 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         device=str(dev),
         precision=precision,
         click_mode=engine.click_mode,
+        refine="none" if engine.refine is None else f"geodesic band {engine.refine.band:g} gamma {engine.refine.gamma:g} "
+                                                     f"factor {engine.refine.factor}",
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

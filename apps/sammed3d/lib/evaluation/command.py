@@ -62,7 +62,7 @@ def build_engine(args):
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
     from lib.session.refine import GeodesicRefine
 
-    refine = GeodesicRefine(band=args.refine_band, gamma=args.refine_gamma) if args.refine == "geodesic" else None
+    refine = GeodesicRefine(band=args.refine_band, gamma=args.refine_gamma, factor=args.refine_factor) if args.refine == "geodesic" else None
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
@@ -77,6 +77,7 @@ def parse_args(argv=None):
                         "(lib.session.refine); the server's --conf refine")
     p.add_argument("--refine-band", type=float, default=2.0, help="refinement: |logit| below this is re-decided")
     p.add_argument("--refine-gamma", type=float, default=20.0, help="refinement: gradient weight of the cost")
+    p.add_argument("--refine-factor", type=int, default=2, help="refinement grid = crop / factor (1, 2 or 4)")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

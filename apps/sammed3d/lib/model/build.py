@@ -162,5 +162,11 @@ def model_click_mode(model) -> Optional[str]:
     return (getattr(model, "config", None) or {}).get("click_mode")
 
 
+def model_refine(model) -> Optional[dict]:
+    """The post-processing a model's config asks the server for (lib.session.refine's parameters as a
+    dict, e.g. {"band": 6.0, "gamma": 60.0}), or None."""
+    return (getattr(model, "config", None) or {}).get("refine")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

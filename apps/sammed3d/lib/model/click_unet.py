@@ -52,6 +52,9 @@ CLICK_UNET_CONFIG = {
     "prior_margin_cells": 0,
     "prior_gamma": 50.0,
     "prior_clip": 6.0,
+    # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
+    # wins): None, or {"band": ..., "gamma": ..., "factor": ...} of a geodesic refinement
+    "refine": None,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model
     "click_mode": "newest",
@@ -318,6 +321,9 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"prior_margin_cells must be an integer >= 0, got {margin!r}")
     if margin and not cfg["geodesic_taus"]:
         raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")
+    refine = cfg["refine"]
+    if refine is not None and (not isinstance(refine, dict) or set(refine) - {"band", "gamma", "factor"}):
+        raise ValueError(f"refine must be null or a dict of band / gamma / factor, got {refine!r}")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

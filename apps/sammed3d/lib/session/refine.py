@@ -41,9 +41,9 @@ class GeodesicRefine:
 
     def __post_init__(self):
         if not (self.band > 0 and self.gamma >= 0):
-            raise ValueError(f"band must be > 0 and gamma >= 0, got {self.band}, {self.gamma}")
+            raise ValueError(f"refine band must be > 0 and refine gamma >= 0, got {self.band}, {self.gamma}")
         if self.factor not in (1, 2, 4):
-            raise ValueError(f"factor must be 1, 2 or 4, got {self.factor}")
+            raise ValueError(f"refine factor must be 1, 2 or 4, got {self.factor}")
 
 
 def refine_image(image: torch.Tensor, factor: int) -> np.ndarray:
