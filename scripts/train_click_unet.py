@@ -70,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--zero-head", action="store_true",
                    help="with --init: zero the decoder's output layer, so a model with a geodesic prior "
                         "(prior_margin_cells) starts as exactly the classical region and learns a residual")
+    p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
+                   help="only evaluate this app checkpoint on --dev-crops development crops (the same crops a "
+                        "run's log reports, more of them with a larger --dev-crops), print the JSON and exit")
     return p.parse_args(argv)
 
 
@@ -125,6 +128,11 @@ def save_state(path, model, opt, step, args):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.eval_only:
+        model = load_checkpoint(args.eval_only)[0].to(args.device)
+        dev = dev_set(TrainingSampler(args.npz_dir, crop=args.crop, seed=DEV_SEED), args.dev_crops)
+        print(json.dumps({"checkpoint": args.eval_only, "dev_crops": args.dev_crops, **evaluate(model.eval(), dev)}))
+        return
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
     device = torch.device(args.device)
