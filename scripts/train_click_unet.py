@@ -73,6 +73,14 @@ def parse_args(argv=None):
     p.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                    help="only evaluate this app checkpoint on --dev-crops development crops (the same crops a "
                         "run's log reports, more of them with a larger --dev-crops), print the JSON and exit")
+    p.add_argument("--export", default=None, metavar="MODEL_PT",
+                   help="write the model this command would start from (resumed state, or --init [--zero-head] "
+                        "with --config) as an app checkpoint and exit without training: how a prior-only default "
+                        "or a chosen step is packaged for serving")
+    p.add_argument("--export-config", default=None, metavar="JSON",
+                   help="with --export: keys that update the exported config, e.g. the serving refinement "
+                        "'{\"refine\": {\"band\": 6.0, \"gamma\": 60.0}}' (no key may change a weight's shape)")
+    p.add_argument("--export-version", default=None, help="with --export: the version string saved with it")
     return p.parse_args(argv)
 
 
@@ -119,6 +127,16 @@ def warm_start(model, path: str) -> None:
     model.load_state_dict(own)
 
 
+def export(model, args, step: int) -> None:
+    """--export: the model as an app checkpoint, its config updated by --export-config (strict load)."""
+    config = {**model.config, **json.loads(args.export_config or "{}")}
+    out = build_model(config)
+    out.load_state_dict(model.state_dict(), strict=True)
+    version = args.export_version or f"click-unet-step{step}"
+    save_checkpoint(out.eval(), args.export, version=version, exported_from=args.init if step == 0 else args.out)
+    print(json.dumps({"export": args.export, "version": version, "step": step, "config": out.config}), flush=True)
+
+
 def save_state(path, model, opt, step, args):
     payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                "config": model.config, "args": vars(args)}
@@ -160,6 +178,9 @@ def main(argv=None):
                 model.mask_decoder.head.weight.zero_()
                 model.mask_decoder.head.bias.zero_()
         print(f"initialised from {args.init}" + (" (output layer zeroed)" if args.zero_head else ""), flush=True)
+    if args.export:
+        export(model, args, step)
+        return
     sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=args.seed)
     dev_sampler = TrainingSampler(args.npz_dir, crop=args.crop, seed=DEV_SEED)
     dev = dev_set(dev_sampler, args.dev_crops)

@@ -2,6 +2,8 @@
 trip, serving through the SegmentationEngine, and that the click recipe trains it."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -291,3 +293,32 @@ def test_a_prior_model_with_a_zero_output_layer_serves_exactly_the_prior(tmp_pat
                 {"prior_clip": True}, {"prior_margin_cells": 3, "geodesic_taus": []}):
         with pytest.raises(ValueError):
             build_model({**SMALL, **GEO, **bad} if "geodesic_taus" not in bad else {**SMALL, **bad})
+
+
+def test_export_packages_a_zero_head_prior_model_with_its_serving_refinement(tmp_path):
+    """scripts/train_click_unet.py --export: how default-v3 was built (default-v2's weights, output layer
+    zeroed, the prior on, the server's refinement in the config), without training a step."""
+    import importlib.util
+    import os
+
+    from lib.model.build import model_refine
+
+    spec = importlib.util.spec_from_file_location(
+        "train_click_unet", os.path.join(os.path.dirname(__file__), "..", "scripts", "train_click_unet.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    src = _model(**GEO)
+    save_checkpoint(src, str(tmp_path / "v2.pt"), version="v2")
+    out = str(tmp_path / "v3.pt")
+    config = json.dumps({**SMALL, **GEO, "architecture": "click_unet", "prior_margin_cells": 4})
+    script.main(["--out", str(tmp_path / "run"), "--init", str(tmp_path / "v2.pt"), "--zero-head", "--config", config,
+                 "--export", out, "--export-config", '{"refine": {"band": 6.0, "gamma": 60.0}}',
+                 "--export-version", "v3"])
+    model, info = load_checkpoint(out)
+    assert info["version"] == "v3" and model_refine(model) == {"band": 6.0, "gamma": 60.0}
+    assert model.prior is not None and model.mask_decoder.head.weight.abs().max() == 0
+    assert torch.equal(model.image_encoder.stem.conv.weight, src.image_encoder.stem.conv.weight)
+    assert not os.path.exists(tmp_path / "run" / "state.pt")  # nothing trained, no run state left behind
+    with pytest.raises(json.JSONDecodeError):
+        script.main(["--out", str(tmp_path / "run"), "--init", str(tmp_path / "v2.pt"), "--config", config,
+                     "--export", out, "--export-config", "{refine"])
