@@ -71,3 +71,17 @@ def test_engine_with_refinement_snaps_the_ball_to_the_cube(tmp_path):
     assert dice(plain.mask) < 0.8 and dice(refined.mask) > 0.9
     again = refined_engine.segment("c", path, "a", [[24, 24, 24]], [[40, 40, 40]])  # a repeat click
     assert again.cache_hit and dice(again.mask) > 0.9
+
+
+def test_resolve_refine_is_the_servers_and_the_evaluations_one_rule():
+    from lib.session.refine import GeodesicRefine, resolve_refine
+
+    model_says = {"band": 6.0, "gamma": 60.0}
+    assert resolve_refine("auto", model_says) == GeodesicRefine(6.0, 60.0, 2)
+    assert resolve_refine("auto", None) is None and resolve_refine(None, None) is None
+    assert resolve_refine("none", model_says) is None
+    assert resolve_refine("geodesic", None) == GeodesicRefine()  # the documented defaults
+    assert resolve_refine(" Geodesic ", model_says, band=3.0, gamma=None, factor=4.0) == GeodesicRefine(3.0, 60.0, 4)
+    for bad_mode, kw in (("always", {}), ("geodesic", {"factor": 2.5}), ("geodesic", {"band": -1.0})):
+        with pytest.raises(ValueError, match="refine"):
+            resolve_refine(bad_mode, model_says, **kw)

@@ -189,3 +189,22 @@ def test_cli_merges_stored_runs_without_running(tmp_path):
     with open(tmp_path / "out" / "summary.csv") as f:
         s = list(csv.DictReader(f))
     assert float(s[0]["mean_dice"]) == pytest.approx(0.6) and float(s[0]["mean_nsd"]) == pytest.approx(0.4)
+
+
+def test_the_evaluation_serves_the_models_own_refinement_as_the_server_does(tmp_path):
+    """--refine auto (default) = the model config's refinement, like --conf refine auto; none and explicit
+    numbers win; a bad value stops the command with the option named."""
+    from lib.evaluation.command import build_engine, parse_args
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+    from lib.session.refine import GeodesicRefine
+
+    cfg = {**CLICK_UNET_CONFIG, "image_size": 64, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8,
+           "decoder_widths": [8, 8, 8], "groups": 2, "refine": {"band": 6.0, "gamma": 60.0}}
+    path = str(tmp_path / "m.pt")
+    save_checkpoint(build_model(cfg), path, version="with-refine")
+    base = ["--data", str(tmp_path), "--checkpoint", path]
+    assert build_engine(parse_args(base)).refine == GeodesicRefine(6.0, 60.0, 2)
+    assert build_engine(parse_args(base + ["--refine", "none"])).refine is None
+    assert build_engine(parse_args(base + ["--refine-band", "3"])).refine == GeodesicRefine(3.0, 60.0, 2)
+    with pytest.raises(SystemExit, match="refine factor"):
+        build_engine(parse_args(base + ["--refine-factor", "3"]))

@@ -47,21 +47,13 @@ def al_combine(conf: Dict[str, str]):
 def refine(conf: Dict[str, str], model_default):
     """--conf refine none | geodesic | auto (default: what the model's config asks for, lib.model.model_refine),
     refine_band / refine_gamma / refine_factor override its numbers -> GeodesicRefine or None."""
-    from lib.session.refine import GeodesicRefine
+    from lib.session.refine import resolve_refine
 
-    mode = str(conf.get("refine", "auto")).strip().lower()
-    if mode not in ("auto", "none", "geodesic"):
-        raise ValueError(f"--conf refine must be auto, none or geodesic, got {conf.get('refine')!r}")
-    if mode == "none" or (mode == "auto" and not model_default):
-        return None
-    params = dict(model_default or {})
-    for key in ("band", "gamma", "factor"):
-        if f"refine_{key}" in conf:
-            params[key] = number(conf, f"refine_{key}", 0)
-    if params.get("factor", 2) != int(params.get("factor", 2)):
-        raise ValueError(f"--conf refine_factor must be 1, 2 or 4, got {params['factor']!r}")
-    params["factor"] = int(params.get("factor", 2))
-    return GeodesicRefine(**params)
+    overrides = {key: number(conf, f"refine_{key}", 0) for key in ("band", "gamma", "factor") if f"refine_{key}" in conf}
+    try:
+        return resolve_refine(conf.get("refine", "auto"), model_default, **overrides)
+    except ValueError as e:
+        raise ValueError(f"--conf {e}") from None
 
 
 def device(value: str) -> str:

@@ -60,9 +60,14 @@ def build_engine(args):
         version = args.model_version or f"random-seed{args.seed}"
     else:
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
-    from lib.session.refine import GeodesicRefine
+    from lib.model import model_refine
+    from lib.session.refine import resolve_refine
 
-    refine = GeodesicRefine(band=args.refine_band, gamma=args.refine_gamma, factor=args.refine_factor) if args.refine == "geodesic" else None
+    try:  # the server's rule (--conf refine): auto = what the model's config asks for
+        refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
+                                factor=args.refine_factor)
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
@@ -72,12 +77,16 @@ def build_engine(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m lib.evaluation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="folder with images/ and labels/ (or imagesTr/ and labelsTr/)")
-    p.add_argument("--refine", choices=("none", "geodesic"), default="none",
+    p.add_argument("--refine", choices=("auto", "none", "geodesic"), default="auto",
                    help="sammed3d: image-aware refinement of the mask at twice the logits' resolution "
-                        "(lib.session.refine); the server's --conf refine")
-    p.add_argument("--refine-band", type=float, default=2.0, help="refinement: |logit| below this is re-decided")
-    p.add_argument("--refine-gamma", type=float, default=20.0, help="refinement: gradient weight of the cost")
-    p.add_argument("--refine-factor", type=int, default=2, help="refinement grid = crop / factor (1, 2 or 4)")
+                        "(lib.session.refine), as the server's --conf refine: auto (default) = what the model's "
+                        "config asks for (default-v3: geodesic band 6 gamma 60), none, or geodesic")
+    p.add_argument("--refine-band", type=float, default=None,
+                   help="refinement: |logit| below this is re-decided (default: the model's, else 2)")
+    p.add_argument("--refine-gamma", type=float, default=None,
+                   help="refinement: gradient weight of the cost (default: the model's, else 20)")
+    p.add_argument("--refine-factor", type=int, default=None,
+                   help="refinement grid = crop / factor, 1, 2 or 4 (default: the model's, else 2)")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

@@ -19,7 +19,7 @@ so the mask the paste-back thresholds at 0 follows the image there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from ..model.geodesic_maps import geodesic_cost, geodesic_from
 
-REFINE_MODES = ("none", "geodesic")
+REFINE_MODES = ("auto", "none", "geodesic")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,24 @@ class GeodesicRefine:
             raise ValueError(f"refine band must be > 0 and refine gamma >= 0, got {self.band}, {self.gamma}")
         if self.factor not in (1, 2, 4):
             raise ValueError(f"refine factor must be 1, 2 or 4, got {self.factor}")
+
+
+def resolve_refine(mode: str, model_default: Optional[dict], **overrides: float) -> Optional["GeodesicRefine"]:
+    """The refinement to serve: mode "none" | "geodesic" | "auto" (what the model's config asks for,
+    lib.model.model_refine); band / gamma / factor given (not None) override its numbers. One rule for
+    the server's --conf refine and the evaluation's --refine, so both measure what users get."""
+    mode = str(mode or "auto").strip().lower()
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine must be auto, none or geodesic, got {mode!r}")
+    if mode == "none" or (mode == "auto" and not model_default):
+        return None
+    params = dict(model_default or {})
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    factor = params.get("factor", 2)
+    if factor != int(factor):
+        raise ValueError(f"refine factor must be 1, 2 or 4, got {factor!r}")
+    params["factor"] = int(factor)
+    return GeodesicRefine(**params)
 
 
 def refine_image(image: torch.Tensor, factor: int) -> np.ndarray:
