@@ -322,3 +322,24 @@ def test_export_packages_a_zero_head_prior_model_with_its_serving_refinement(tmp
     with pytest.raises(json.JSONDecodeError):
         script.main(["--out", str(tmp_path / "run"), "--init", str(tmp_path / "v2.pt"), "--config", config,
                      "--export", out, "--export-config", "{refine"])
+
+
+def test_the_maps_and_the_prior_share_one_include_solve_per_click_and_give_the_same_logits(monkeypatch):
+    import lib.model.geodesic_maps as gm
+
+    m = _model(**GEO, prior_margin_cells=4, prior_gamma=20.0).eval()  # = geodesic_gamma
+    x = torch.randn(1, 1, 64, 64, 64)
+    coords, labels = torch.tensor([[[30.0, 30.0, 30.0], [40.0, 20.0, 30.0]]]), torch.tensor([[1, 0]])
+    with torch.no_grad():
+        emb = m.encode(x)
+        calls = []
+        real = gm.geodesic_from
+        monkeypatch.setattr(gm, "geodesic_from", lambda cost, seeds: calls.append(len(seeds)) or real(cost, seeds))
+        shared = m.decode(emb, coords, labels, None)
+        assert len(calls) == 3  # include (maps and prior), exclude (maps), exclude + box faces (prior)
+        # the same numbers as each part solving on its own
+        cells = emb[:, -1]
+        geo = m.geodesic(cells, coords, labels)
+        prompts = torch.cat([m.prompt_encoder(coords, labels, None, 1, 16), emb[:, -1:], geo], dim=1)
+        alone = m.mask_decoder(emb[:, :-1], prompts) + m.prior(cells, coords, labels)
+        assert torch.equal(shared, alone)

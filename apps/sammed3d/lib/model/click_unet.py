@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geodesic_maps import GeodesicMaps, GeodesicPrior
+from .geodesic_maps import GeodesicMaps, GeodesicPrior, GeodesicSolves
 
 CLICK_UNET_CONFIG = {
     "architecture": "click_unet",
@@ -269,11 +269,13 @@ class ClickUNet3D(nn.Module):
                                       image_embedding.shape[-1])
         if self.geodesic is not None:
             feats, cells = image_embedding[:, :-1], image_embedding[:, -1:]
-            geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0)
+            solves = GeodesicSolves(cells[:, 0].detach().float().cpu().numpy())  # shared by maps and prior
+            geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0, solves=solves)
             prompts = torch.cat([prompts, cells.float(), geo], dim=1)
         logits = self.mask_decoder(feats, prompts.to(image_embedding.dtype))
         if self.prior is not None:
-            logits = logits + self.prior(cells[:, 0], point_coords, point_labels, cell=4.0).to(logits.dtype)
+            logits = logits + self.prior(cells[:, 0], point_coords, point_labels, cell=4.0,
+                                         solves=solves).to(logits.dtype)
         return logits
 
     def upsample_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:

@@ -41,8 +41,35 @@ def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] 
     from skimage.graph import MCP_Geometric
 
     mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
-    dist, _ = mcp.find_costs([tuple(int(v) for v in s) for s in seeds])
+    dist, _ = mcp.find_costs([tuple(s) for s in np.asarray(seeds, dtype=np.int64).reshape(-1, 3).tolist()])
     return dist
+
+
+class GeodesicSolves:
+    """The geodesic work of one decode step, memoised: GeodesicMaps and GeodesicPrior read the same cell
+    intensities, so with the same gamma they share the cost field and the include clicks' solve (one
+    32^3 solve of about 20 ms saved per click). Keyed by (sample, gamma[, seeds]); make one per step."""
+
+    def __init__(self, intensity: np.ndarray):
+        self.intensity = intensity  # (B, g, g, g) float
+        self._costs, self._dists = {}, {}
+
+    def cost(self, i: int, gamma: float) -> np.ndarray:
+        key = (i, float(gamma))
+        if key not in self._costs:
+            self._costs[key] = geodesic_cost(self.intensity[i], gamma)
+        return self._costs[key]
+
+    def distance(self, i: int, gamma: float, seeds: np.ndarray) -> np.ndarray:
+        seeds = np.ascontiguousarray(seeds, dtype=np.int64)
+        key = (i, float(gamma), seeds.shape, seeds.tobytes())
+        if key not in self._dists:
+            self._dists[key] = geodesic_from(self.cost(i, gamma), seeds)
+        return self._dists[key]
+
+
+def _solves(intensity: torch.Tensor, solves: Optional[GeodesicSolves]) -> GeodesicSolves:
+    return solves if solves is not None else GeodesicSolves(intensity.detach().float().cpu().numpy())
 
 
 class GeodesicMaps(nn.Module):
@@ -58,22 +85,22 @@ class GeodesicMaps(nn.Module):
         return 2 * len(self.taus)
 
     def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-                cell: float = 4.0) -> torch.Tensor:
+                cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
         """intensity (B, g, g, g); coords (B, N, 3) crop voxel indices (tensor-axis order) or None;
-        labels (B, N) 1 include / 0 exclude (other values ignored); `cell`: voxels per cell."""
+        labels (B, N) 1 include / 0 exclude (other values ignored); `cell`: voxels per cell;
+        `solves`: the step's shared GeodesicSolves (ClickUNet3D.decode passes one)."""
         b, g = intensity.shape[0], intensity.shape[-1]
         out = np.zeros((b, self.num_channels, g, g, g), dtype=np.float32)
         if coords is not None and coords.shape[1] > 0 and self.taus:
-            inten = intensity.detach().float().cpu().numpy()
+            solves = _solves(intensity, solves)
             cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
             labs = labels.detach().cpu().numpy()
             for i in range(b):
-                cost = geodesic_cost(inten[i], self.gamma)
                 for p, polarity in enumerate((1, 0)):
                     seeds = cells[i][labs[i] == polarity]
                     if not len(seeds):
                         continue
-                    dist = geodesic_from(cost, seeds)
+                    dist = solves.distance(i, self.gamma, seeds)
                     for t, tau in enumerate(self.taus):
                         out[i, 2 * t + p] = np.exp(-dist / tau)
         return torch.from_numpy(out).to(intensity.device)
@@ -113,11 +140,11 @@ class GeodesicPrior(nn.Module):
         self.gamma, self.margin, self.clip = float(gamma), int(margin), float(clip)
 
     def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-                cell: float = 4.0) -> torch.Tensor:
+                cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
         b, g = intensity.shape[0], intensity.shape[-1]
         out = np.full((b, 1, g, g, g), -self.clip, dtype=np.float32)
         if coords is not None and coords.shape[1] > 0:
-            inten = intensity.detach().float().cpu().numpy()
+            solves = _solves(intensity, solves)
             cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
             labs = labels.detach().cpu().numpy()
             for i in range(b):
@@ -129,9 +156,8 @@ class GeodesicPrior(nn.Module):
                 if not len(bg):
                     out[i] = self.clip
                     continue
-                cost = geodesic_cost(inten[i], self.gamma)
-                d_fg = geodesic_from(cost, fg)
-                d_bg = geodesic_from(cost, bg)
+                d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
+                d_bg = solves.distance(i, self.gamma, bg)
                 out[i, 0] = np.clip(d_bg - d_fg, -self.clip, self.clip)
                 out[i, 0][tuple(fg.T)] = self.clip  # a click keeps its own label
                 if len(ex):

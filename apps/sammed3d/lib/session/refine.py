@@ -95,12 +95,12 @@ def refine_logits(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequ
     if not band.any() or not inside.any() or not outside.any():
         _keep_clicks(up, clicks, labels, params.band)
         return torch.from_numpy(up)[None, None]
-    region = ndimage.binary_dilation(band, structure=np.ones((3, 3, 3), bool))
-    box = _bounding_box(region)
-    sub = lambda a: a[box]  # noqa: E731  (the solve only needs the band's bounding box)
+    box = _bounding_box(band, grow=1)  # the solve only needs the band and its one-voxel shell
+    sub = lambda a: a[box]  # noqa: E731
+    region = ndimage.binary_dilation(sub(band), structure=np.ones((3, 3, 3), bool))
     cost = geodesic_cost(sub(image), params.gamma)
-    cost[~sub(region)] = np.inf  # impassable: the solve stays in the band and its seed shell
-    seeds_in, seeds_out = np.argwhere(sub(region) & sub(inside)), np.argwhere(sub(region) & sub(outside))
+    cost[~region] = np.inf  # impassable: the solve stays in the band and its seed shell
+    seeds_in, seeds_out = np.argwhere(region & sub(inside)), np.argwhere(region & sub(outside))
     d_in, d_out = geodesic_from(cost, seeds_in), geodesic_from(cost, seeds_out)
     with np.errstate(invalid="ignore"):  # inf - inf where neither side reaches a voxel
         decided = np.clip(d_out - d_in, -params.band, params.band)
@@ -119,7 +119,7 @@ def _keep_clicks(up: np.ndarray, clicks: np.ndarray, labels: np.ndarray, band: f
             up[tuple(p)] = band if lab == 1 else -band
 
 
-def _bounding_box(mask: np.ndarray) -> Tuple[slice, slice, slice]:
+def _bounding_box(mask: np.ndarray, grow: int = 0) -> Tuple[slice, slice, slice]:
     idx = np.argwhere(mask)
-    lo, hi = idx.min(0), idx.max(0) + 1
+    lo, hi = np.maximum(idx.min(0) - grow, 0), np.minimum(idx.max(0) + 1 + grow, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
