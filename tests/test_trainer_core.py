@@ -266,3 +266,25 @@ def test_fast_view_pieces_match_the_model():
         got = sample_click_uniform(pred, gt, torch.Generator().manual_seed(case))
         want = _sample_click_where(pred, gt, torch.Generator().manual_seed(case))
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_fine_tune_validates_with_the_refinement_the_model_is_served_with(samples, monkeypatch):
+    """A published version is chosen by its validation Dice, so validation decodes as the server does:
+    with the model config's refinement (default-v3 asks for one)."""
+    import lib.trainers.finetune as ft
+    from lib.model import CLICK_UNET_CONFIG, build_model
+    from lib.session.refine import GeodesicRefine
+
+    seen = []
+    real = ft.SegmentationEngine
+    monkeypatch.setattr(ft, "SegmentationEngine", lambda *a, **k: seen.append(k.get("refine")) or real(*a, **k))
+    cfg = {**CLICK_UNET_CONFIG, "image_size": 64, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8,
+           "decoder_widths": [8, 8, 8], "groups": 2, "geodesic_taus": [2.0], "click_mode": "all",
+           "prior_margin_cells": 4, "refine": {"band": 6.0, "gamma": 60.0}}
+    opts = options_from_request({"max_epochs": 1, "num_clicks": 2, "loss_size": 32, "variants": 1, "batch_size": 2,
+                                 "val_split": 0.34, "max_components": 1, "progress": False})
+    fine_tune(build_model(cfg), samples, opts)
+    assert seen == [GeodesicRefine(6.0, 60.0, 2)]
+    seen.clear()
+    fine_tune(tiny_model(), samples, opts)  # SAM-Med3D's config asks for none
+    assert seen == [None]

@@ -36,8 +36,9 @@ import torch.distributed as dist
 from torch import nn
 
 from lib.evaluation.loop import evaluate_target
-from lib.model import model_click_mode
+from lib.model import model_click_mode, model_refine
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
+from lib.session.refine import resolve_refine
 from lib.training.recipe import ClickChain, build_optimizer, click_rngs, resolve_loss_size, set_trainable, train_step
 from lib.versions import encoder_fingerprint
 
@@ -178,7 +179,9 @@ def _train(rank, world, device, model, train_targets, val_targets, opts, callbac
             engine = SegmentationEngine(model, f"{run_id}-e0", device=device, cache_bytes=2 << 30,
                                         modality=opts.modality,
                                         click_mode=opts.click_mode or model_click_mode(model) or DEFAULT_CLICK_MODE,
-                                        max_crops=opts.val_max_crops)
+                                        max_crops=opts.val_max_crops,
+                                        # validated as served: the model config's refinement (default-v3's)
+                                        refine=resolve_refine("auto", model_refine(model)))
             t = time.perf_counter()
             baseline = validate(engine, model, f"{run_id}-e0", False, val_targets, source)
             logger.info(f"epoch 0 (live model): validation dice@1 {baseline['dice@1']:.4f} dice@5 {baseline['dice@5']:.4f} "
