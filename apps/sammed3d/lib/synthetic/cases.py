@@ -46,14 +46,16 @@ def ellipsoid_case(seed: int, shape: Sequence[int] = (56, 52, 40), two_blobs: bo
     return img, lab
 
 
-def lung_lobe_case(seed: int, shape: Sequence[int] = (128, 128, 112)) -> Tuple[np.ndarray, np.ndarray]:
-    """CT phantom (as background, 1.5 mm grid) + one lung-like lobe (label 1): a large (35-50 mm
-    radius), dark (about -820 HU), deformed blob -> (image HU float32, label uint8)."""
+def lung_lobe_case(seed: int, shape: Sequence[int] = (128, 128, 112),
+                   radius_mm: Tuple[float, float] = (35.0, 50.0)) -> Tuple[np.ndarray, np.ndarray]:
+    """CT phantom (as background, 1.5 mm grid) + one lung-like lobe (label 1): a large (radius drawn
+    from `radius_mm`, 35-50 mm by default), dark (about -820 HU), deformed blob -> (image HU float32,
+    label uint8)."""
     rs = np.random.default_rng(10_000 + seed)
     img, _, _ = generate_phantom(seed, shape, spacing=1.5, modality="ct")
     half = np.array(shape) * 1.5 / 2
     centre = rs.uniform(-0.2, 0.2, size=3) * half
-    sdf, _, _ = random_shape(rs, "blob", centre, float(rs.uniform(35.0, 50.0)))
+    sdf, _, _ = random_shape(rs, "blob", centre, float(rs.uniform(*radius_mm)))
     axes = [(np.arange(n) - (n - 1) / 2) * 1.5 for n in shape]
     grid = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
     inside = (sdf(torch.from_numpy(grid)) < 0).numpy()
