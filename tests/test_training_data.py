@@ -104,3 +104,17 @@ def test_dice_ce_and_dice_score():
     assert dice_score(good > 0, t > 0).tolist() == [1.0, 1.0]
     assert dice_score(bad > 0, t > 0).tolist() == [0.0, 0.0]
     assert dice_score(torch.zeros(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.bool)).tolist() == [1.0]
+
+
+def test_lung_lobe_case_radius_range_sets_the_lobes_size():
+    """The fine-tuning demo's --radius-mm: larger lobes for a structure wider than the prior's box."""
+    from lib.synthetic.cases import lung_lobe_case
+
+    shape = (64, 64, 56)
+    img, lab = lung_lobe_case(3, shape)
+    img2, lab2 = lung_lobe_case(3, shape, radius_mm=(35.0, 50.0))
+    assert np.array_equal(lab, lab2) and np.array_equal(img, img2)  # the default range, unchanged
+    small = lung_lobe_case(4, (128, 128, 112), radius_mm=(20.0, 20.0))[1].sum() * 1.5 ** 3
+    big = lung_lobe_case(4, (128, 128, 112), radius_mm=(40.0, 40.0))[1].sum() * 1.5 ** 3
+    assert 3.0 < big / small < 16.0  # about (40/20)^3 = 8 for a deformed blob
+    assert lab.dtype == np.uint8 and img[lab > 0].mean() < -700  # dark, lung-like
