@@ -221,7 +221,7 @@ class SegmentationEngine:
         if emb is not None:
             return emb
         t = time.perf_counter()
-        image = normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct)
+        image = self._crop(req, origin)
         t1 = time.perf_counter()
         emb = self.runner.encode(image)
         self.runner.sync()
@@ -230,16 +230,22 @@ class SegmentationEngine:
         req.encoded += 1
         self.cache.put(key, emb)
         if self.refine is not None:
-            self.cache.put(("rimg",) + key[1:-1] + (self.refine.factor,), refine_image(image, self.refine.factor))
+            self.cache.put(self._refine_key(req, origin), refine_image(image, self.refine.factor))
         return emb
+
+    def _crop(self, req: _Request, origin) -> torch.Tensor:
+        """The normalised model crop at `origin` (what the encoder and the refinement read)."""
+        return normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct)
+
+    def _refine_key(self, req: _Request, origin) -> tuple:
+        return ("rimg", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.refine.factor)
 
     def _refine_image(self, req: _Request, origin) -> np.ndarray:
         """The crop at the refinement grid (cached beside its embedding; recomputed if evicted)."""
-        key = ("rimg", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.refine.factor)
+        key = self._refine_key(req, origin)
         img = self.cache.get(key)
         if img is None:
-            img = refine_image(normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct),
-                               self.refine.factor)
+            img = refine_image(self._crop(req, origin), self.refine.factor)
             self.cache.put(key, img)
         return img
 
