@@ -343,3 +343,68 @@ def test_the_maps_and_the_prior_share_one_include_solve_per_click_and_give_the_s
         prompts = torch.cat([m.prompt_encoder(coords, labels, None, 1, 16), emb[:, -1:], geo], dim=1)
         alone = m.mask_decoder(emb[:, :-1], prompts) + m.prior(cells, coords, labels)
         assert torch.equal(shared, alone)
+
+
+def test_a_zero_output_layer_skips_the_decoder_at_inference_with_the_same_logits(monkeypatch):
+    """default-v3/v4 serve their prior alone (output layer all zeros): the decoder's exact-zero output is
+    not computed at inference (about half a click's decode), and is under grad (training needs it)."""
+    m = _model(**GEO, prior_margin_cells=4, prior_gamma=20.0).eval()
+    with torch.no_grad():
+        m.mask_decoder.head.weight.zero_()
+        m.mask_decoder.head.bias.zero_()
+    emb = m.encode(torch.randn(1, 1, 64, 64, 64)).detach()
+    coords, labels = torch.tensor([[[30.0, 30.0, 30.0], [5.0, 5.0, 5.0]]]), torch.tensor([[1, 0]])
+    full = m.decode(emb, coords, labels, None)  # grad enabled: the decoder runs
+    calls = []
+    real = m.mask_decoder.forward
+    monkeypatch.setattr(m.mask_decoder, "forward", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        fast = m.decode(emb, coords, labels, None)
+    assert not calls and torch.equal(fast, full.detach())
+    with torch.no_grad():
+        m.mask_decoder.head.bias.fill_(0.5)  # a fine-tuned (non-zero) output layer always runs
+        m.decode(emb, coords, labels, None)
+    assert calls == [1]
+
+
+def _walled_ball(grid=32, radius=12.0):
+    """Cell intensities: a homogeneous ball of `radius` cells (larger than a 7-cell box) walled by an edge,
+    blurred as a scanner blurs it (a one-voxel digital wall lets 26-connected paths slip through diagonally)."""
+    from scipy import ndimage
+
+    r = np.sqrt(((np.indices((grid,) * 3) - grid // 2) ** 2).sum(0))
+    return ndimage.gaussian_filter(np.where(r <= radius, 10.0, 0.0), 1.0)
+
+
+def test_prior_growth_covers_a_walled_structure_larger_than_the_box():
+    from lib.model.geodesic_maps import GeodesicPrior, PriorGrowth
+
+    inten = torch.from_numpy(_walled_ball()).float()[None]
+    click = torch.tensor([[[4 * 16 + 1.5] * 3]])
+    fixed = GeodesicPrior(gamma=20.0, margin=7, clip=6.0)(inten, click, torch.tensor([[1]]))[0, 0]
+    grown = GeodesicPrior(gamma=20.0, margin=7, clip=6.0, grow=PriorGrowth(20, 1.0))(
+        inten, click, torch.tensor([[1]]))[0, 0]
+    ball = torch.from_numpy(_walled_ball() > 5.0)
+    dice = lambda m: float(2 * (m & ball).sum() / (m.sum() + ball.sum()))  # noqa: E731
+    assert dice(fixed > 0) < 0.5  # cut by the 15-cell box
+    assert dice(grown > 0) > 0.85  # the plateau (the ball filled, its wall not crossed) sets the margin
+    growth = PriorGrowth(20, 1.0)
+    d = np.abs(np.indices((32,) * 3) - 16).max(0).astype(float)  # homogeneous: V grows as T^3, no plateau
+    assert growth.margin(d, np.array([[16, 16, 16]]), 7) == 7
+    assert PriorGrowth(9, 1.0).margin(d * 0 + np.where(_walled_ball() > 5.0, 1.0, 99.0), np.array([[16, 16, 16]]),
+                                      7) == 9  # capped at max_margin
+
+
+def test_prior_growth_ignores_a_plateau_that_is_the_crop_filling_up():
+    from lib.model.geodesic_maps import PriorGrowth
+
+    # everything reachable at cost ~1 except a thin rim: the region fills the grid, a "plateau" of the crop
+    d = np.abs(np.indices((32,) * 3) - 16).max(0).astype(float)
+    d[d >= 15] += 1000.0
+    assert PriorGrowth(20, 1.0).margin(d, np.array([[16, 16, 16]]), 7) == 7
+    for bad in ({"prior_grow_max": -1}, {"prior_grow_max": 2.5}, {"prior_grow_slope": 0}, {"prior_grow_slope": True}):
+        with pytest.raises(ValueError):
+            build_model({**SMALL, **GEO, "prior_margin_cells": 4, **bad})
+    m = build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_slope": 0.8})
+    assert m.prior.grow.max_margin == 12 and m.prior.grow.slope == 0.8
+    assert build_model({**SMALL, **GEO, "prior_margin_cells": 4}).prior.grow is None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib.session import SegmentationEngine
-from lib.session.refine import GeodesicRefine, refine_image, refine_logits
+from lib.session.refine import GeodesicRefine, refine_image, refine_images, refine_logits
 from test_session_fakes import BallModel, ras_affine, write_nifti
 
 
@@ -85,3 +85,27 @@ def test_resolve_refine_is_the_servers_and_the_evaluations_one_rule():
     for bad_mode, kw in (("always", {}), ("geodesic", {"factor": 2.5}), ("geodesic", {"band": -1.0})):
         with pytest.raises(ValueError, match="refine"):
             resolve_refine(bad_mode, model_says, **kw)
+
+
+def test_the_fine_stage_places_the_edge_to_the_voxel_where_the_coarse_grid_cannot():
+    """fine_band: after the S/2 stage, a thin shell around its edge is re-decided on the crop's own grid.
+    An edge at an odd voxel (z = 19 | 20) falls inside a 2-voxel block: the coarse stage can only put it on a
+    block boundary; the fine stage puts it on the image's edge."""
+    img = torch.from_numpy(_edge_image(32, 19)).float()[None, None]
+    z = torch.arange(8, dtype=torch.float32) * 4 + 1.5
+    logits = (12.0 - z).view(1, 1, 1, 1, 8).expand(1, 1, 8, 8, 8) * 0.5  # the model stops at z = 12
+    coarse = GeodesicRefine(band=6.0, gamma=20.0, factor=2)
+    fine = GeodesicRefine(band=6.0, gamma=20.0, factor=2, fine_band=2.0)
+    assert coarse.factors == (2,) and fine.factors == (2, 1)
+    images = refine_images(img, fine)
+    assert sorted(images) == [1, 2] and images[1].shape == (32,) * 3 and images[2].shape == (16,) * 3
+    out_c = refine_logits(logits, images[2], [(16.0, 16.0, 4.0)], [1], coarse)[0, 0]
+    out_f = refine_logits(logits, images, [(16.0, 16.0, 4.0)], [1], fine)[0, 0]
+    assert out_c.shape == (16,) * 3 and out_f.shape == (32,) * 3
+    # what the paste-back sees of the coarse result at the crop's grid: it ends on a block boundary
+    up_c = torch.nn.functional.interpolate(out_c[None, None], size=(32,) * 3, mode="trilinear", align_corners=False)
+    assert int((up_c[0, 0, 16, 16] > 0).nonzero().max()) != 18
+    assert int((out_f[16, 16] > 0).nonzero().max()) == 18  # fine: exactly the image's edge (bright from z = 19)
+    with pytest.raises(ValueError):
+        GeodesicRefine(fine_band=-1.0)
+    assert GeodesicRefine(factor=1, fine_band=2.0).factors == (1,)  # already full resolution: one stage

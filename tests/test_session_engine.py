@@ -136,6 +136,9 @@ def test_cache_memory_bound(volume):
     cache.put("c", torch.zeros(10))  # evicts b
     assert "a" in cache and "c" in cache and "b" not in cache and cache.bytes_used == 80
     assert not cache.put("big", torch.zeros(100)) and "big" not in cache
+    # a two-stage refinement's images: a dict, sized as the sum of its arrays (16 + 24 B); evicts "a"
+    assert cache.put("imgs", {2: np.zeros(2), 1: np.zeros(3)})
+    assert cache.bytes_used == 80 and "a" not in cache and "c" in cache
 
 
 def test_big_structure_grows_to_neighbour_crops(tmp_path):

@@ -6,7 +6,7 @@
 
 --conf options read here: checkpoint, checkpoint_sha256, weights_url, download, download_timeout,
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
-device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor), max_crops, modality, al_* and scoring_threads (active learning).
+device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -121,7 +121,9 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         precision=precision,
         click_mode=engine.click_mode,
         refine="none" if engine.refine is None else f"geodesic band {engine.refine.band:g} gamma {engine.refine.gamma:g} "
-                                                     f"factor {engine.refine.factor}",
+                                                     f"factor {engine.refine.factor}"
+                                                     + (f" fine band {engine.refine.fine_band:g}"
+                                                        if len(engine.refine.factors) > 1 else ""),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

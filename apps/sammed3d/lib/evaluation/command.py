@@ -65,7 +65,7 @@ def build_engine(args):
 
     try:  # the server's rule (--conf refine): auto = what the model's config asks for
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
-                                factor=args.refine_factor)
+                                factor=args.refine_factor, fine_band=args.refine_fine_band)
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
     return SegmentationEngine(
@@ -80,13 +80,16 @@ def parse_args(argv=None):
     p.add_argument("--refine", choices=("auto", "none", "geodesic"), default="auto",
                    help="sammed3d: image-aware refinement of the mask at twice the logits' resolution "
                         "(lib.session.refine), as the server's --conf refine: auto (default) = what the model's "
-                        "config asks for (default-v3: geodesic band 6 gamma 60), none, or geodesic")
+                        "config asks for (default-v4: geodesic band 6 gamma 60, fine band 3), none, or geodesic")
     p.add_argument("--refine-band", type=float, default=None,
                    help="refinement: |logit| below this is re-decided (default: the model's, else 2)")
     p.add_argument("--refine-gamma", type=float, default=None,
                    help="refinement: gradient weight of the cost (default: the model's, else 20)")
     p.add_argument("--refine-factor", type=int, default=None,
                    help="refinement grid = crop / factor, 1, 2 or 4 (default: the model's, else 2)")
+    p.add_argument("--refine-fine-band", type=float, default=None,
+                   help="refinement: second stage at the crop's resolution within this of the first stage's "
+                        "edge, 0 = none (default: the model's, else 0)")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geodesic_maps import GeodesicMaps, GeodesicPrior, GeodesicSolves
+from .geodesic_maps import GeodesicMaps, GeodesicPrior, GeodesicSolves, PriorGrowth
 
 CLICK_UNET_CONFIG = {
     "architecture": "click_unet",
@@ -52,8 +52,12 @@ CLICK_UNET_CONFIG = {
     "prior_margin_cells": 0,
     "prior_gamma": 50.0,
     "prior_clip": 6.0,
+    # growth of the prior's box past a structure larger than it (PriorGrowth): the largest margin in
+    # cells it may grow to (0: the box stays fixed) and the volume-curve slope that marks a plateau
+    "prior_grow_max": 0,
+    "prior_grow_slope": 1.0,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
-    # wins): None, or {"band": ..., "gamma": ..., "factor": ...} of a geodesic refinement
+    # wins): None, or {"band": ..., "gamma": ..., "factor": ..., "fine_band": ...} of a geodesic refinement
     "refine": None,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model
@@ -220,7 +224,9 @@ class ClickUNet3D(nn.Module):
         taus = config.get("geodesic_taus") or []
         self.geodesic = GeodesicMaps(config.get("geodesic_gamma", 20.0), taus) if taus else None
         margin = int(config.get("prior_margin_cells", 0))
-        self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0)) \
+        grow = PriorGrowth(config["prior_grow_max"], config.get("prior_grow_slope", 1.0)) \
+            if config.get("prior_grow_max") else None
+        self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0), grow) \
             if margin > 0 else None
         # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a
         # decoder trained without them is the leading input channels of one trained with them
@@ -265,18 +271,31 @@ class ClickUNet3D(nn.Module):
             # callers written for SAM-Med3D size the first (zero) mask input as 4x the embedding grid
             mask_input = F.interpolate(mask_input.float(), size=(g,) * 3, mode="area")
         feats = image_embedding
-        prompts = self.prompt_encoder(point_coords, point_labels, mask_input, image_embedding.shape[0],
-                                      image_embedding.shape[-1])
         if self.geodesic is not None:
             feats, cells = image_embedding[:, :-1], image_embedding[:, -1:]
             solves = GeodesicSolves(cells[:, 0].detach().float().cpu().numpy())  # shared by maps and prior
-            geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0, solves=solves)
-            prompts = torch.cat([prompts, cells.float(), geo], dim=1)
-        logits = self.mask_decoder(feats, prompts.to(image_embedding.dtype))
+        if self.prior is not None and self._decoder_is_zero():
+            # the residual decoder's output layer is all zeros (a model that serves its prior alone, as
+            # default-v3 ships): its output is exactly 0, so neither it nor its input maps are computed
+            # (about half of a click's decode); training and fine-tuning (grad enabled) always run it
+            logits = torch.zeros((g,) * 3, dtype=image_embedding.dtype, device=image_embedding.device)
+            logits = logits.expand(image_embedding.shape[0], 1, g, g, g)
+        else:
+            prompts = self.prompt_encoder(point_coords, point_labels, mask_input, image_embedding.shape[0],
+                                          image_embedding.shape[-1])
+            if self.geodesic is not None:
+                geo = self.geodesic(cells[:, 0], point_coords, point_labels, cell=4.0, solves=solves)
+                prompts = torch.cat([prompts, cells.float(), geo], dim=1)
+            logits = self.mask_decoder(feats, prompts.to(image_embedding.dtype))
         if self.prior is not None:
             logits = logits + self.prior(cells[:, 0], point_coords, point_labels, cell=4.0,
                                          solves=solves).to(logits.dtype)
         return logits
+
+    def _decoder_is_zero(self) -> bool:
+        head = self.mask_decoder.head
+        return not torch.is_grad_enabled() and not bool(head.weight.any()) and \
+            (head.bias is None or not bool(head.bias.any()))
 
     def upsample_logits(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(B, 1, S/4, S/4, S/4) -> (B, 1, S, S, S) trilinear (align_corners False), as Sam3D."""
@@ -323,9 +342,14 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"prior_margin_cells must be an integer >= 0, got {margin!r}")
     if margin and not cfg["geodesic_taus"]:
         raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")
+    grow, slope = cfg["prior_grow_max"], cfg["prior_grow_slope"]
+    if isinstance(grow, bool) or not isinstance(grow, int) or grow < 0:
+        raise ValueError(f"prior_grow_max must be an integer >= 0, got {grow!r}")
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or slope <= 0:
+        raise ValueError(f"prior_grow_slope must be a number > 0, got {slope!r}")
     refine = cfg["refine"]
-    if refine is not None and (not isinstance(refine, dict) or set(refine) - {"band", "gamma", "factor"}):
-        raise ValueError(f"refine must be null or a dict of band / gamma / factor, got {refine!r}")
+    if refine is not None and (not isinstance(refine, dict) or set(refine) - {"band", "gamma", "factor", "fine_band"}):
+        raise ValueError(f"refine must be null or a dict of band / gamma / factor / fine_band, got {refine!r}")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

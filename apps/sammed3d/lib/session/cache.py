@@ -16,9 +16,11 @@ import torch
 
 
 def nbytes_of(value: Any) -> int:
-    """Best-effort size in bytes of a cached value (tensor, or an object with `.nbytes`)."""
+    """Best-effort size in bytes of a cached value (tensor, an object with `.nbytes`, or a dict of them)."""
     if isinstance(value, torch.Tensor):
         return value.element_size() * value.numel()
+    if isinstance(value, dict):
+        return sum(nbytes_of(v) for v in value.values())
     n = getattr(value, "nbytes", None)
     if n is None:
         raise TypeError(f"cannot size cache value of type {type(value).__name__}")

@@ -23,7 +23,7 @@ from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shif
 from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
 from .preprocess import crop_origin_for, normalise, resample_crop
-from .refine import GeodesicRefine, refine_image, refine_logits
+from .refine import GeodesicRefine, refine_images, refine_logits
 from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
@@ -230,7 +230,7 @@ class SegmentationEngine:
         req.encoded += 1
         self.cache.put(key, emb)
         if self.refine is not None:
-            self.cache.put(self._refine_key(req, origin), refine_image(image, self.refine.factor))
+            self.cache.put(self._refine_key(req, origin), refine_images(image, self.refine))
         return emb
 
     def _crop(self, req: _Request, origin) -> torch.Tensor:
@@ -238,14 +238,14 @@ class SegmentationEngine:
         return normalise(resample_crop(req.volume.image, req.grid, origin, self.runner.crop), req.ct)
 
     def _refine_key(self, req: _Request, origin) -> tuple:
-        return ("rimg", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.refine.factor)
+        return ("rimg", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.refine.factors)
 
     def _refine_image(self, req: _Request, origin) -> np.ndarray:
         """The crop at the refinement grid (cached beside its embedding; recomputed if evicted)."""
         key = self._refine_key(req, origin)
         img = self.cache.get(key)
         if img is None:
-            img = refine_image(self._crop(req, origin), self.refine.factor)
+            img = refine_images(self._crop(req, origin), self.refine)
             self.cache.put(key, img)
         return img
 
