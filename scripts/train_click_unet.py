@@ -57,6 +57,10 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--cosine", type=int, default=0, metavar="STEPS",
+                   help="decay the lr by a cosine from --lr at the step this invocation starts to 5%% of it STEPS "
+                        "steps later (then it stays there); 0: constant after warm-up. A resumed run takes --lr "
+                        "and restarts the cosine from its own step")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dev-crops", type=int, default=16)
@@ -82,6 +86,16 @@ def parse_args(argv=None):
                         "'{\"refine\": {\"band\": 6.0, \"gamma\": 60.0}}' (no key may change a weight's shape)")
     p.add_argument("--export-version", default=None, help="with --export: the version string saved with it")
     return p.parse_args(argv)
+
+
+def lr_scale(step: int, first: int, warmup: int, cosine: int) -> float:
+    """The lr multiplier at `step`: linear warm-up over the run's first `warmup` steps, then 1, or with
+    `cosine` > 0 a cosine from 1 at `first` (this invocation's first step) to 0.05 `cosine` steps later."""
+    scale = min(1.0, (step + 1) / warmup)
+    if cosine > 0:
+        t = min(1.0, (step - first) / cosine)
+        scale *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
+    return scale
 
 
 def dev_set(sampler: TrainingSampler, n: int):
@@ -170,6 +184,8 @@ def main(argv=None):
         except ValueError as e:  # saved by an earlier optimiser layout: the moments restart
             print(f"optimiser state not restored ({e}); continuing with fresh moments", flush=True)
         step = int(st["step"])
+        for g in opt.param_groups:  # --lr applies to a resumed run too (decoder_lr_ratio 1: one lr)
+            g["base_lr"] = args.lr
         print(f"resumed at step {step}", flush=True)
     elif args.init:
         warm_start(model, args.init)
@@ -194,12 +210,12 @@ def main(argv=None):
     last_ckpt = last_eval = time.time()
     model.train()
     ema = None
+    first = step
     while time.time() - t0 < args.minutes * 60 and not (args.max_steps and step >= args.max_steps):
         ts = time.time()
         x, y, kinds = sampler.batch(range(step * args.batch, (step + 1) * args.batch))
         x, y = x.to(device), y.to(device)
-        scale = min(1.0, (step + 1) / args.warmup_steps)
-        set_lr_scale(opt, scale)
+        set_lr_scale(opt, lr_scale(step, first, args.warmup_steps, args.cosine))
         rs = np.random.default_rng([args.seed, step])
         gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
         emb = model.encode(x)
@@ -214,7 +230,8 @@ def main(argv=None):
         lv = float(loss.detach()) / args.num_clicks
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         rec = {"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "dice": round(float(dice.mean()), 4),
-               "grad_norm": round(float(gnorm), 3), "kinds": kinds, "s": round(time.time() - ts, 2)}
+               "grad_norm": round(float(gnorm), 3), "lr": float(f"{opt.param_groups[0]['lr']:.3g}"), "kinds": kinds,
+               "s": round(time.time() - ts, 2)}
         log.write(json.dumps(rec) + "\n")
         if step % 20 == 0:
             log.flush()

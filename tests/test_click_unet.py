@@ -408,3 +408,21 @@ def test_prior_growth_ignores_a_plateau_that_is_the_crop_filling_up():
     m = build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_slope": 0.8})
     assert m.prior.grow.max_margin == 12 and m.prior.grow.slope == 0.8
     assert build_model({**SMALL, **GEO, "prior_margin_cells": 4}).prior.grow is None
+
+
+def test_train_script_lr_schedule_warms_up_then_decays_by_a_cosine_from_the_invocations_first_step():
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location(
+        "train_click_unet", os.path.join(os.path.dirname(__file__), "..", "scripts", "train_click_unet.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.lr_scale(0, 0, 50, 0) == pytest.approx(1 / 50) and script.lr_scale(700, 0, 50, 0) == 1.0
+    # resumed at step 1481 (warm-up long over): 1 at the resume step, half-way 0.525, 0.05 at the end and after
+    assert script.lr_scale(1481, 1481, 50, 1000) == pytest.approx(1.0)
+    assert script.lr_scale(1981, 1481, 50, 1000) == pytest.approx(0.525)
+    assert script.lr_scale(2481, 1481, 50, 1000) == pytest.approx(0.05)
+    assert script.lr_scale(3000, 1481, 50, 1000) == pytest.approx(0.05)
+    args = script.parse_args(["--out", "x", "--cosine", "1000", "--lr", "3e-4"])
+    assert args.cosine == 1000 and args.lr == 3e-4
