@@ -35,7 +35,7 @@ SPACING = (1.5, 1.5, 1.8)
 ORIGIN = (-96.0, -96.0, -100.0)
 
 
-def make_data(out: str, n_train: int, n_test: int, radius_mm=(35.0, 50.0)):
+def make_data(out: str, n_train: int, n_test: int, radius_mm=(35.0, 50.0), mean_hu=-820.0):
     studies, labels = os.path.join(out, "studies"), os.path.join(out, "labels")
     os.makedirs(studies, exist_ok=True)
     os.makedirs(labels, exist_ok=True)
@@ -43,7 +43,7 @@ def make_data(out: str, n_train: int, n_test: int, radius_mm=(35.0, 50.0)):
     for name, seed in cases:
         path = os.path.join(studies, f"{name}.nii.gz")
         if not os.path.exists(path):
-            img, lab = lung_lobe_case(seed, SHAPE, radius_mm=tuple(radius_mm))
+            img, lab = lung_lobe_case(seed, SHAPE, radius_mm=tuple(radius_mm), mean_hu=mean_hu)
             # stored anisotropic: the session resamples to 1.5 mm RAS
             write_nifti(img, path, SPACING, ORIGIN, dtype=np.float32)
             write_nifti(lab, os.path.join(labels, f"{name}.nii.gz"), SPACING, ORIGIN, dtype=np.uint8)
@@ -72,11 +72,14 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--radius-mm", type=float, nargs=2, default=(35.0, 50.0), metavar=("LO", "HI"),
                    help="the lobes' radius range (a new --out per range: existing volumes are reused)")
+    p.add_argument("--lobe-hu", type=float, default=-820.0,
+                   help="the lobes' mean HU (default -820, lung-like); near soft tissue (e.g. -100) the lobe's "
+                        "wall is weak, a structure the default model's prior does not grow past")
     args = p.parse_args(argv)
     from monailabel.client import MONAILabelClient
 
     t0 = time.time()
-    studies, labels, train, test = make_data(args.out, args.train, args.test, args.radius_mm)
+    studies, labels, train, test = make_data(args.out, args.train, args.test, args.radius_mm, args.lobe_hu)
     print(f"data: {len(train)} training + {len(test)} held-out volumes in {studies} ({time.time() - t0:.0f} s)", flush=True)
     versions = os.path.join(args.out, "versions")
     conf = {"download": "false", "versions_dir": versions, "model_version": "base"}  # start from the embedded default

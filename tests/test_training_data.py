@@ -118,3 +118,13 @@ def test_lung_lobe_case_radius_range_sets_the_lobes_size():
     big = lung_lobe_case(4, (128, 128, 112), radius_mm=(40.0, 40.0))[1].sum() * 1.5 ** 3
     assert 3.0 < big / small < 16.0  # about (40/20)^3 = 8 for a deformed blob
     assert lab.dtype == np.uint8 and img[lab > 0].mean() < -700  # dark, lung-like
+
+
+def test_lung_lobe_case_mean_hu_sets_the_lobes_intensity():
+    """The fine-tuning demo's --lobe-hu: a lobe near soft tissue has a weak wall (default -820, lung-like)."""
+    from lib.synthetic.cases import lung_lobe_case
+
+    img, lab = lung_lobe_case(5, (64, 64, 56), radius_mm=(20.0, 20.0))
+    weak, lab2 = lung_lobe_case(5, (64, 64, 56), radius_mm=(20.0, 20.0), mean_hu=-100.0)
+    assert np.array_equal(lab, lab2) and np.array_equal(img[lab == 0], weak[lab == 0])  # same shape and body
+    assert abs(float(np.mean(img[lab > 0])) + 820.0) < 20.0 and abs(float(np.mean(weak[lab > 0])) + 100.0) < 20.0

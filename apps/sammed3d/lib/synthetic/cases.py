@@ -47,10 +47,11 @@ def ellipsoid_case(seed: int, shape: Sequence[int] = (56, 52, 40), two_blobs: bo
 
 
 def lung_lobe_case(seed: int, shape: Sequence[int] = (128, 128, 112),
-                   radius_mm: Tuple[float, float] = (35.0, 50.0)) -> Tuple[np.ndarray, np.ndarray]:
+                   radius_mm: Tuple[float, float] = (35.0, 50.0),
+                   mean_hu: float = -820.0) -> Tuple[np.ndarray, np.ndarray]:
     """CT phantom (as background, 1.5 mm grid) + one lung-like lobe (label 1): a large (radius drawn
-    from `radius_mm`, 35-50 mm by default), dark (about -820 HU), deformed blob -> (image HU float32,
-    label uint8)."""
+    from `radius_mm`, 35-50 mm by default), dark (about `mean_hu`, -820 by default), deformed blob ->
+    (image HU float32, label uint8). A `mean_hu` near soft tissue makes a lobe with a weak wall."""
     rs = np.random.default_rng(10_000 + seed)
     img, _, _ = generate_phantom(seed, shape, spacing=1.5, modality="ct")
     half = np.array(shape) * 1.5 / 2
@@ -59,6 +60,6 @@ def lung_lobe_case(seed: int, shape: Sequence[int] = (128, 128, 112),
     axes = [(np.arange(n) - (n - 1) / 2) * 1.5 for n in shape]
     grid = np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
     inside = (sdf(torch.from_numpy(grid)) < 0).numpy()
-    lobe = -820.0 + rs.normal(0, 25, size=shape) + 60.0 * np.sin(grid[0] / 7.0) * np.cos(grid[1] / 9.0)
+    lobe = float(mean_hu) + rs.normal(0, 25, size=shape) + 60.0 * np.sin(grid[0] / 7.0) * np.cos(grid[1] / 9.0)
     img = np.where(inside, lobe, img).astype(np.float32)
     return img, inside.astype(np.uint8)
