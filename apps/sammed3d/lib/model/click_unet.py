@@ -276,7 +276,7 @@ class ClickUNet3D(nn.Module):
             solves = GeodesicSolves(cells[:, 0].detach().float().cpu().numpy())  # shared by maps and prior
         if self.prior is not None and self._decoder_is_zero():
             # the residual decoder's output layer is all zeros (a model that serves its prior alone, as
-            # default-v3 ships): its output is exactly 0, so neither it nor its input maps are computed
+            # default-v3/v4 ship): its output is exactly 0, so neither it nor its input maps are computed
             # (about half of a click's decode); training and fine-tuning (grad enabled) always run it
             logits = torch.zeros((g,) * 3, dtype=image_embedding.dtype, device=image_embedding.device)
             logits = logits.expand(image_embedding.shape[0], 1, g, g, g)

@@ -18,7 +18,8 @@ so the mask the paste-back thresholds at 0 follows the image there.
 
 With fine_band > 0 a second stage follows on the crop's own grid (S, 1.5 mm): the first stage's
 result is upsampled and the voxels within fine_band of its edge are re-decided the same way, so the
-edge is placed to the voxel while the wide, costly solve stays on the coarse grid (default-v4).
+edge is placed to the voxel while the wide, costly solve stays on the coarse grid (opt-in:
+--conf refine_fine_band; measured in docs/default_model.md, "Fourth run").
 
     refine_logits(logits, {factor: image, 1: full image} (refine_images), points, labels, params)
         -> (1, 1, S, S, S) logits
@@ -47,8 +48,9 @@ class GeodesicRefine:
     factor: int = 2  # refinement grid = crop / factor
     # second stage at the crop's own resolution (factor > 1 only; 0: none): the voxels within fine_band
     # (in first-stage logits) of the first stage's edge are re-decided on the full grid. Why: deciding
-    # the whole wide band at full resolution measured better but costs 3x a click; the edge found at
-    # S/factor is already within a few voxels, so only a thin shell needs the fine solve.
+    # the whole wide band at full resolution measured better on the development table but costs 3x a
+    # click; the edge found at S/factor is within a few voxels, so only a thin shell needs the fine solve
+    # (still 2-3x a click; no gain on the test table, so default-v4 does not ask for it)
     fine_band: float = 0.0
 
     def __post_init__(self):
