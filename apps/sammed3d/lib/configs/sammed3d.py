@@ -123,7 +123,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         refine="none" if engine.refine is None else f"geodesic band {engine.refine.band:g} gamma {engine.refine.gamma:g} "
                                                      f"factor {engine.refine.factor}"
                                                      + (f" fine band {engine.refine.fine_band:g}"
-                                                        if len(engine.refine.factors) > 1 else ""),
+                                                        if engine.refine.fine_stage is not None else ""),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

@@ -129,8 +129,9 @@ class PriorGrowth:
 
     Why: a fixed box (7 cells = 42 mm) keeps a first click on a low-contrast structure from leaking, but
     it also cuts a large structure at 42 mm around the clicks (default-v3: a lung 0.30 after 3 clicks).
-    The image says which case it is. The region {d_include < T} grows with T like T^3 through homogeneous image; once it has
-    filled a structure walled by edges it nearly stops growing (crossing an edge costs a lot), so
+    The image says which case it is. The region {d_include < T} grows with T like T^3 through
+    homogeneous image; once it has filled a structure walled by edges it nearly stops growing
+    (crossing an edge costs a lot), so
     d log V / d log T drops. The first T past which that slope falls below `slope` gives the structure's
     extent; the box's margin grows to cover it (never below the base margin, at most `max_margin`). Where
     no such plateau appears (a weak edge, a leak) the base margin stays. No extra solve: it reads the
@@ -155,7 +156,8 @@ class PriorGrowth:
         t = self.THRESHOLDS
         volumes = np.array([np.count_nonzero(d_fg < x) for x in t], dtype=np.float64)
         slopes = np.diff(np.log(volumes + 1.0)) / np.diff(np.log(t))
-        flat = np.nonzero((slopes < self.slope) & (volumes[1:] > 1) & (volumes[1:] <= self.MAX_FILL * d_fg.size))[0]
+        ok = (volumes[1:] > 1) & (volumes[1:] <= self.MAX_FILL * d_fg.size)
+        flat = np.nonzero((slopes < self.slope) & ok)[0]
         if not len(flat):
             return 0
         region = np.argwhere(d_fg < t[flat[0] + 1])

@@ -26,7 +26,7 @@ edge is placed to the voxel while the wide, costly solve stays on the coarse gri
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -62,9 +62,15 @@ class GeodesicRefine:
             raise ValueError(f"refine fine_band must be >= 0, got {self.fine_band}")
 
     @property
+    def fine_stage(self) -> Optional["GeodesicRefine"]:
+        """The second stage's own parameters (band fine_band on the full grid), or None without one."""
+        return replace(self, band=self.fine_band, factor=1, fine_band=0.0) \
+            if self.fine_band > 0 and self.factor > 1 else None
+
+    @property
     def factors(self) -> Tuple[int, ...]:
         """The grids refine_image must provide: S/factor, and the full grid for a second stage."""
-        return (self.factor, 1) if self.fine_band > 0 and self.factor > 1 else (self.factor,)
+        return (self.factor, 1) if self.fine_stage is not None else (self.factor,)
 
 
 def resolve_refine(mode: str, model_default: Optional[dict], **overrides: float) -> Optional["GeodesicRefine"]:
@@ -110,16 +116,15 @@ def refine_logits(logits: torch.Tensor, image: Union[np.ndarray, Dict[int, np.nd
     """See the module doc. `image`: refine_image's output for the same crop at params.factor, or
     refine_images' {factor: image} (needed for a second stage)."""
     images = image if isinstance(image, dict) else {params.factor: image}
-    out = _refine_stage(logits, images[params.factor], points, labels, params.band, params.gamma, params.factor)
-    if 1 in params.factors[1:]:
-        out = _refine_stage(out, images[1], points, labels, params.fine_band, params.gamma, 1)
-    return out
+    out = _refine_stage(logits, images[params.factor], points, labels, params)
+    fine = params.fine_stage
+    return out if fine is None else _refine_stage(out, images[1], points, labels, fine)
 
 
 def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequence[float]],
-                  labels: Sequence[int], band_width: float, gamma: float, factor: int) -> torch.Tensor:
-    """One stage: the logits upsampled to `image`'s grid, |logit| < band_width re-decided by the image."""
-    params = GeodesicRefine(band=band_width, gamma=gamma, factor=factor)
+                  labels: Sequence[int], params: GeodesicRefine) -> torch.Tensor:
+    """One stage: the logits upsampled to `image`'s grid (S/params.factor), |logit| < params.band
+    re-decided by the image."""
     size = image.shape[0]
     up = F.interpolate(logits.detach().float().cpu(), size=(size,) * 3, mode="trilinear",
                        align_corners=False)[0, 0].numpy().copy()
