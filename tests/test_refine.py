@@ -109,3 +109,37 @@ def test_the_fine_stage_places_the_edge_to_the_voxel_where_the_coarse_grid_canno
     with pytest.raises(ValueError):
         GeodesicRefine(fine_band=-1.0)
     assert GeodesicRefine(factor=1, fine_band=2.0).factors == (1,)  # already full resolution: one stage
+
+
+def test_a_small_band_is_decided_at_full_resolution_and_a_large_one_is_not():
+    """full_res_max_voxels: the grid follows the band's size (its bounding box on the crop's own grid,
+    estimated on the logits' grid), so small structures get 1.5 mm edges and large ones keep the cheap grid."""
+    img = torch.from_numpy(_edge_image(32, 19)).float()[None, None]
+    z = torch.arange(8, dtype=torch.float32) * 4 + 1.5
+    # cells 5.25, 3.25, ..., -8.75 along z: the band |x| < 6 is z-cells 0-5, its box grown by a cell 8 x 8 x 7
+    # cells = 32 x 32 x 28 voxels of the crop
+    logits = (12.0 - z).view(1, 1, 1, 1, 8).expand(1, 1, 8, 8, 8) * 0.5
+    point = [(16.0, 16.0, 4.0)]
+    small_budget = GeodesicRefine(band=6.0, gamma=20.0, factor=2, full_res_max_voxels=32 * 32 * 28 - 1)
+    large_budget = GeodesicRefine(band=6.0, gamma=20.0, factor=2, full_res_max_voxels=32 * 32 * 28)
+    assert small_budget.factors == (2, 1) and GeodesicRefine(factor=2).factors == (2,)
+    images = refine_images(img, large_budget)
+    coarse = refine_logits(logits, images, point, [1], small_budget)[0, 0]  # one voxel over: coarse grid
+    fine = refine_logits(logits, images, point, [1], large_budget)[0, 0]
+    assert coarse.shape == (16,) * 3 and fine.shape == (32,) * 3
+    assert int((fine[16, 16] > 0).nonzero().max()) == 18  # the edge to the voxel
+    # a narrower band (|x| < 1: z-cell 3 only, box 32 x 32 x 12 voxels) fits a smaller budget
+    narrow = GeodesicRefine(band=1.0, gamma=20.0, factor=2, full_res_max_voxels=32 * 32 * 12)
+    assert refine_logits(logits, images, point, [1], narrow).shape[-1] == 32
+    with pytest.raises(ValueError, match="full_res_max_voxels"):
+        GeodesicRefine(full_res_max_voxels=-1)
+
+
+def test_the_full_resolution_budget_comes_from_the_model_or_the_overrides():
+    from lib.session.refine import resolve_refine
+
+    says = {"band": 6.0, "gamma": 60.0, "full_res_max_voxels": 1000}
+    assert resolve_refine("auto", says) == GeodesicRefine(6.0, 60.0, 2, full_res_max_voxels=1000)
+    assert resolve_refine("auto", says, full_res_max_voxels=0.0) == GeodesicRefine(6.0, 60.0, 2)
+    with pytest.raises(ValueError, match="full_res_max_voxels"):
+        resolve_refine("auto", says, full_res_max_voxels=2.5)

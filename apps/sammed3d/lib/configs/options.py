@@ -46,11 +46,12 @@ def al_combine(conf: Dict[str, str]):
 
 def refine(conf: Dict[str, str], model_default):
     """--conf refine none | geodesic | auto (default: what the model's config asks for, lib.model.model_refine),
-    refine_band / refine_gamma / refine_factor / refine_fine_band override its numbers -> GeodesicRefine or None."""
+    refine_band / refine_gamma / refine_factor / refine_fine_band / refine_full_res_max_voxels override its
+    numbers -> GeodesicRefine or None."""
     from lib.session.refine import resolve_refine
 
-    overrides = {key: number(conf, f"refine_{key}", 0) for key in ("band", "gamma", "factor", "fine_band")
-                 if f"refine_{key}" in conf}
+    overrides = {key: number(conf, f"refine_{key}", 0)
+                 for key in ("band", "gamma", "factor", "fine_band", "full_res_max_voxels") if f"refine_{key}" in conf}
     try:
         return resolve_refine(conf.get("refine", "auto"), model_default, **overrides)
     except ValueError as e:

@@ -6,7 +6,8 @@
 
 --conf options read here: checkpoint, checkpoint_sha256, weights_url, download, download_timeout,
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
-device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band), max_crops, modality, al_* and scoring_threads (active learning).
+device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
+refine_full_res_max_voxels), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -123,7 +124,9 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         refine="none" if engine.refine is None else f"geodesic band {engine.refine.band:g} gamma {engine.refine.gamma:g} "
                                                      f"factor {engine.refine.factor}"
                                                      + (f" fine band {engine.refine.fine_band:g}"
-                                                        if engine.refine.fine_stage is not None else ""),
+                                                        if engine.refine.fine_stage is not None else "")
+                                                     + (f" full resolution up to {engine.refine.full_res_max_voxels} voxels"
+                                                        if engine.refine.full_res is not None else ""),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

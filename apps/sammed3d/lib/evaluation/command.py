@@ -65,7 +65,8 @@ def build_engine(args):
 
     try:  # the server's rule (--conf refine): auto = what the model's config asks for
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
-                                factor=args.refine_factor, fine_band=args.refine_fine_band)
+                                factor=args.refine_factor, fine_band=args.refine_fine_band,
+                                full_res_max_voxels=args.refine_full_res_max_voxels)
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
     return SegmentationEngine(
@@ -90,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument("--refine-fine-band", type=float, default=None,
                    help="refinement: second stage at the crop's resolution within this of the first stage's "
                         "edge, 0 = none (default: the model's, else 0)")
+    p.add_argument("--refine-full-res-max-voxels", type=int, default=None,
+                   help="refinement: decide the band at the crop's own resolution when its bounding box there "
+                        "holds at most this many voxels, 0 = never (default: the model's, else 0)")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

@@ -29,6 +29,9 @@ from torch import nn
 
 from .geodesic_maps import GeodesicMaps, GeodesicPrior, GeodesicSolves, PriorGrowth
 
+# the refinement parameters a config may carry (the fields of lib.session.refine.GeodesicRefine)
+REFINE_KEYS = frozenset({"band", "gamma", "factor", "fine_band", "full_res_max_voxels"})
+
 CLICK_UNET_CONFIG = {
     "architecture": "click_unet",
     "image_size": 128,
@@ -57,7 +60,7 @@ CLICK_UNET_CONFIG = {
     "prior_grow_max": 0,
     "prior_grow_slope": 1.0,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
-    # wins): None, or {"band": ..., "gamma": ..., "factor": ..., "fine_band": ...} of a geodesic refinement
+    # wins): None, or {"band": ..., "gamma": ..., "factor": ..., "fine_band": ..., "full_res_max_voxels": ...} of a geodesic refinement
     "refine": None,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model
@@ -348,8 +351,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     if isinstance(slope, bool) or not isinstance(slope, (int, float)) or slope <= 0:
         raise ValueError(f"prior_grow_slope must be a number > 0, got {slope!r}")
     refine = cfg["refine"]
-    if refine is not None and (not isinstance(refine, dict) or set(refine) - {"band", "gamma", "factor", "fine_band"}):
-        raise ValueError(f"refine must be null or a dict of band / gamma / factor / fine_band, got {refine!r}")
+    if refine is not None and (not isinstance(refine, dict) or set(refine) - REFINE_KEYS):
+        raise ValueError(f"refine must be null or a dict of {' / '.join(sorted(REFINE_KEYS))}, got {refine!r}")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

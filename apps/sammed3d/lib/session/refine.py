@@ -52,6 +52,11 @@ class GeodesicRefine:
     # click; the edge found at S/factor is within a few voxels, so only a thin shell needs the fine solve
     # (still 2-3x a click; no gain on the test table, so default-v4 does not ask for it)
     fine_band: float = 0.0
+    # size-adaptive grid (0: off): when the band's bounding box on the crop's own grid (estimated on the
+    # logits' grid) holds at most this many voxels, the band is decided at factor 1 instead of `factor`.
+    # Why: the full-resolution band measured best on the small development structures, where it is cheap,
+    # and gained nothing on the large ones, where it costs 3x a click (docs/default_model.md, "Fifth run")
+    full_res_max_voxels: int = 0
 
     def __post_init__(self):
         if not (self.band > 0 and self.gamma >= 0):
@@ -60,22 +65,32 @@ class GeodesicRefine:
             raise ValueError(f"refine factor must be 1, 2 or 4, got {self.factor}")
         if not self.fine_band >= 0:
             raise ValueError(f"refine fine_band must be >= 0, got {self.fine_band}")
+        if not (self.full_res_max_voxels >= 0 and int(self.full_res_max_voxels) == self.full_res_max_voxels):
+            raise ValueError(f"refine full_res_max_voxels must be an integer >= 0, got {self.full_res_max_voxels}")
 
     @property
     def fine_stage(self) -> Optional["GeodesicRefine"]:
         """The second stage's own parameters (band fine_band on the full grid), or None without one."""
-        return replace(self, band=self.fine_band, factor=1, fine_band=0.0) \
+        return replace(self, band=self.fine_band, factor=1, fine_band=0.0, full_res_max_voxels=0) \
             if self.fine_band > 0 and self.factor > 1 else None
 
     @property
+    def full_res(self) -> Optional["GeodesicRefine"]:
+        """The one-stage refinement at factor 1 that a small band switches to, or None when off."""
+        return replace(self, factor=1, fine_band=0.0, full_res_max_voxels=0) \
+            if self.full_res_max_voxels > 0 and self.factor > 1 else None
+
+    @property
     def factors(self) -> Tuple[int, ...]:
-        """The grids refine_image must provide: S/factor, and the full grid for a second stage."""
-        return (self.factor, 1) if self.fine_stage is not None else (self.factor,)
+        """The grids refine_image must provide: S/factor, and the full grid for a second stage or a
+        size-adaptive one."""
+        return (self.factor, 1) if self.fine_stage is not None or self.full_res is not None else (self.factor,)
 
 
-def resolve_refine(mode: str, model_default: Optional[dict], **overrides: float) -> Optional["GeodesicRefine"]:
+def resolve_refine(mode: str, model_default: Optional[dict],
+                   **overrides: Optional[float]) -> Optional["GeodesicRefine"]:
     """The refinement to serve: mode "none" | "geodesic" | "auto" (what the model's config asks for,
-    lib.model.model_refine); band / gamma / factor / fine_band given (not None) override its numbers. One rule for
+    lib.model.model_refine); band / gamma / factor / fine_band / full_res_max_voxels given (not None) override it. One rule for
     the server's --conf refine and the evaluation's --refine, so both measure what users get."""
     mode = str(mode or "auto").strip().lower()
     if mode not in REFINE_MODES:
@@ -88,16 +103,22 @@ def resolve_refine(mode: str, model_default: Optional[dict], **overrides: float)
     if factor != int(factor):
         raise ValueError(f"refine factor must be 1, 2 or 4, got {factor!r}")
     params["factor"] = int(factor)
+    budget = params.get("full_res_max_voxels", 0)
+    if budget != int(budget):
+        raise ValueError(f"refine full_res_max_voxels must be an integer >= 0, got {budget!r}")
+    params["full_res_max_voxels"] = int(budget)
     return GeodesicRefine(**params)
 
 
 def refine_image(image: torch.Tensor, factor: int) -> np.ndarray:
-    """The normalised crop (1, 1, S, S, S) -> (S/factor,)^3 float64 block means (what refine_logits reads);
-    clamped as the model clamps its input, so air in a tissue-poor crop does not dominate the gradient."""
+    """The normalised crop (1, 1, S, S, S) -> (S/factor,)^3 float32 block means (what refine_logits reads);
+    clamped as the model clamps its input, so air in a tissue-poor crop does not dominate the gradient.
+    float32 because that is what torch computed (geodesic_cost widens the band's box to float64 exactly):
+    half the cache and no 16 MB copy per crop for the full-resolution grid."""
     x = image.float().clamp(-10.0, 10.0)
     if factor > 1:
         x = F.avg_pool3d(x, factor)
-    return x[0, 0].cpu().numpy().astype(np.float64)
+    return np.ascontiguousarray(x[0, 0].cpu().numpy())
 
 
 def refine_images(image: torch.Tensor, params: GeodesicRefine) -> Dict[int, np.ndarray]:
@@ -116,9 +137,23 @@ def refine_logits(logits: torch.Tensor, image: Union[np.ndarray, Dict[int, np.nd
     """See the module doc. `image`: refine_image's output for the same crop at params.factor, or
     refine_images' {factor: image} (needed for a second stage)."""
     images = image if isinstance(image, dict) else {params.factor: image}
+    full = params.full_res
+    if full is not None and _band_box_voxels(logits, params.band, images[1].shape[0]) <= params.full_res_max_voxels:
+        return _refine_stage(logits, images[1], points, labels, full)
     out = _refine_stage(logits, images[params.factor], points, labels, params)
     fine = params.fine_stage
     return out if fine is None else _refine_stage(out, images[1], points, labels, fine)
+
+
+def _band_box_voxels(logits: torch.Tensor, band: float, size: int) -> int:
+    """Voxels of the band's bounding box on a size^3 grid, from the logits' own (coarser) grid: what a
+    stage on that grid would solve over."""
+    small = (logits.detach().abs() < band)[0, 0].cpu().numpy()
+    if not small.any():
+        return 0
+    box = _bounding_box(small, grow=1)
+    scale = size / small.shape[0]
+    return int(np.prod([(b.stop - b.start) * scale for b in box]))
 
 
 def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequence[float]],

@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""A development case with large CT structures: the InVesalius example head CT (issue 14).
+
+    .venv/bin/python scripts/prepare_dev_head_ct.py [--out work_data/dev_ct] [--cache work_data/cache]
+
+Why: the development table (scripts/prepare_test_table.py --dev) has phantoms and an MNI brain but no
+real CT organ, so it cannot tell how the first click behaves on a large structure walled by an edge in
+CT (a lung, the liver: docs/default_model.md, "Fourth run"). This case can; it is used for tuning only,
+never for training weights, and never counted in the test table.
+
+Source: Debian's invesalius-examples (`apt-get download invesalius-examples`, GPL-2): `Cranium.inv3`, a
+gzipped tar holding an int16 head CT (108 x 256 x 256, 0.957 x 0.957 x 1.5 mm, raw `matrix.dat` +
+`main.plist`). Its labels are made here from the HU values (weak ground truth, said so in the manifest):
+
+- intracranial contents (brain + CSF, about 1.3 l): soft tissue (-20..100 HU) eroded 3 voxels apart
+  from the scalp and the skull base's soft tissue, the component at the volume's centre, dilated back
+  inside soft tissue: the structure is walled by the skull;
+- skull (bone above 300 HU, the largest component: not the head rest);
+- the head's soft tissue outside the skull (scalp, face muscles: -200..200 HU, outside the skull's
+  filled hull): thin, large and irregular, like the chest CT's body tissue.
+"""
+import argparse
+import glob
+import json
+import os
+import plistlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = "invesalius-examples"
+# (the air spaces were tried as a lung-like target: the sinuses open into the nasal cavity and the pharynx,
+# which leave the volume, so no walled air space is left to label)
+NAMES = {"intracranial contents": 1, "skull": 2, "scalp and face soft tissue": 3}
+
+
+def fetch_deb(cache: str) -> str:
+    """The package's .deb in `cache` (apt-get download, the registry: no other network)."""
+    os.makedirs(cache, exist_ok=True)
+    found = glob.glob(os.path.join(cache, f"{PACKAGE}_*.deb"))
+    if not found:
+        subprocess.run(["apt-get", "download", PACKAGE], cwd=cache, check=True)
+        found = glob.glob(os.path.join(cache, f"{PACKAGE}_*.deb"))
+    return sorted(found)[-1]
+
+
+def read_inv3(deb: str, tmp: str):
+    """The CT (z, y, x) int16 array and its (x, y, z) spacing from the .deb's Cranium.inv3."""
+    subprocess.run(["dpkg-deb", "-x", deb, tmp], check=True)
+    inv3 = glob.glob(os.path.join(tmp, "usr", "share", "doc", PACKAGE, "examples", "Cranium.inv3"))[0]
+    with tarfile.open(inv3) as t:
+        t.extractall(tmp, filter="data")
+    main = glob.glob(os.path.join(tmp, "*", "main.plist"))[0]
+    with open(main, "rb") as f:
+        meta = plistlib.load(f)
+    matrix = meta["matrix"]
+    ct = np.fromfile(os.path.join(os.path.dirname(main), matrix["filename"]), dtype=np.dtype(matrix["dtype"]))
+    return ct.reshape(matrix["shape"]), [float(s) for s in meta["spacing"]]
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndimage.sum_labels(mask, lab, range(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def head_labels(ct: np.ndarray) -> np.ndarray:
+    ball = ndimage.generate_binary_structure(3, 1)
+    bone = _largest(ct > 300)
+    head = ndimage.binary_fill_holes(_largest(ct > -300))
+    soft = (ct > -20) & (ct < 100) & ~bone
+    core = ndimage.binary_erosion(soft, ball, iterations=3)
+    lab, _ = ndimage.label(core)
+    centre = tuple(s // 2 for s in ct.shape)
+    brain = lab == lab[centre] if lab[centre] else _largest(core)
+    brain = ndimage.binary_dilation(brain, ball, iterations=3) & soft
+    brain = ndimage.binary_fill_holes(brain)
+    hull = ndimage.binary_fill_holes(ndimage.binary_closing(bone | brain, ball, iterations=4))
+    tissue = _largest((ct > -200) & (ct < 200) & head & ~hull)
+    out = np.zeros(ct.shape, np.uint8)
+    for value, mask in ((NAMES["scalp and face soft tissue"], tissue), (NAMES["skull"], bone),
+                        (NAMES["intracranial contents"], brain)):
+        out[mask] = value
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.path.join(ROOT, "work_data", "dev_ct"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, "work_data", "cache"))
+    args = ap.parse_args(argv)
+    import SimpleITK as sitk
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ct, spacing = read_inv3(fetch_deb(args.cache), tmp)
+    labels = head_labels(ct)
+    case = "dev_invesalius_head_ct"
+    for sub, arr in (("images", ct), ("labels", labels)):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing(spacing)
+        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+        sitk.WriteImage(img, os.path.join(args.out, sub, f"{case}.nii.gz"), useCompression=True)
+    ml = float(np.prod(spacing)) / 1000.0
+    with open(os.path.join(args.out, "labels", "labels.json"), "w") as f:
+        json.dump({case: NAMES}, f, indent=1)
+    manifest = [dict(case=case, modality="CT", spacing=spacing, targets=len(NAMES),
+                     source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
+                     ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_head_ct.py",
+                     structures={n: round(float((labels == v).sum()) * ml, 1) for n, v in NAMES.items()})]
+    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(json.dumps(manifest, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
