@@ -81,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--refine", choices=("auto", "none", "geodesic"), default="auto",
                    help="sammed3d: image-aware refinement of the mask at twice the logits' resolution "
                         "(lib.session.refine), as the server's --conf refine: auto (default) = what the model's "
-                        "config asks for (default-v4: geodesic band 6 gamma 60), none, or geodesic")
+                        "config asks for (default-v5: geodesic band 6 gamma 60, at 1.5 mm up to 150000 voxels), "
+                        "none, or geodesic")
     p.add_argument("--refine-band", type=float, default=None,
                    help="refinement: |logit| below this is re-decided (default: the model's, else 2)")
     p.add_argument("--refine-gamma", type=float, default=None,

@@ -50,7 +50,7 @@ class GeodesicRefine:
     # (in first-stage logits) of the first stage's edge are re-decided on the full grid. Why: deciding
     # the whole wide band at full resolution measured better on the development table but costs 3x a
     # click; the edge found at S/factor is within a few voxels, so only a thin shell needs the fine solve
-    # (still 2-3x a click; no gain on the test table, so default-v4 does not ask for it)
+    # (still 2-3x a click; no gain on the test table, so default-v4/v5 do not ask for it)
     fine_band: float = 0.0
     # size-adaptive grid (0: off): when the band's bounding box on the crop's own grid (estimated on the
     # logits' grid) holds at most this many voxels, the band is decided at factor 1 instead of `factor`.
