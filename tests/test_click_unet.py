@@ -426,3 +426,29 @@ def test_train_script_lr_schedule_warms_up_then_decays_by_a_cosine_from_the_invo
     assert script.lr_scale(3000, 1481, 50, 1000) == pytest.approx(0.05)
     args = script.parse_args(["--out", "x", "--cosine", "1000", "--lr", "3e-4"])
     assert args.cosine == 1000 and args.lr == 3e-4
+
+
+def test_prior_growth_until_exclude_stops_growing_once_the_user_excludes():
+    """prior_grow_until_exclude: with an exclude click the box keeps its base margin (the exclude click
+    says the region went too far), without one it grows as before."""
+    from lib.model.geodesic_maps import GeodesicPrior, PriorGrowth
+
+    inten = torch.from_numpy(_walled_ball()).float()[None]
+    click = torch.tensor([[[4 * 16 + 1.5] * 3]])
+    far = torch.tensor([[[4 * 16 + 1.5] * 2 + [4 * 31 + 1.5]]])  # an exclude click in the grid's last cell layer
+    both, labels = torch.cat([click, far], 1), torch.tensor([[1, 0]])
+    ball = torch.from_numpy(_walled_ball() > 5.0)
+    dice = lambda m: float(2 * (m & ball).sum() / (m.sum() + ball.sum()))  # noqa: E731
+
+    def prior(until, coords, labs):
+        return GeodesicPrior(20.0, 7, 6.0, grow=PriorGrowth(20, 1.0, until_exclude=until))(inten, coords, labs)[0, 0]
+
+    assert dice(prior(True, click, torch.tensor([[1]])) > 0) > 0.85  # no exclude click: grows
+    assert dice(prior(False, both, labels) > 0) > 0.85  # the old rule grows regardless
+    assert dice(prior(True, both, labels) > 0) < 0.5  # an exclude click: the 15-cell box again
+    assert PriorGrowth(20, 1.0, until_exclude=True).applies(0) and not PriorGrowth(20, 1.0, True).applies(1)
+    assert PriorGrowth(20, 1.0).applies(3)
+    m = build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_until_exclude": True})
+    assert m.prior.grow.until_exclude
+    with pytest.raises(ValueError, match="until_exclude"):
+        build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_until_exclude": 1})

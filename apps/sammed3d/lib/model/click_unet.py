@@ -59,6 +59,8 @@ CLICK_UNET_CONFIG = {
     # cells it may grow to (0: the box stays fixed) and the volume-curve slope that marks a plateau
     "prior_grow_max": 0,
     "prior_grow_slope": 1.0,
+    # true: the box grows only while there is no exclude click (PriorGrowth.until_exclude)
+    "prior_grow_until_exclude": False,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or {"band": ..., "gamma": ..., "factor": ..., "fine_band": ..., "full_res_max_voxels": ...} of a geodesic refinement
     "refine": None,
@@ -227,8 +229,8 @@ class ClickUNet3D(nn.Module):
         taus = config.get("geodesic_taus") or []
         self.geodesic = GeodesicMaps(config.get("geodesic_gamma", 20.0), taus) if taus else None
         margin = int(config.get("prior_margin_cells", 0))
-        grow = PriorGrowth(config["prior_grow_max"], config.get("prior_grow_slope", 1.0)) \
-            if config.get("prior_grow_max") else None
+        grow = PriorGrowth(config["prior_grow_max"], config.get("prior_grow_slope", 1.0),
+                           config.get("prior_grow_until_exclude", False)) if config.get("prior_grow_max") else None
         self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0), grow) \
             if margin > 0 else None
         # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a
@@ -350,6 +352,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"prior_grow_max must be an integer >= 0, got {grow!r}")
     if isinstance(slope, bool) or not isinstance(slope, (int, float)) or slope <= 0:
         raise ValueError(f"prior_grow_slope must be a number > 0, got {slope!r}")
+    if not isinstance(cfg["prior_grow_until_exclude"], bool):
+        raise ValueError(f"prior_grow_until_exclude must be true or false, got {cfg['prior_grow_until_exclude']!r}")
     refine = cfg["refine"]
     if refine is not None and (not isinstance(refine, dict) or set(refine) - REFINE_KEYS):
         raise ValueError(f"refine must be null or a dict of {' / '.join(sorted(REFINE_KEYS))}, got {refine!r}")

@@ -148,8 +148,17 @@ class PriorGrowth:
     # 0.607/0.698 with 1)
     SLACK = 1
 
-    def __init__(self, max_margin: int, slope: float):
+    def __init__(self, max_margin: int, slope: float, until_exclude: bool = False):
         self.max_margin, self.slope = int(max_margin), float(slope)
+        # grow only while the user has placed no exclude click. Why: an exclude click says the region went
+        # too far; a box grown past a weak wall (a heart in the mediastinum, the intracranial contents at the
+        # skull base) then keeps leaking, while the base box lets the exclude clicks and the image cut it
+        # (development CT cases: Dice@5 0.626 -> 0.722; docs/default_model.md, "Sixth run")
+        self.until_exclude = bool(until_exclude)
+
+    def applies(self, n_exclude: int) -> bool:
+        """Whether the box may grow for a click set with `n_exclude` exclude clicks."""
+        return not (self.until_exclude and n_exclude > 0)
 
     def extent(self, d_fg: np.ndarray, box_cells: np.ndarray) -> int:
         """Cells the first plateau region reaches beyond the clicks' bounding box (0 when none)."""
@@ -202,7 +211,8 @@ class GeodesicPrior(nn.Module):
                 if not len(fg):
                     continue
                 d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
-                margin = self.margin if self.grow is None else self.grow.margin(d_fg, cells[i][valid], self.margin)
+                grows = self.grow is not None and self.grow.applies(len(ex))
+                margin = self.grow.margin(d_fg, cells[i][valid], self.margin) if grows else self.margin
                 bg = np.concatenate([ex, box_face_seeds(cells[i][valid], g, margin)])
                 if not len(bg):
                     out[i] = self.clip

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""A development case with large CT structures: the InVesalius example head CT (issue 14).
+"""Development cases with large CT structures (issue 14): a real head CT and synthetic chests.
 
-    .venv/bin/python scripts/prepare_dev_head_ct.py [--out work_data/dev_ct] [--cache work_data/cache]
+    .venv/bin/python scripts/prepare_dev_ct.py [--out work_data/dev_ct] [--cache work_data/cache] [--chests 3]
 
 Why: the development table (scripts/prepare_test_table.py --dev) has phantoms and an MNI brain but no
-real CT organ, so it cannot tell how the first click behaves on a large structure walled by an edge in
-CT (a lung, the liver: docs/default_model.md, "Fourth run"). This case can; it is used for tuning only,
-never for training weights, and never counted in the test table.
+CT organ, so it cannot tell how the first click behaves on a large structure walled by an edge in CT
+(a lung, the liver: docs/default_model.md, "Fourth run"). These cases can; they are used for tuning
+only, never for training weights, and never counted in the test table.
 
-Source: Debian's invesalius-examples (`apt-get download invesalius-examples`, GPL-2): `Cranium.inv3`, a
+1. `dev_invesalius_head_ct`, real. Source: Debian's invesalius-examples (`apt-get download invesalius-examples`, GPL-2): `Cranium.inv3`, a
 gzipped tar holding an int16 head CT (108 x 256 x 256, 0.957 x 0.957 x 1.5 mm, raw `matrix.dat` +
 `main.plist`). Its labels are made here from the HU values (weak ground truth, said so in the manifest):
 
@@ -18,6 +18,9 @@ gzipped tar holding an int16 head CT (108 x 256 x 256, 0.957 x 0.957 x 1.5 mm, r
 - skull (bone above 300 HU, the largest component: not the head rest);
 - the head's soft tissue outside the skull (scalp, face muscles: -200..200 HU, outside the skull's
   filled hull): thin, large and irregular, like the chest CT's body tissue.
+
+2. `dev_chest_phantom_<seed>`, synthetic (`lib.synthetic.chest.chest_case`): two lungs crossed by
+   vessel trees, heart, ribs and spine, acquired at 10 x 3 x 3 mm; labels right lung, left lung, heart.
 """
 import argparse
 import glob
@@ -95,25 +98,36 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "work_data", "dev_ct"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "work_data", "cache"))
+    ap.add_argument("--chests", type=int, default=3, help="synthetic chest phantoms (seeds 0..N-1)")
     args = ap.parse_args(argv)
     import SimpleITK as sitk
 
+    sys.path.insert(0, os.path.join(ROOT, "apps", "sammed3d"))
+    from lib.synthetic.chest import CHEST_LABELS, chest_case
+
+    def save(case, arr, labels, spacing_xyz, names, **about):
+        for sub, a in (("images", arr), ("labels", labels)):
+            img = sitk.GetImageFromArray(a)
+            img.SetSpacing(spacing_xyz)
+            os.makedirs(os.path.join(args.out, sub), exist_ok=True)
+            sitk.WriteImage(img, os.path.join(args.out, sub, f"{case}.nii.gz"), useCompression=True)
+        ml = float(np.prod(spacing_xyz)) / 1000.0
+        names_json[case] = names
+        manifest.append(dict(case=case, modality="CT", spacing=list(spacing_xyz), targets=len(names), **about,
+                             structures={n: round(float((labels == v).sum()) * ml, 1) for n, v in names.items()}))
+
+    names_json, manifest = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         ct, spacing = read_inv3(fetch_deb(args.cache), tmp)
-    labels = head_labels(ct)
-    case = "dev_invesalius_head_ct"
-    for sub, arr in (("images", ct), ("labels", labels)):
-        img = sitk.GetImageFromArray(arr)
-        img.SetSpacing(spacing)
-        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
-        sitk.WriteImage(img, os.path.join(args.out, sub, f"{case}.nii.gz"), useCompression=True)
-    ml = float(np.prod(spacing)) / 1000.0
+    save("dev_invesalius_head_ct", ct, head_labels(ct), spacing, NAMES,
+         source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
+         ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_ct.py")
+    for seed in range(args.chests):
+        image, labels, spacing_zyx = chest_case(seed)
+        save(f"dev_chest_phantom_{seed}", image, labels, spacing_zyx[::-1], CHEST_LABELS,
+             source="synthetic, lib.synthetic.chest.chest_case", ground_truth="exact (the phantom's own)")
     with open(os.path.join(args.out, "labels", "labels.json"), "w") as f:
-        json.dump({case: NAMES}, f, indent=1)
-    manifest = [dict(case=case, modality="CT", spacing=spacing, targets=len(NAMES),
-                     source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
-                     ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_head_ct.py",
-                     structures={n: round(float((labels == v).sum()) * ml, 1) for n, v in NAMES.items()})]
+        json.dump(names_json, f, indent=1)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print(json.dumps(manifest, indent=1))

@@ -1,4 +1,4 @@
-"""scripts/prepare_dev_head_ct.py: the HU-derived labels of the head-CT development case."""
+"""scripts/prepare_dev_ct.py: the HU-derived labels of the head-CT development case."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-from prepare_dev_head_ct import NAMES, head_labels  # noqa: E402
+from prepare_dev_ct import NAMES, head_labels  # noqa: E402
 
 
 def _phantom_head(n=64):
