@@ -174,3 +174,29 @@ def test_click_outside_current_crop_adds_a_crop(tmp_path):
     # An exclude outside every crop changes nothing and encodes nothing.
     r3 = eng.segment("i", path, "a", [[60, 30, 30], [330, 30, 30]], [[200, 30, 30]])
     assert m.encode_calls == 2 and np.array_equal(r3.mask, r2.mask)
+
+
+def test_unchanged_crops_are_not_refined_again_and_the_mask_is_the_same(tmp_path, monkeypatch):
+    """_crop_mask memoises each crop's pasted mask: a click that decodes one crop of a multi-crop label
+    refines only that crop, and the answer equals a fresh engine's for the same clicks."""
+    import lib.session.engine as engine_mod
+    from lib.session.refine import GeodesicRefine
+
+    path = write_nifti(tmp_path / "long.nii.gz", smooth_volume((400, 60, 60)), ras_affine((1.5, 1.5, 1.5)))
+    calls = []
+    real = engine_mod.refine_logits
+    monkeypatch.setattr(engine_mod, "refine_logits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    refine = GeodesicRefine(band=2.0, gamma=20.0, factor=2)
+    eng = SegmentationEngine(BallModel(radius=8.0), "v1", refine=refine)
+    eng.segment("i", path, "a", [[60, 30, 30]], [])
+    eng.segment("i", path, "a", [[60, 30, 30], [330, 30, 30]], [])  # a second crop
+    assert len(calls) == 2  # the first crop's mask was reused
+    calls.clear()
+    r = eng.segment("i", path, "a", [[60, 30, 30], [330, 30, 30], [335, 30, 30]], [])  # in the second crop only
+    assert r.num_crops == 2 and len(calls) == 1
+    fresh = SegmentationEngine(BallModel(radius=8.0), "v1", refine=refine)
+    expect = fresh.segment("i", path, "a", [[60, 30, 30], [330, 30, 30], [335, 30, 30]], [])
+    assert np.array_equal(r.mask, expect.mask) and r.mask[60, 30, 30] == 1 and r.mask[335, 30, 30] == 1
+    calls.clear()
+    again = eng.segment("i", path, "a", [[60, 30, 30], [330, 30, 30], [335, 30, 30]], [], reset=True)
+    assert len(calls) == 2 and np.array_equal(again.mask, expect.mask)  # a reset label starts afresh
