@@ -8,11 +8,12 @@ CT organ, so it cannot tell how the first click behaves on a large structure wal
 (a lung, the liver: docs/default_model.md, "Fourth run"). These cases can; they are used for tuning
 only, never for training weights, and never counted in the test table.
 
-1. `dev_invesalius_head_ct`, real. Source: Debian's invesalius-examples (`apt-get download invesalius-examples`, GPL-2): `Cranium.inv3`, a
+1. `dev_invesalius_head_ct`, real. Source: Debian's invesalius-examples
+(`apt-get download invesalius-examples`, GPL-2): `Cranium.inv3`, a
 gzipped tar holding an int16 head CT (108 x 256 x 256, 0.957 x 0.957 x 1.5 mm, raw `matrix.dat` +
 `main.plist`). Its labels are made here from the HU values (weak ground truth, said so in the manifest):
 
-- intracranial contents (brain + CSF, about 1.3 l): soft tissue (-20..100 HU) eroded 3 voxels apart
+- intracranial contents (brain + CSF, about 1.4 l): soft tissue (-20..100 HU) eroded 3 voxels apart
   from the scalp and the skull base's soft tissue, the component at the volume's centre, dilated back
   inside soft tissue: the structure is walled by the skull;
 - skull (bone above 300 HU, the largest component: not the head rest);

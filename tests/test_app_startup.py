@@ -152,6 +152,9 @@ def test_refine_defaults_to_the_models_config_and_conf_wins_or_stops_start_up(tm
     conf = {"checkpoint": path, "refine_fine_band": "3"}  # the second, full-resolution stage
     assert make_app(tmp_path / "g", studies, conf).info()["weights"]["refine"] == \
         "geodesic band 6 gamma 60 factor 2 fine band 3"
+    conf = {"checkpoint": path, "refine_full_res_max_voxels": "150000"}  # the size-adaptive grid (default-v5)
+    assert make_app(tmp_path / "h", studies, conf).info()["weights"]["refine"] == \
+        "geodesic band 6 gamma 60 factor 2 full resolution up to 150000 voxels"
     plain = str(tmp_path / "plain.pt")
     save_checkpoint(build_model(small), plain, version="plain")
     assert make_app(tmp_path / "d", studies, {"checkpoint": plain}).info()["weights"]["refine"] == "none"
@@ -159,6 +162,7 @@ def test_refine_defaults_to_the_models_config_and_conf_wins_or_stops_start_up(tm
     assert make_app(tmp_path / "e", studies, conf).info()["weights"]["refine"] == "geodesic band 2 gamma 20 factor 2"
     for bad in ({"refine": "snap"}, {"refine": "geodesic", "refine_factor": "3"},
                 {"refine": "geodesic", "refine_factor": "2.5"}, {"refine": "geodesic", "refine_band": "-1"},
-                {"refine": "geodesic", "refine_fine_band": "-2"}):
+                {"refine": "geodesic", "refine_fine_band": "-2"},
+                {"refine": "geodesic", "refine_full_res_max_voxels": "1.5"}):
         with pytest.raises(RuntimeError, match="cannot start.*refine"):
             make_app(tmp_path / "f", studies, {"checkpoint": plain, **bad})

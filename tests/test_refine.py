@@ -143,3 +143,10 @@ def test_the_full_resolution_budget_comes_from_the_model_or_the_overrides():
     assert resolve_refine("auto", says, full_res_max_voxels=0.0) == GeodesicRefine(6.0, 60.0, 2)
     with pytest.raises(ValueError, match="full_res_max_voxels"):
         resolve_refine("auto", says, full_res_max_voxels=2.5)
+
+
+def test_refine_logits_says_which_grids_it_needs():
+    logits = torch.zeros(1, 1, 8, 8, 8)
+    with pytest.raises(ValueError, match="factors"):
+        refine_logits(logits, np.zeros((16,) * 3), [(4.0, 4.0, 4.0)], [1],
+                      GeodesicRefine(band=6.0, factor=2, full_res_max_voxels=1000))

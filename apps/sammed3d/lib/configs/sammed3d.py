@@ -121,12 +121,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         device=str(dev),
         precision=precision,
         click_mode=engine.click_mode,
-        refine="none" if engine.refine is None else f"geodesic band {engine.refine.band:g} gamma {engine.refine.gamma:g} "
-                                                     f"factor {engine.refine.factor}"
-                                                     + (f" fine band {engine.refine.fine_band:g}"
-                                                        if engine.refine.fine_stage is not None else "")
-                                                     + (f" full resolution up to {engine.refine.full_res_max_voxels} voxels"
-                                                        if engine.refine.full_res is not None else ""),
+        refine="none" if engine.refine is None else engine.refine.describe(),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

@@ -62,7 +62,7 @@ CLICK_UNET_CONFIG = {
     # true: the box grows only while there is no exclude click (PriorGrowth.until_exclude)
     "prior_grow_until_exclude": False,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
-    # wins): None, or {"band": ..., "gamma": ..., "factor": ..., "fine_band": ..., "full_res_max_voxels": ...} of a geodesic refinement
+    # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model

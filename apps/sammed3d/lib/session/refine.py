@@ -23,6 +23,11 @@ edge is placed to the voxel while the wide, costly solve stays on the coarse gri
 
     refine_logits(logits, {factor: image, 1: full image} (refine_images), points, labels, params)
         -> (1, 1, S, S, S) logits
+
+With full_res_max_voxels > 0 the grid follows the band's size instead: a band whose bounding box on
+the crop's own grid holds at most that many voxels is decided there in one stage (a small structure's
+edge to 1.5 mm), a larger one at S/factor (where 1.5 mm would triple a click's CPU for no gain; default-v5
+asks for 150,000: docs/default_model.md, "Fifth run").
 """
 from __future__ import annotations
 
@@ -80,6 +85,16 @@ class GeodesicRefine:
         return replace(self, factor=1, fine_band=0.0, full_res_max_voxels=0) \
             if self.full_res_max_voxels > 0 and self.factor > 1 else None
 
+    def describe(self) -> str:
+        """One line for /info and the log, e.g. "geodesic band 6 gamma 60 factor 2 full resolution up to
+        150000 voxels"."""
+        text = f"geodesic band {self.band:g} gamma {self.gamma:g} factor {self.factor}"
+        if self.fine_stage is not None:
+            text += f" fine band {self.fine_band:g}"
+        if self.full_res is not None:
+            text += f" full resolution up to {self.full_res_max_voxels} voxels"
+        return text
+
     @property
     def factors(self) -> Tuple[int, ...]:
         """The grids refine_image must provide: S/factor, and the full grid for a second stage or a
@@ -90,8 +105,8 @@ class GeodesicRefine:
 def resolve_refine(mode: str, model_default: Optional[dict],
                    **overrides: Optional[float]) -> Optional["GeodesicRefine"]:
     """The refinement to serve: mode "none" | "geodesic" | "auto" (what the model's config asks for,
-    lib.model.model_refine); band / gamma / factor / fine_band / full_res_max_voxels given (not None) override it. One rule for
-    the server's --conf refine and the evaluation's --refine, so both measure what users get."""
+    lib.model.model_refine); band / gamma / factor / fine_band / full_res_max_voxels given (not None) override
+    it. One rule for the server's --conf refine and the evaluation's --refine, so both measure what users get."""
     mode = str(mode or "auto").strip().lower()
     if mode not in REFINE_MODES:
         raise ValueError(f"refine must be auto, none or geodesic, got {mode!r}")
@@ -135,8 +150,11 @@ def _voxels(points: Sequence[Sequence[float]], factor: int, size: int) -> np.nda
 def refine_logits(logits: torch.Tensor, image: Union[np.ndarray, Dict[int, np.ndarray]],
                   points: Sequence[Sequence[float]], labels: Sequence[int], params: GeodesicRefine) -> torch.Tensor:
     """See the module doc. `image`: refine_image's output for the same crop at params.factor, or
-    refine_images' {factor: image} (needed for a second stage)."""
+    refine_images' {factor: image} (needed for a second stage or a size-adaptive grid)."""
     images = image if isinstance(image, dict) else {params.factor: image}
+    if set(params.factors) - set(images):
+        raise ValueError(f"refine_logits needs the crop at factors {params.factors} (refine_images), "
+                         f"got {sorted(images)}")
     full = params.full_res
     if full is not None and _band_box_voxels(logits, params.band, images[1].shape[0]) <= params.full_res_max_voxels:
         return _refine_stage(logits, images[1], points, labels, full)
