@@ -150,3 +150,15 @@ def test_refine_logits_says_which_grids_it_needs():
     with pytest.raises(ValueError, match="factors"):
         refine_logits(logits, np.zeros((16,) * 3), [(4.0, 4.0, 4.0)], [1],
                       GeodesicRefine(band=6.0, factor=2, full_res_max_voxels=1000))
+
+
+def test_a_band_that_touches_only_one_side_is_decided_without_error():
+    """An unsure hole enclosed by the confident inside, the only outside an exclude click far away (where
+    the model is confident it is inside): no outside seed touches the band, so the hole goes to the
+    inside that reaches it. It used to raise in MCP (empty seed set): a failed click for the user."""
+    logits = torch.full((1, 1, 8, 8, 8), 10.0)
+    logits[..., 3:5, 3:5, 3:5] = 0.0  # the unsure hole
+    img = np.zeros((32,) * 3)
+    out = refine_logits(logits, img, [(2.0, 2.0, 2.0), (30.0, 30.0, 30.0)], [1, 0],
+                        GeodesicRefine(band=2.0, gamma=20.0, factor=1))[0, 0]
+    assert (out[14:18, 14:18, 14:18] > 0).all() and out[30, 30, 30] < 0

@@ -197,7 +197,7 @@ def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequ
     cost = geodesic_cost(sub(image), params.gamma)
     cost[~region] = np.inf  # impassable: the solve stays in the band and its seed shell
     seeds_in, seeds_out = np.argwhere(region & sub(inside)), np.argwhere(region & sub(outside))
-    d_in, d_out = geodesic_from(cost, seeds_in), geodesic_from(cost, seeds_out)
+    d_in, d_out = _distance_from(cost, seeds_in), _distance_from(cost, seeds_out)
     with np.errstate(invalid="ignore"):  # inf - inf where neither side reaches a voxel
         decided = np.clip(d_out - d_in, -params.band, params.band)
     # a band voxel that neither side reaches (cut off by the band's shape) keeps the model's own logit
@@ -206,6 +206,13 @@ def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequ
     target[update] = decided[update]
     _keep_clicks(up, clicks, labels, params.band)
     return torch.from_numpy(up)[None, None]
+
+
+def _distance_from(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """geodesic_from, or inf everywhere when no seed of that side touches the band (e.g. an unsure hole
+    enclosed by the confident inside: its voxels then go to the side that reaches them, as any voxel one
+    side cannot reach; MCP itself refuses an empty seed set)."""
+    return geodesic_from(cost, seeds) if len(seeds) else np.full(cost.shape, np.inf)
 
 
 def _keep_clicks(up: np.ndarray, clicks: np.ndarray, labels: np.ndarray, band: float) -> None:
