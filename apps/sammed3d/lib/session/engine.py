@@ -412,7 +412,9 @@ class _CropMask:
 
     def __init__(self, crop: CropState, prompts: tuple, piece):
         self.crop, self.prompts, self.piece = crop, prompts, piece
-        self.nbytes = 1024 + (piece[1].nbytes if piece is not None else 0)
+        # the crop state is held too (its logits: what the identity check keeps alive)
+        self.nbytes = 1024 + crop.logits.element_size() * crop.logits.numel() + \
+            (piece[1].nbytes if piece is not None else 0)
 
 
 def _fresh_crop(origin, zeros: torch.Tensor) -> CropState:
