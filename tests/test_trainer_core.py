@@ -288,3 +288,23 @@ def test_fine_tune_validates_with_the_refinement_the_model_is_served_with(sample
     seen.clear()
     fine_tune(tiny_model(), samples, opts)  # SAM-Med3D's config asks for none
     assert seen == [None]
+
+
+def test_a_models_finetune_config_sits_between_the_task_defaults_and_the_request():
+    """options_for_model: request > the checkpoint config's `finetune` > the task's defaults (the embedded
+    default asks for larger steps than SAM-Med3D's recipe); a bad key in the checkpoint config raises."""
+    from lib.model import build_model
+    from lib.trainers.options import options_for_model
+
+    small = {"architecture": "click_unet", "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8]}
+    task = FineTuneOptions(max_epochs=7)
+    plain = build_model(small)
+    assert options_for_model({}, task, plain).lr == FineTuneOptions().lr and options_for_model({}, task, plain).max_epochs == 7
+    tuned = build_model({**small, "finetune": {"lr": 0.05, "steps_per_epoch": 16}})
+    o = options_for_model({"max_epochs": "3", "client_id": "x"}, task, tuned)
+    assert (o.lr, o.steps_per_epoch, o.max_epochs) == (0.05, 16, 3)
+    assert options_for_model({"lr": 1e-3}, task, tuned).lr == 1e-3  # the request wins
+    with pytest.raises(ValueError, match="checkpoint's finetune config"):
+        options_for_model({}, task, build_model({**small, "finetune": {"lr_typo": 1.0}}))
+    with pytest.raises(ValueError, match="finetune"):
+        build_model({**small, "finetune": ["lr", 1.0]})

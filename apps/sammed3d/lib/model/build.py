@@ -168,5 +168,11 @@ def model_refine(model) -> Optional[dict]:
     return (getattr(model, "config", None) or {}).get("refine")
 
 
+def model_finetune(model) -> Optional[dict]:
+    """The train options a model's config asks for beneath the request's (lib.trainers.options
+    FineTuneOptions fields, e.g. {"lr": 0.05}), or None (the task's defaults)."""
+    return (getattr(model, "config", None) or {}).get("finetune")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -64,6 +64,10 @@ CLICK_UNET_CONFIG = {
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
+    # the train options this model fine-tunes with unless the train request says otherwise (fields of
+    # lib.trainers.options.FineTuneOptions, e.g. {"lr": 0.05, "steps_per_epoch": 16}); None: the task's
+    # defaults (SAM-Med3D's recipe, made for the released weights)
+    "finetune": None,
     # the clicks the decoder was trained to see: "newest" (SAM-Med3D's chain) or "all" (click
     # history; the geodesic maps need every click); the server's default click mode for this model
     "click_mode": "newest",
@@ -357,6 +361,9 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     refine = cfg["refine"]
     if refine is not None and (not isinstance(refine, dict) or set(refine) - REFINE_KEYS):
         raise ValueError(f"refine must be null or a dict of {' / '.join(sorted(REFINE_KEYS))}, got {refine!r}")
+    finetune = cfg["finetune"]
+    if finetune is not None and (not isinstance(finetune, dict) or not all(isinstance(k, str) for k in finetune)):
+        raise ValueError(f"finetune must be null or a dict of train options, got {finetune!r}")
     if cfg["norm"] not in ("batch", "group"):
         raise ValueError(f"norm must be 'batch' or 'group', got {cfg['norm']!r}")
     return cfg

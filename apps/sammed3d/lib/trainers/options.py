@@ -137,6 +137,21 @@ def options_from_request(request: Dict[str, Any], base: Optional[FineTuneOptions
     return opts
 
 
+def options_for_model(request: Dict[str, Any], defaults: FineTuneOptions, model) -> FineTuneOptions:
+    """The options a train request runs with on `model`: the request over the model config's own
+    `finetune` defaults (lib.model.model_finetune) over the task's. Why: the task's defaults are
+    SAM-Med3D's fine-tuning recipe (decoder lr 8e-5); the embedded default's zero-started residual
+    needs far larger steps to move at all (docs/finetune.md). A bad option in the model's config is
+    the checkpoint's fault and raises (strict); unknown request keys are logged and ignored."""
+    from lib.model import model_finetune
+
+    try:
+        base = options_from_request(model_finetune(model) or {}, defaults, strict=True)
+    except ValueError as e:
+        raise ValueError(f"the checkpoint's finetune config: {e}") from None
+    return options_from_request(request, base, strict=False)
+
+
 def check(o: FineTuneOptions) -> None:
     if o.max_epochs < 1:
         raise ValueError("max_epochs must be >= 1")

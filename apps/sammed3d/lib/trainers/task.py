@@ -1,6 +1,7 @@
 """The MONAI Label train task: `POST /train/sammed3d` fine-tunes the live model on FINAL labels.
 
-Runs in MONAI Label's train subprocess. Request options (defaults in /info -> trainers -> config)
+Runs in MONAI Label's train subprocess. Request options (defaults in /info -> trainers -> config,
+under the served model config's own `finetune` options, lib.trainers.options.options_for_model)
 are FineTuneOptions fields, e.g. {"max_epochs": 5, "train_parts": "mask_decoder+prompt_encoder",
 "lr": 8e-4, "val_split": 0.2}. MONAI Label's own keys (multi_gpu, gpus, ...) are accepted:
 multi_gpu true with 2+ GPUs runs DistributedDataParallel over them; {"world_size": 2,
@@ -21,7 +22,7 @@ from lib.model import load_checkpoint
 from lib.versions import VersionStore, in_task_subprocess
 
 from .finetune import fine_tune
-from .options import FineTuneOptions, options_from_request
+from .options import FineTuneOptions, options_for_model, options_from_request
 from .progress import mark_interrupted, reconcile
 from .publish import Publisher
 
@@ -68,12 +69,7 @@ class SAMMed3DTrainTask(TrainTask):
             n = torch.cuda.device_count() if gpus in (None, "", "all") else len(str(gpus).split(","))
             if n >= 2:
                 req["world_size"] = n
-        opts = options_from_request(req, self.defaults, strict=False)
-        opts.stats_path = self.store.stats_path
-        if opts.tensorboard_dir is None:
-            opts.tensorboard_dir = os.path.join(self.store.folder, "runs")
-        if opts.cache_dir is None:
-            opts.cache_dir = os.path.join(self.store.folder, "embedding_cache")
+        options_from_request(req, self.defaults, strict=False)  # a bad request fails before any work
         samples = [d for d in datastore.datalist() if d.get("label")]
         if not samples:
             raise ValueError("no final labels in the datastore: save some labels (tag final) before training")
@@ -81,6 +77,14 @@ class SAMMed3DTrainTask(TrainTask):
         if served.path is None:
             raise ValueError("the server runs on random weights (allow_random_weights): nothing to fine-tune")
         model, meta = load_checkpoint(served.path, map_location="cpu")
+        opts = options_for_model(req, self.defaults, model)  # request > the model's finetune config > task
+        logger.info(f"train options: lr {opts.lr:g} (decoder x{opts.decoder_lr_ratio:g}), {opts.max_epochs} epochs x "
+                    f"{opts.steps_per_epoch or 'one pass'} steps, {opts.num_clicks} clicks, loss grid {opts.loss_size or 'auto'}")
+        opts.stats_path = self.store.stats_path
+        if opts.tensorboard_dir is None:
+            opts.tensorboard_dir = os.path.join(self.store.folder, "runs")
+        if opts.cache_dir is None:
+            opts.cache_dir = os.path.join(self.store.folder, "embedding_cache")
         parent = meta.get("version") if served.source == "version" else None
         logger.info(f"fine-tuning {served.source} {served.path} on {len(samples)} labelled image(s)")
         import datetime
