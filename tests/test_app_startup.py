@@ -166,3 +166,20 @@ def test_refine_defaults_to_the_models_config_and_conf_wins_or_stops_start_up(tm
                 {"refine": "geodesic", "refine_full_res_max_voxels": "1.5"}):
         with pytest.raises(RuntimeError, match="cannot start.*refine"):
             make_app(tmp_path / "f", studies, {"checkpoint": plain, **bad})
+
+
+def test_the_train_options_listed_in_info_are_the_live_models(tmp_path, studies):
+    """/info -> trainers -> sammed3d -> config is what Slicer's train dialog shows and sends back: the
+    task's defaults under the served checkpoint's own `finetune` options (the embedded default's larger
+    steps), so a client that echoes them trains as the model asks."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+    from lib.trainers import FineTuneOptions
+
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8]}
+    tuned, plain = str(tmp_path / "tuned.pt"), str(tmp_path / "plain.pt")
+    save_checkpoint(build_model({**small, "finetune": {"lr": 0.05, "steps_per_epoch": 16}}), tuned, version="t")
+    save_checkpoint(build_model(small), plain, version="p")
+    cfg = make_app(tmp_path / "a", studies, {"checkpoint": tuned}).info()["trainers"]["sammed3d"]["config"]
+    assert cfg["lr"] == 0.05 and cfg["steps_per_epoch"] == 16 and cfg["max_epochs"] == FineTuneOptions().max_epochs
+    cfg = make_app(tmp_path / "b", studies, {"checkpoint": plain}).info()["trainers"]["sammed3d"]["config"]
+    assert cfg["lr"] == FineTuneOptions().lr and cfg["steps_per_epoch"] == FineTuneOptions().steps_per_epoch

@@ -63,7 +63,8 @@ class SAMMed3DConfig(TaskConfig):
 
         # the live version is LIVE.json's (the serving process follows it), not a start-up pin
         conf = {k: v for k, v in self.conf.items() if k != "model_version"}
-        return SAMMed3DTrainTask(self.store, lambda: resolve_served_weights(conf, self.model_dir, False)[:2])
+        return SAMMed3DTrainTask(self.store, lambda: resolve_served_weights(conf, self.model_dir, False)[:2],
+                                 live_model=lambda: self.engine.runner.model)
 
     def strategy(self):
         # active learning (lib/activelearning, docs/activelearning.md)

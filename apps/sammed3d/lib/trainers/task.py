@@ -33,16 +33,29 @@ class SAMMed3DTrainTask(TrainTask):
     """Fine-tunes the live checkpoint; publishes a new version when validation improves."""
 
     def __init__(self, store: VersionStore, live: Callable[[], Any], defaults: Optional[FineTuneOptions] = None,
-                 description: str = "Fine-tune SAM-Med3D (frozen encoder by default) on the datastore's final labels"):
+                 description: str = "Fine-tune SAM-Med3D (frozen encoder by default) on the datastore's final labels",
+                 live_model: Optional[Callable[[], Any]] = None):
         super().__init__(description)
         self.store = store
         self.live = live  # () -> (WeightsChoice served now, base WeightsChoice)
         self.defaults = defaults or FineTuneOptions()
+        # () -> the model the server holds now (its config's `finetune` options show in /info)
+        self.live_model = live_model
         if not in_task_subprocess():  # server start: a training killed with the last server is not RUNNING
             mark_interrupted(store.stats_path)
 
     def config(self) -> Dict[str, Any]:
-        return self.defaults.to_config()
+        """The options a client shows and sends back (Slicer's train dialog returns every value listed):
+        the task's defaults under the live model's own (options_for_model), so a client that echoes them
+        trains as a request without options would."""
+        model = self.live_model() if self.live_model is not None else None
+        if model is None:
+            return self.defaults.to_config()
+        try:
+            return options_for_model({}, self.defaults, model).to_config()
+        except ValueError as e:  # a broken checkpoint config: training will say so; /info still answers
+            logger.warning(f"train options: {e}; listing the task's defaults")
+            return self.defaults.to_config()
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
