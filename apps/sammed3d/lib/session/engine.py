@@ -27,7 +27,7 @@ from .refine import GeodesicRefine, refine_images, refine_logits
 from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
-from .state import CropState, LabelState
+from .state import CropMask, CropState, LabelState
 from .volume import LoadedVolume, is_ct
 from .volume_cache import VolumeCache
 
@@ -269,7 +269,7 @@ class SegmentationEngine:
         logits = self._refined(req, cs, pts) if self.refine is not None else cs.logits
         pasted = paste_logits(logits, req.grid, cs.origin, req.volume.shape, self.runner.crop)
         piece = None if pasted is None else (pasted[0], (pasted[1] > 0).numpy().view(np.uint8))
-        self.cache.put(memo_key, _CropMask(cs, pts, piece))
+        self.cache.put(memo_key, CropMask(cs, pts, piece))
         return piece
 
     # ------------------------------------------------------------------ clicks
@@ -405,16 +405,6 @@ class _Sized:
 
     def __init__(self, value):
         self.value = value
-
-
-class _CropMask:
-    """A crop's pasted mask as memoised by SegmentationEngine._crop_mask (sized for the cache)."""
-
-    def __init__(self, crop: CropState, prompts: tuple, piece):
-        self.crop, self.prompts, self.piece = crop, prompts, piece
-        # the crop state is held too (its logits: what the identity check keeps alive)
-        self.nbytes = 1024 + crop.logits.element_size() * crop.logits.numel() + \
-            (piece[1].nbytes if piece is not None else 0)
 
 
 def _fresh_crop(origin, zeros: torch.Tensor) -> CropState:

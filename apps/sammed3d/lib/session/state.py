@@ -28,6 +28,17 @@ class CropState:
     decoded: bool = False
 
 
+class CropMask:
+    """A crop's pasted mask as memoised by SegmentationEngine._crop_mask (sized for its byte-bounded
+    cache): valid while the label's crop is this very CropState and the prompts in it are `prompts`."""
+
+    def __init__(self, crop: CropState, prompts: tuple, piece):
+        self.crop, self.prompts, self.piece = crop, prompts, piece  # piece: (slices, uint8 box) or None
+        # the crop state is held too (its logits: what the identity check keeps alive)
+        self.nbytes = 1024 + crop.logits.element_size() * crop.logits.numel() + \
+            (piece[1].nbytes if piece is not None else 0)
+
+
 @dataclass
 class LabelState:
     """Clicks (stored indices) as applied, and the crops."""
