@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .phantoms import _grid, gaussian_blur
+from .phantoms import _grid, _sub_box, gaussian_blur
 from .shapes import FourierField, _deformed, _ellipsoid, _tube_sdf
 
 CHEST_LABELS = {"right lung": 1, "left lung": 2, "heart": 3}
@@ -44,13 +44,6 @@ def _vessel_tree(rs: np.random.Generator, root: np.ndarray, direction: np.ndarra
             nd = d + rs.normal(0, 0.6, 3)
             out += _vessel_tree(rs, pts[-1], nd, max(0.8, radius * 0.65), depth - 1)
     return out
-
-
-def _box(pts: np.ndarray, pad: float, shape: Sequence[int]) -> Tuple[slice, ...]:
-    """Index box of the construction grid around points (mm, centred grid) padded by `pad` mm."""
-    lo = np.floor((pts.min(0) - pad) / _FINE + (np.array(shape) - 1) / 2).astype(int)
-    hi = np.ceil((pts.max(0) + pad) / _FINE + (np.array(shape) - 1) / 2).astype(int) + 1
-    return tuple(slice(int(max(a, 0)), int(min(b, n))) for a, b, n in zip(lo, hi, shape))
 
 
 def chest_case(seed: int, spacing: Sequence[float] = (10.0, 3.0, 3.0),
@@ -79,7 +72,10 @@ def chest_case(seed: int, spacing: Sequence[float] = (10.0, 3.0, 3.0),
         for pts, rad in _vessel_tree(rs, np.array([centre[0] - 10, centre[1], side * 28.0]),
                                      np.array([rs.normal(0, 0.3), rs.normal(0, 0.3), side * 1.0]),
                                      rs.uniform(4.0, 5.5), depth=3):
-            box = _box(pts, float(rad.max()) + 2.0, shape)  # a tube's SDF only near it (the full grid: minutes)
+            lo, hi = pts.min(0), pts.max(0)  # a tube's SDF only in a box around it (the full grid: minutes)
+            box = _sub_box((lo + hi) / 2, float((hi - lo).max()) / 2 + float(rad.max()) + 2.0, shape, _FINE)
+            if box is None:
+                continue
             vessel = (_tube_sdf(pts, rad)(P[(slice(None), *box)]) < 0) & inside[box]
             img[box][vessel] = 40.0
     heart_c = np.array([rs.uniform(-40, -20), rs.uniform(-45, -25), rs.uniform(-25, -5)])
