@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .flood_region import FloodRegion
 from .geodesic_maps import GeodesicMaps, GeodesicPrior, GeodesicSolves, PriorGrowth
 
 # the refinement parameters a config may carry (the fields of lib.session.refine.GeodesicRefine)
@@ -61,6 +62,15 @@ CLICK_UNET_CONFIG = {
     "prior_grow_slope": 1.0,
     # true: the box grows only while there is no exclude click (PriorGrowth.until_exclude)
     "prior_grow_until_exclude": False,
+    # the walled region of the clicked intensity (lib.model.flood_region.FloodRegion), which decides the
+    # prior where the first include click sits in one tissue that a wall encloses: the cost per sigma
+    # beyond the tolerance (0: off), the tolerance in sigmas, the largest spread of the click's
+    # surroundings that still counts as one tissue, and what an exclude click does to the region
+    # ("level": cuts it at the click's distance and competes, "compete": competes only, "off": ends it)
+    "prior_flood_beta": 0.0,
+    "prior_flood_tolerance": 1.0,
+    "prior_flood_max_sigma": 0.25,
+    "prior_flood_exclude": "level",
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -235,8 +245,12 @@ class ClickUNet3D(nn.Module):
         margin = int(config.get("prior_margin_cells", 0))
         grow = PriorGrowth(config["prior_grow_max"], config.get("prior_grow_slope", 1.0),
                            config.get("prior_grow_until_exclude", False)) if config.get("prior_grow_max") else None
-        self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0), grow) \
-            if margin > 0 else None
+        flood = FloodRegion(config["prior_flood_beta"], config.get("prior_flood_tolerance", 1.0),
+                            config.get("prior_grow_slope", 1.0), config.get("prior_flood_max_sigma", 0.25),
+                            config.get("prior_flood_exclude", "level")) \
+            if config.get("prior_flood_beta") else None
+        self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0), grow,
+                                   flood) if margin > 0 else None
         # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a
         # decoder trained without them is the leading input channels of one trained with them
         extra = 1 + self.geodesic.num_channels if self.geodesic is not None else 0
@@ -356,6 +370,12 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"prior_grow_max must be an integer >= 0, got {grow!r}")
     if isinstance(slope, bool) or not isinstance(slope, (int, float)) or slope <= 0:
         raise ValueError(f"prior_grow_slope must be a number > 0, got {slope!r}")
+    for key in ("prior_flood_beta", "prior_flood_tolerance", "prior_flood_max_sigma"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+    if cfg["prior_flood_exclude"] not in FloodRegion.EXCLUDE_MODES:
+        raise ValueError(f"prior_flood_exclude must be one of {FloodRegion.EXCLUDE_MODES}, got {cfg['prior_flood_exclude']!r}")
     if not isinstance(cfg["prior_grow_until_exclude"], bool):
         raise ValueError(f"prior_grow_until_exclude must be true or false, got {cfg['prior_grow_until_exclude']!r}")
     refine = cfg["refine"]

@@ -160,16 +160,22 @@ class PriorGrowth:
         """Whether the box may grow for a click set with `n_exclude` exclude clicks."""
         return not (self.until_exclude and n_exclude > 0)
 
-    def extent(self, d_fg: np.ndarray, box_cells: np.ndarray) -> int:
-        """Cells the first plateau region reaches beyond the clicks' bounding box (0 when none)."""
+    def plateau_threshold(self, d_fg: np.ndarray, min_level: float = 0.0) -> Optional[float]:
+        """The first threshold T >= min_level at which the region {d_fg < T} stops growing (None when it
+        never does)."""
         t = self.THRESHOLDS
         volumes = np.array([np.count_nonzero(d_fg < x) for x in t], dtype=np.float64)
         slopes = np.diff(np.log(volumes + 1.0)) / np.diff(np.log(t))
-        ok = (volumes[1:] > 1) & (volumes[1:] <= self.MAX_FILL * d_fg.size)
+        ok = (volumes[1:] > 1) & (volumes[1:] <= self.MAX_FILL * d_fg.size) & (t[1:] >= min_level)
         flat = np.nonzero((slopes < self.slope) & ok)[0]
-        if not len(flat):
+        return float(t[flat[0] + 1]) if len(flat) else None
+
+    def extent(self, d_fg: np.ndarray, box_cells: np.ndarray) -> int:
+        """Cells the first plateau region reaches beyond the clicks' bounding box (0 when none)."""
+        level = self.plateau_threshold(d_fg)
+        if level is None:
             return 0
-        region = np.argwhere(d_fg < t[flat[0] + 1])
+        region = np.argwhere(d_fg < level)
         lo, hi = box_cells.min(0), box_cells.max(0)
         return int(np.maximum(lo - region, region - hi).max(initial=0))
 
@@ -192,10 +198,14 @@ class GeodesicPrior(nn.Module):
     prior(intensity (B, g, g, g), coords (B, N, 3), labels (B, N), cell) -> (B, 1, g, g, g)
     """
 
-    def __init__(self, gamma: float, margin: int, clip: float, grow: Optional["PriorGrowth"] = None):
+    def __init__(self, gamma: float, margin: int, clip: float, grow: Optional["PriorGrowth"] = None,
+                 flood=None):
         super().__init__()
         self.gamma, self.margin, self.clip = float(gamma), int(margin), float(clip)
         self.grow = grow
+        # lib.model.flood_region.FloodRegion or None: where the clicked tissue is walled, its region
+        # decides instead of the box competition below
+        self.flood = flood
 
     def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                 cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
@@ -209,6 +219,13 @@ class GeodesicPrior(nn.Module):
                 valid = (labs[i] == 0) | (labs[i] == 1)
                 fg, ex = cells[i][labs[i] == 1], cells[i][labs[i] == 0]
                 if not len(fg):
+                    continue
+                walled = self.flood(solves.intensity[i], fg, ex, self.clip) if self.flood is not None else None
+                if walled is not None:
+                    out[i, 0] = walled
+                    out[i, 0][tuple(fg.T)] = self.clip
+                    if len(ex):
+                        out[i, 0][tuple(ex.T)] = -self.clip
                     continue
                 d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
                 grows = self.grow is not None and self.grow.applies(len(ex))

@@ -1,0 +1,102 @@
+"""A walled region of the clicked intensity, for GeodesicPrior when a click lands in a large structure.
+
+Why: GeodesicPrior's region is the set of cells geodesically nearer to the include clicks than to the
+faces of a box around them, over a gradient cost. Inside a large structure with texture (a lung's
+vessels, white matter's folding seen through 6 mm cells) that cost is 3-5 per cell, so one click gives
+a pocket a few cells wide (default-v5 after one click: lungs 0.04, white matter 0.04, liver 0.003),
+and PriorGrowth never sees a plateau. What a user means by one click in a lung is "this kind of tissue,
+as far as it goes": the flood fill with a tolerance that annotation tools offer.
+
+Here the cost of a step is low for cells whose intensity is like the clicks' and rises with how unlike
+they are (no gradient term):
+
+    mu, sigma = median / 1.4826 MAD of the first include click's 3^3 cells (sigma >= SIGMA_FLOOR)
+    z = max(0, |I - mu| / sigma - tolerance)             # a dead zone of `tolerance` sigmas
+    cost = sqrt(1 + (beta z)^2)                          # per cell (cells are isotropic)
+
+and the region {d < T} is watched for a plateau as PriorGrowth does (slope of log V over log T below
+`slope`, V at most half the crop, MIN_LEVEL <= T <= MAX_LEVEL). Only when there is one - the clicked
+tissue is walled - does it decide the prior: logit = clip(T* - d, +-clip). Without a plateau (tissue
+that continues into its neighbours, e.g. a hippocampus in grey matter) or when the first include
+click's surroundings are not one tissue (sigma > max_sigma: a small structure, an edge) it returns
+None and GeodesicPrior's own region stands, unchanged.
+
+An exclude click says the region went too far. `exclude_mode` "level" (chosen, docs/default_model.md
+"Seventh run"): nothing farther from the include clicks than the nearest exclude click stays in (logit
+<= d(exclude) - d), and the exclude clicks compete over the same cost (logit <= d_exclude - d);
+"compete": the competition alone (a leak shrinks a little per click); "off": the flood ends with the
+first exclude click and the box prior takes over.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .geodesic_maps import PriorGrowth, geodesic_from
+
+# sigma's lower bound in normalised intensity units (the model's normalisation gives tissue unit
+# spread): a flat phantom region would otherwise make the smallest noise an impassable wall
+SIGMA_FLOOR = 0.1
+# a plateau reached only past this distance (cells at cost 1: about the crop's half width) went through
+# unlike tissue on the way - a slow leak, not a wall
+MAX_LEVEL = 32.0
+# below this the volume curve counts the 26-neighbourhood's shells, not a structure (a chest phantom's
+# lung "plateaued" at 2.5 cells: 27 -> 31 cells)
+MIN_LEVEL = 4.0
+
+
+def click_statistics(intensity: np.ndarray, cells: np.ndarray) -> tuple:
+    """Median and robust spread (1.4826 MAD, >= SIGMA_FLOOR) of the 3^3 cell neighbourhoods of `cells`."""
+    g = intensity.shape
+    values = []
+    for c in cells:
+        lo, hi = np.maximum(c - 1, 0), np.minimum(c + 2, g)
+        values.append(intensity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].ravel())
+    v = np.concatenate(values)
+    mu = float(np.median(v))
+    return mu, max(1.4826 * float(np.median(np.abs(v - mu))), SIGMA_FLOOR)
+
+
+class FloodRegion:
+    """The walled region of the clicked intensity as prior logits, or None where it is not walled.
+
+    region(intensity (g, g, g) cell means, include cells (K, 3), exclude cells (J, 3), clip)
+        -> (g, g, g) float32 logits, or None
+    """
+
+    EXCLUDE_MODES = ("level", "compete", "off")
+
+    def __init__(self, beta: float, tolerance: float, slope: float = 1.0, max_sigma: float = 0.25,
+                 exclude_mode: str = "level"):
+        if exclude_mode not in self.EXCLUDE_MODES:
+            raise ValueError(f"exclude_mode must be one of {self.EXCLUDE_MODES}, got {exclude_mode!r}")
+        self.beta, self.tolerance, self.max_sigma = float(beta), float(tolerance), float(max_sigma)
+        self.exclude_mode = exclude_mode
+        self.plateau = PriorGrowth(max_margin=0, slope=slope)  # its thresholds, fill cap and slope rule
+
+    def cost(self, intensity: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+        """Per-cell step cost: 1 within `tolerance` sigmas of mu, rising by beta per sigma beyond."""
+        z = np.maximum(np.abs(intensity.astype(np.float64) - mu) / sigma - self.tolerance, 0.0)
+        return np.sqrt(1.0 + (self.beta * z) ** 2)
+
+    def __call__(self, intensity: np.ndarray, include: np.ndarray, exclude: np.ndarray,
+                 clip: float) -> Optional[np.ndarray]:
+        # the tissue is the first include click's: the user's first click goes into the structure, later
+        # ones correct its edges (their surroundings mix both sides)
+        if len(exclude) and self.exclude_mode == "off":
+            return None
+        mu, sigma = click_statistics(intensity, include[:1])
+        if sigma > self.max_sigma:  # the click's surroundings are not one tissue (a small structure, an edge)
+            return None
+        cost = self.cost(intensity, mu, sigma)
+        d = geodesic_from(cost, include)
+        level = self.plateau.plateau_threshold(d, MIN_LEVEL)
+        if level is None or level > MAX_LEVEL + 1e-6:  # THRESHOLDS hold 32 as 32.000000000000014
+            return None
+        logit = level - d
+        if len(exclude):
+            logit = np.minimum(logit, geodesic_from(cost, exclude) - d)
+            if self.exclude_mode == "level":
+                logit = np.minimum(logit, d[tuple(exclude.T)].min() - d)
+        return np.clip(logit, -clip, clip).astype(np.float32)

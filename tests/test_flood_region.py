@@ -1,0 +1,85 @@
+"""FloodRegion (lib/model/flood_region.py): the walled region of the clicked intensity as GeodesicPrior's
+answer for a click in a large homogeneous structure, and nothing where the tissue is not walled."""
+import numpy as np
+import pytest
+import torch
+
+from lib.model.flood_region import SIGMA_FLOOR, FloodRegion, click_statistics
+from lib.model.geodesic_maps import GeodesicPrior
+
+
+def _walled_box(noise: float = 0.02, seed: int = 0) -> np.ndarray:
+    """32^3 cells: a 14 x 18 x 16 block of intensity 2 (a 'lung') inside tissue of intensity 0."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0.0, noise, (32, 32, 32))
+    img[8:22, 6:24, 8:24] += 2.0
+    return img
+
+
+def test_click_statistics_are_the_neighbourhoods_median_and_robust_spread_with_a_floor():
+    img = np.zeros((8, 8, 8))
+    assert click_statistics(img, np.array([[4, 4, 4]])) == (0.0, SIGMA_FLOOR)
+    img[:, :, 5:] = 1.0  # a click beside an edge: a third of its neighbourhood is the other tissue, ignored
+    assert click_statistics(img, np.array([[4, 4, 4]])) == (0.0, SIGMA_FLOOR)
+    noisy = np.random.default_rng(0).normal(0.0, 1.0, (8, 8, 8))  # no one tissue: the spread shows it
+    assert 0.5 < click_statistics(noisy, np.array([[4, 4, 4]]))[1] < 2.0
+    corner = click_statistics(np.arange(512.0).reshape(8, 8, 8), np.array([[0, 0, 0]]))  # clipped at the border
+    assert corner[0] == np.median([0, 1, 8, 9, 64, 65, 72, 73])
+
+
+def test_a_click_in_a_walled_structure_gives_the_whole_structure():
+    img = _walled_box()
+    logit = FloodRegion(beta=2.0, tolerance=1.0)(img, np.array([[15, 15, 15]]), np.zeros((0, 3), int), 6.0)
+    assert logit is not None and logit.shape == (32, 32, 32) and logit.dtype == np.float32
+    inside = np.zeros(img.shape, bool)
+    inside[8:22, 6:24, 8:24] = True
+    pred = logit > 0
+    dice = 2 * (pred & inside).sum() / (pred.sum() + inside.sum())
+    assert dice > 0.95
+    assert logit[15, 15, 15] == 6.0 and logit[2, 2, 2] == -6.0  # clipped: sure inside, sure outside
+
+
+def test_an_exclude_click_cuts_the_region_it_lands_in():
+    img = _walled_box()
+    inc, ex = np.array([[15, 8, 15]]), np.array([[15, 16, 15]])
+    cut = FloodRegion(beta=2.0, tolerance=1.0, exclude_mode="compete")(img, inc, ex, 6.0)
+    assert cut[15, 8, 15] > 0 and cut[15, 16, 15] < 0 and cut[15, 10, 15] > 0 and cut[15, 22, 15] < 0
+    assert FloodRegion(2.0, 1.0, exclude_mode="off")(img, inc, ex, 6.0) is None
+    # "level" (the default): besides the competition, nothing farther from the include clicks than the
+    # exclude click stays in - a corner of the block nearer the include click than the exclude one goes too
+    level = FloodRegion(beta=2.0, tolerance=1.0)(img, inc, ex, 6.0)
+    assert cut[21, 8, 23] > 0 > level[21, 8, 23] and level[15, 10, 15] > 0
+    assert (level > 0).sum() < (cut > 0).sum()
+
+
+def test_no_wall_or_no_single_tissue_leaves_the_prior_to_the_box():
+    rng = np.random.default_rng(1)
+    flood = FloodRegion(beta=2.0, tolerance=1.0)
+    flat = rng.normal(0.0, 0.02, (32, 32, 32))  # the clicked tissue fills the crop: no plateau
+    assert flood(flat, np.array([[15, 15, 15]]), np.zeros((0, 3), int), 6.0) is None
+    mixed = _walled_box()
+    mixed[14:17, 14:17, 14:17] = rng.normal(0.0, 1.0, (3, 3, 3))  # the click's surroundings are not one tissue
+    assert flood(mixed, np.array([[15, 15, 15]]), np.zeros((0, 3), int), 6.0) is None
+    # the statistics are the first include click's: a later click on the edge does not switch the flood off
+    edge = flood(_walled_box(), np.array([[15, 15, 15], [8, 15, 15]]), np.zeros((0, 3), int), 6.0)
+    assert edge is not None and edge[15, 15, 15] == 6.0
+
+
+def test_the_prior_takes_the_flood_where_it_decides_and_its_own_box_elsewhere():
+    img = torch.from_numpy(_walled_box()).float()[None]
+    coords, labels = torch.tensor([[[4 * 15 + 1.5] * 3]]), torch.tensor([[1]])
+    box = GeodesicPrior(gamma=20.0, margin=3, clip=6.0)
+    with_flood = GeodesicPrior(gamma=20.0, margin=3, clip=6.0, flood=FloodRegion(2.0, 1.0))
+    small, large = box(img, coords, labels)[0, 0], with_flood(img, coords, labels)[0, 0]
+    assert (small > 0).sum() < 8 ** 3 < (large > 0).sum()  # the box limits the region to about 7^3 cells
+    flat = torch.zeros(1, 32, 32, 32)
+    assert torch.equal(box(flat, coords, labels), with_flood(flat, coords, labels))  # no wall: unchanged
+
+
+@pytest.mark.parametrize("bad", [{"prior_flood_beta": -1}, {"prior_flood_tolerance": True},
+                                 {"prior_flood_max_sigma": "x"}, {"prior_flood_exclude": "never"}])
+def test_flood_config_is_validated(bad):
+    from lib.model.click_unet import resolve_click_unet_config
+
+    with pytest.raises(ValueError):
+        resolve_click_unet_config(bad)
