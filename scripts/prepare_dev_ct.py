@@ -22,6 +22,13 @@ gzipped tar holding an int16 head CT (108 x 256 x 256, 0.957 x 0.957 x 1.5 mm, r
 
 2. `dev_chest_phantom_<seed>`, synthetic (`lib.synthetic.chest.chest_case`): two lungs crossed by
    vessel trees, heart, ribs and spine, acquired at 10 x 3 x 3 mm; labels right lung, left lung, heart.
+
+3. `dev_head_ct_lesions` (with --lesions): small synthetic lesions
+   (`lib.dataengine.lesions.insert_lesion`, the data engine's own generator) inside a large homogeneous
+   tissue - two hypodense, one hyperdense lesion and a rim tumour in the head CT's intracranial
+   contents, as tumours in a liver. Why: a click on a small lesion in such a tissue must not flood the
+   tissue around it (lib.model.flood_region); the other cases have no such target. Labels: each lesion
+   its own value.
 """
 import argparse
 import glob
@@ -95,11 +102,32 @@ def head_labels(ct: np.ndarray) -> np.ndarray:
     return out
 
 
+def add_lesions(image: np.ndarray, tissue: np.ndarray, kinds, seed: int):
+    """(image with one synthetic lesion per kind inside `tissue`, labels 1..len(kinds)): each lesion's
+    centre at least 6 voxels inside the tissue and outside the earlier lesions' 15-voxel neighbourhood."""
+    from lib.dataengine.lesions import insert_lesion
+
+    rs = np.random.default_rng(seed)
+    out, labels = image.astype(np.float32), np.zeros(image.shape, np.uint8)
+    room = ndimage.binary_erosion(tissue, iterations=6)
+    for value, kind in enumerate(kinds, start=1):
+        for _ in range(20):  # a draw can come out empty (fewer than 8 voxels): draw again
+            new, mask = insert_lesion(out, room, rs, is_ct=True, kind=kind)
+            if mask.sum() >= 8:
+                break
+        out, labels[mask] = new, value
+        room &= ~ndimage.binary_dilation(mask, iterations=15)
+    return np.round(out).astype(image.dtype), labels
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "work_data", "dev_ct"))
     ap.add_argument("--cache", default=os.path.join(ROOT, "work_data", "cache"))
     ap.add_argument("--chests", type=int, default=3, help="synthetic chest phantoms (seeds 0..N-1)")
+    ap.add_argument("--lesions", action="store_true",
+                    help="also write dev_head_ct_lesions (kept apart from the 12 targets measured so far: "
+                         "scripts/prepare_dev_ct.py --lesions --chests 0 --out work_data/dev_lesions)")
     args = ap.parse_args(argv)
     import SimpleITK as sitk
 
@@ -120,13 +148,20 @@ def main(argv=None) -> int:
     names_json, manifest = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         ct, spacing = read_inv3(fetch_deb(args.cache), tmp)
-    save("dev_invesalius_head_ct", ct, head_labels(ct), spacing, NAMES,
+    head = head_labels(ct)
+    save("dev_invesalius_head_ct", ct, head, spacing, NAMES,
          source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
          ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_ct.py")
     for seed in range(args.chests):
         image, labels, spacing_zyx = chest_case(seed)
         save(f"dev_chest_phantom_{seed}", image, labels, spacing_zyx[::-1], CHEST_LABELS,
              source="synthetic, lib.synthetic.chest.chest_case", ground_truth="exact (the phantom's own)")
+    if args.lesions:
+        kinds = ("hypo", "hypo", "hyper", "rim_tumour")
+        image, labels = add_lesions(ct, head == NAMES["intracranial contents"], kinds, seed=14)
+        save("dev_head_ct_lesions", image, labels, spacing, {f"SYNTHETIC {k} lesion {i}": i for i, k in enumerate(kinds, 1)},
+             source=f"Debian {PACKAGE} head CT + lesions of lib.dataengine.lesions (seed 14)",
+             ground_truth="exact (the painted lesions)")
     with open(os.path.join(args.out, "labels", "labels.json"), "w") as f:
         json.dump(names_json, f, indent=1)
     with open(os.path.join(args.out, "manifest.json"), "w") as f:

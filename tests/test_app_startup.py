@@ -168,6 +168,30 @@ def test_refine_defaults_to_the_models_config_and_conf_wins_or_stops_start_up(tm
             make_app(tmp_path / "f", studies, {"checkpoint": plain, **bad})
 
 
+def test_prior_flood_follows_the_models_config_unless_conf_says_and_needs_a_prior(tmp_path, studies):
+    """--conf prior_flood auto|on|off (lib.model.flood_region.switch_flood): /info says which flood serves;
+    "on" for a model without a geodesic prior, or a bad value, stops start-up with a clear message."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 7}
+    path, flooded, plain = str(tmp_path / "p.pt"), str(tmp_path / "f.pt"), str(tmp_path / "plain.pt")
+    save_checkpoint(build_model(small), path, version="p")
+    save_checkpoint(build_model({**small, "prior_flood_beta": 4.0, "prior_flood_exclude": "compete"}), flooded, version="f")
+    save_checkpoint(build_model({k: v for k, v in small.items() if k != "prior_margin_cells"}), plain, version="n")
+    flood = lambda sub, conf: make_app(tmp_path / sub, studies, conf).info()["weights"]["prior_flood"]  # noqa: E731
+    assert flood("a", {"checkpoint": path}) == "none"
+    assert flood("b", {"checkpoint": path, "prior_flood": "on"}) == "flood beta 2 tolerance 1 max sigma 0.25 exclude level"
+    assert flood("c", {"checkpoint": flooded}) == "flood beta 4 tolerance 1 max sigma 0.25 exclude compete"
+    assert flood("d", {"checkpoint": flooded, "prior_flood": "on"}).startswith("flood beta 4")
+    assert flood("e", {"checkpoint": flooded, "prior_flood": "off"}) == "none"
+    assert flood("g", {"checkpoint": plain, "prior_flood": "off"}) == "none"
+    for sub, conf in (("h", {"checkpoint": plain, "prior_flood": "on"}), ("i", {"checkpoint": path, "prior_flood": "yes"})):
+        with pytest.raises(RuntimeError, match="cannot start.*prior_flood"):
+            make_app(tmp_path / sub, studies, conf)
+
+
 def test_the_train_options_listed_in_info_are_the_live_models(tmp_path, studies):
     """/info -> trainers -> sammed3d -> config is what Slicer's train dialog shows and sends back: the
     task's defaults under the served checkpoint's own `finetune` options (the embedded default's larger

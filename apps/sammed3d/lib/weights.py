@@ -94,6 +94,7 @@ class SAMMed3DWeights(ServedWeights):
     version_name: Optional[str] = None  # "vNNNN" when a published fine-tuned version is served
     versions_dir: Optional[str] = None
     refine: str = "none"  # the mask post-processing (lib.session.refine), in words
+    prior_flood: str = "none"  # the prior's flood for large structures (lib.model.flood_region), in words
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
 --conf options read here: checkpoint, checkpoint_sha256, weights_url, download, download_timeout,
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
-refine_full_res_max_voxels), max_crops, modality, al_* and scoring_threads (active learning).
+refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for large
+structures), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -22,6 +23,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
+from lib.model.flood_region import switch_flood
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -96,6 +98,8 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             model, ckpt = load_checkpoint(choice.path, map_location="cpu")
             # the file's hash makes the version unique even when two checkpoints share a name
             version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
+        # the walled region of the clicked intensity (large structures): the model's unless --conf prior_flood says
+        flood = switch_flood(model, conf.get("prior_flood", "auto"))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(
@@ -123,6 +127,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         precision=precision,
         click_mode=engine.click_mode,
         refine="none" if engine.refine is None else engine.refine.describe(),
+        prior_flood="none" if flood is None else flood.describe(),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

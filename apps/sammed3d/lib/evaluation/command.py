@@ -61,9 +61,11 @@ def build_engine(args):
     else:
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
     from lib.model import model_refine
+    from lib.model.flood_region import switch_flood
     from lib.session.refine import resolve_refine
 
-    try:  # the server's rule (--conf refine): auto = what the model's config asks for
+    try:  # the server's rules (--conf refine, --conf prior_flood): auto = what the model's config asks for
+        switch_flood(model, args.prior_flood)
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
                                 factor=args.refine_factor, fine_band=args.refine_fine_band,
                                 full_res_max_voxels=args.refine_full_res_max_voxels)
@@ -95,6 +97,10 @@ def parse_args(argv=None):
     p.add_argument("--refine-full-res-max-voxels", type=int, default=None,
                    help="refinement: decide the band at the crop's own resolution when its bounding box there "
                         "holds at most this many voxels, 0 = never (default: the model's, else 0)")
+    p.add_argument("--prior-flood", choices=("auto", "on", "off"), default="auto",
+                   help="sammed3d with a geodesic prior (the embedded default): the walled region of the clicked "
+                        "intensity (lib.model.flood_region), as the server's --conf prior_flood: auto (default) = "
+                        "what the model's config asks for (default-v5: off), on, off")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")

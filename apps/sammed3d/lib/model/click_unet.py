@@ -245,10 +245,7 @@ class ClickUNet3D(nn.Module):
         margin = int(config.get("prior_margin_cells", 0))
         grow = PriorGrowth(config["prior_grow_max"], config.get("prior_grow_slope", 1.0),
                            config.get("prior_grow_until_exclude", False)) if config.get("prior_grow_max") else None
-        flood = FloodRegion(config["prior_flood_beta"], config.get("prior_flood_tolerance", 1.0),
-                            config.get("prior_grow_slope", 1.0), config.get("prior_flood_max_sigma", 0.25),
-                            config.get("prior_flood_exclude", "level")) \
-            if config.get("prior_flood_beta") else None
+        flood = FloodRegion.from_config(config)
         self.prior = GeodesicPrior(config.get("prior_gamma", 50.0), margin, config.get("prior_clip", 6.0), grow,
                                    flood) if margin > 0 else None
         # prompt maps: click maps, then (geodesic only) the cell-mean intensity and the geodesic maps, so a

@@ -44,6 +44,9 @@ MAX_LEVEL = 32.0
 # below this the volume curve counts the 26-neighbourhood's shells, not a structure (a chest phantom's
 # lung "plateaued" at 2.5 cells: 27 -> 31 cells)
 MIN_LEVEL = 4.0
+# --conf prior_flood / --prior-flood: "auto" serves what the model's config asks for (default-v5: none)
+FLOOD_SWITCH = ("auto", "on", "off")
+DEFAULT_BETA = 2.0  # "on" for a model whose config has no flood (chosen on the development cases)
 
 
 def click_statistics(intensity: np.ndarray, cells: np.ndarray) -> tuple:
@@ -100,3 +103,36 @@ class FloodRegion:
             if self.exclude_mode == "level":
                 logit = np.minimum(logit, d[tuple(exclude.T)].min() - d)
         return np.clip(logit, -clip, clip).astype(np.float32)
+
+    @classmethod
+    def from_config(cls, config: dict, beta: Optional[float] = None) -> Optional["FloodRegion"]:
+        """The flood a ClickUNet3D config asks for (None when prior_flood_beta is 0), or with `beta` given
+        one with that beta and the config's other flood parameters (their defaults when absent)."""
+        beta = float(config.get("prior_flood_beta") or 0.0) if beta is None else float(beta)
+        if beta <= 0:
+            return None
+        return cls(beta, config.get("prior_flood_tolerance", 1.0), config.get("prior_grow_slope", 1.0),
+                   config.get("prior_flood_max_sigma", 0.25), config.get("prior_flood_exclude", "level"))
+
+    def describe(self) -> str:
+        return f"flood beta {self.beta:g} tolerance {self.tolerance:g} max sigma {self.max_sigma:g} exclude {self.exclude_mode}"
+
+
+def switch_flood(model, mode: str) -> Optional[FloodRegion]:
+    """Apply --conf prior_flood / --prior-flood `mode` to `model` in place and return the flood it now
+    serves: "auto" leaves the model's own (its config's), "off" removes it, "on" adds one (the config's
+    parameters, beta DEFAULT_BETA unless the config sets one). One rule for the server and the evaluation,
+    so both measure what users get. "on" needs a model with a geodesic prior (the embedded default)."""
+    mode = str(mode or "auto").strip().lower()
+    if mode not in FLOOD_SWITCH:
+        raise ValueError(f"prior_flood must be one of {', '.join(FLOOD_SWITCH)}, got {mode!r}")
+    prior = getattr(model, "prior", None)
+    if prior is None:
+        if mode == "on":
+            raise ValueError("prior_flood on needs a model with a geodesic prior (the embedded default); "
+                             "the model being served has none")
+        return None
+    if mode != "auto":
+        prior.flood = FloodRegion.from_config(model.config, None if model.config.get("prior_flood_beta") else DEFAULT_BETA) \
+            if mode == "on" else None
+    return prior.flood
