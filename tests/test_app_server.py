@@ -313,6 +313,8 @@ ERRORS = [
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "result_dtype": "complex"}, 400, "result_dtype"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "label": ["a"]}, 400, "label"),
     ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "reset_state": "maybe"}, 400, "reset_state"),
+    ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "prior_flood": "maybe"}, 400, "prior_flood"),
+    ("synth_ras_ct", "sammed3d", {"foreground": [[5, 5, 5]], "prior_flood": "on"}, 400, "geodesic prior"),  # released size
     ("corrupt_ct", "sammed3d", {"foreground": [[1, 1, 1]]}, 400, "cannot read image"),
 ]
 

@@ -190,6 +190,10 @@ def test_prior_flood_follows_the_models_config_unless_conf_says_and_needs_a_prio
     for sub, conf in (("h", {"checkpoint": plain, "prior_flood": "on"}), ("i", {"checkpoint": path, "prior_flood": "yes"})):
         with pytest.raises(RuntimeError, match="cannot start.*prior_flood"):
             make_app(tmp_path / sub, studies, conf)
+    # per click: Slicer sees the option in the task's config; OHIF's segments named in prior_flood_labels get it
+    app = make_app(tmp_path / "j", studies, {"checkpoint": path, "prior_flood_labels": "organ, Lung"})
+    assert app.info()["models"]["sammed3d"]["config"]["prior_flood"] == "auto"
+    assert app._infers["sammed3d"].flood_labels == ("organ", " Lung")
 
 
 def test_the_train_options_listed_in_info_are_the_live_models(tmp_path, studies):

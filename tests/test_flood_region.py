@@ -83,3 +83,40 @@ def test_flood_config_is_validated(bad):
 
     with pytest.raises(ValueError):
         resolve_click_unet_config(bad)
+
+
+def test_a_request_switches_the_flood_for_its_own_clicks_only(tmp_path):
+    """SegmentationEngine.segment(prior_flood=...) (the infer task's per-request option): "on" fills the
+    walled block from one click where the box prior gives a small region, the model's own setting is back
+    after the call, and "on" for a model without the prior is a SessionError (a 400, not a 500)."""
+    from lib.model import CLICK_UNET_CONFIG, build_model
+    from lib.model.flood_region import flood_mode_for_label
+    from lib.session import SegmentationEngine, SessionError
+    from test_session_fakes import BallModel, ras_affine, write_nifti
+
+    torch.manual_seed(0)
+    img = np.zeros((96, 96, 96), np.float32)
+    img[20:76, 16:80, 24:72] = 400.0  # a 84 x 96 x 72 mm block, walled, in a 1.5 mm MR-like volume
+    img += np.random.default_rng(0).normal(0, 4.0, img.shape).astype(np.float32)
+    path = write_nifti(tmp_path / "block.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 3}
+    model = build_model(small).eval()
+    with torch.no_grad():
+        model.mask_decoder.head.weight.zero_()
+        model.mask_decoder.head.bias.zero_()
+    eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
+    click = [[48, 48, 48]]
+    box = eng.segment("b", path, "box", click, []).mask.astype(bool)
+    flood = eng.segment("b", path, "lung", click, [], prior_flood="on").mask.astype(bool)
+    block = img > 200
+    dice = lambda m: 2 * (m & block).sum() / (m.sum() + block.sum())  # noqa: E731
+    assert dice(flood) > 0.9 > 0.5 > dice(box)
+    assert model.prior.flood is None  # back to the model's own after the call
+    assert np.array_equal(eng.segment("b", path, "box2", click, [], prior_flood="off").mask, box.astype(np.uint8))
+    with pytest.raises(SessionError, match="geodesic prior"):
+        SegmentationEngine(BallModel(), "v").segment("b", path, "x", click, [], prior_flood="on")
+    # OHIF sends no options: segments named in --conf prior_flood_labels flood; a request's own choice wins
+    assert flood_mode_for_label("Lung", None, ["organ", "lung"]) == "on"
+    assert flood_mode_for_label("lesion", "auto", ["organ", "lung"]) is None
+    assert flood_mode_for_label("lung", "off", ["lung"]) == "off"

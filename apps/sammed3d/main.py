@@ -17,6 +17,9 @@
   max_crops N              crops one label may grow to for large structures (default 8)
   medsam auto|true|false   serve the MedSAM box task (default auto: when lite_medsam.pth is found)
   medsam_checkpoint PATH   lite_medsam.pth (default: apps/sammed3d/model/medsam/, fetched by setup)
+  prior_flood auto|on|off  one click fills a large walled tissue (lungs, liver; default auto: the model's, off)
+  prior_flood_labels "a,b" segment names that get prior_flood on per click (e.g. organ,lung,liver); a request's
+                           own prior_flood (Slicer's task options) wins
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
                            default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint

@@ -8,7 +8,7 @@
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for large
-structures), max_crops, modality, al_* and scoring_threads (active learning).
+structures), prior_flood_labels (segment names that get it per request), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -58,7 +58,8 @@ class SAMMed3DConfig(TaskConfig):
         w = self.weights
         loud = " -- RANDOM WEIGHTS, masks are meaningless (allow_random_weights)" if w.is_random else ""
         desc = f"SAM-Med3D interactive 3D segmentation; weights: {w.source} {w.model_version}{loud}"
-        return SAMMed3DInfer(self.engine, lambda: self.watcher.weights, desc)
+        flood_labels = [n for n in self.conf.get("prior_flood_labels", "").split(",") if n.strip()]
+        return SAMMed3DInfer(self.engine, lambda: self.watcher.weights, desc, flood_labels)
 
     def trainer(self):
         from lib.trainers.task import SAMMed3DTrainTask

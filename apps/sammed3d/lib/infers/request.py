@@ -1,7 +1,7 @@
 """Turn a MONAI Label infer request (a dict of JSON values) into checked options.
 
 Only what the infer task itself interprets is checked here: label name, reset, ROI (parsed by
-lib.session.roi, which also clamps and applies it) and the result file format. Click lists are
+lib.session.roi, which also clamps and applies it), the prior's flood switch and the result file format. Click lists are
 passed through to the session, which owns their validation (it knows the volume's shape), so there
 is one place that decides what a valid click is.
 """
@@ -32,6 +32,7 @@ class InferOptions:
     dtype: str
     compress: bool
     modality: Optional[str]
+    prior_flood: Optional[str] = None  # "auto" | "on" | "off" (lib.model.flood_region); None: not given
 
 
 def _extension(request: dict, image_path: str) -> str:
@@ -67,6 +68,9 @@ def parse_request(request: dict) -> InferOptions:
     modality = request.get("modality")
     if modality is not None and not isinstance(modality, str):
         raise SessionError(f"modality must be a string such as 'CT' or 'MR', got {modality!r:.40}")
+    flood = request.get("prior_flood")
+    if flood is not None and (not isinstance(flood, str) or flood.strip().lower() not in ("", "auto", "on", "off")):
+        raise SessionError(f"prior_flood must be auto, on or off, got {flood!r:.40}")
     return InferOptions(
         image_path=image_path,
         label=str(label),
@@ -76,4 +80,5 @@ def parse_request(request: dict) -> InferOptions:
         dtype=_dtype(request),
         compress=parse_bool(request.get("result_compress", True), "result_compress", default=False, error=SessionError),
         modality=modality or None,
+        prior_flood=flood.strip().lower() if flood else None,
     )

@@ -3,7 +3,9 @@
 Type `deepgrow`, dimension 3, so the 3D Slicer plugin and the OHIF v3 plugin bundled with
 MONAI Label send point prompts to it unchanged (foreground/background voxel indices of the image
 as stored, `label` = segment name). Every click request carries all clicks so far; the engine
-works out which are new, so one session exists per (image, label).
+works out which are new, so one session exists per (image, label). `prior_flood` auto|on|off (the task's
+config, so Slicer offers it) lets one click fill a large walled tissue (lib.model.flood_region); segments
+named in --conf prior_flood_labels get "on" unless the request says otherwise (OHIF sends no options).
 
 User errors come back as fastapi HTTPException 4xx with the session's message; MONAI Label passes
 an HTTPException raised inside a task through to the client as is.
@@ -11,20 +13,23 @@ an HTTPException raised inside a task through to the client as is.
 import logging
 import os
 import time
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from fastapi import HTTPException
 from lib.infers.engine_task import EngineInferTask, common_result
 from lib.infers.output import write_label
 from lib.infers.request import parse_request
+from lib.model.flood_region import flood_mode_for_label
 from lib.session import SegmentationEngine, SessionError
 
 logger = logging.getLogger(__name__)
 
 
 class SAMMed3DInfer(EngineInferTask):
-    def __init__(self, engine: SegmentationEngine, weights, description: str):
-        super().__init__(engine, weights, description, config={"reset_state": False})
+    def __init__(self, engine: SegmentationEngine, weights, description: str, flood_labels: Sequence[str] = ()):
+        # prior_flood: Slicer lists the task's config as options and sends them with each click
+        super().__init__(engine, weights, description, config={"reset_state": False, "prior_flood": "auto"})
+        self.flood_labels = tuple(flood_labels)  # --conf prior_flood_labels: segment names that flood by default
 
     def __call__(self, request) -> Tuple[str, Dict[str, Any]]:
         t0 = time.perf_counter()
@@ -40,6 +45,7 @@ class SAMMed3DInfer(EngineInferTask):
                 reset=opts.reset,
                 modality=opts.modality,
                 roi=opts.roi,  # checked before the label's state changes; the mask is zero outside it
+                prior_flood=flood_mode_for_label(opts.label, opts.prior_flood, self.flood_labels),
             )
             t_write = time.perf_counter()
             out = write_label(res, opts, image_path)

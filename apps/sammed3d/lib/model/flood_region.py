@@ -29,7 +29,8 @@ first exclude click and the box prior takes over.
 """
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -136,3 +137,31 @@ def switch_flood(model, mode: str) -> Optional[FloodRegion]:
         prior.flood = FloodRegion.from_config(model.config, None if model.config.get("prior_flood_beta") else DEFAULT_BETA) \
             if mode == "on" else None
     return prior.flood
+
+
+@contextmanager
+def flood_for_request(model, mode: Optional[str]) -> Iterator[None]:
+    """Serve one request with `mode` ("on" / "off"; None or "auto": as the server is configured): the
+    model's flood is switched for the call and put back after it. The caller holds the engine's lock, so
+    no other decode sees the switch. Why per request: the flood is right for a lung, a liver or a brain and
+    wrong for a nucleus or a lesion inside a tissue of the same intensity (docs/default_model.md, "Seventh
+    run"), and the annotator knows which they are drawing."""
+    mode = str(mode or "auto").strip().lower()
+    prior = getattr(model, "prior", None)
+    if mode == "auto" or (prior is None and mode == "off"):
+        yield
+        return
+    saved = prior.flood if prior is not None else None
+    switch_flood(model, mode)  # raises ValueError for a bad mode or "on" without a prior
+    try:
+        yield
+    finally:
+        prior.flood = saved
+
+
+def flood_mode_for_label(label: str, requested: Optional[str], flood_labels: Sequence[str]) -> Optional[str]:
+    """The request's own prior_flood, else "on" for a segment whose name is one of `flood_labels` (--conf
+    prior_flood_labels, e.g. "organ,lung,liver": OHIF sends no options, only the segment name), else None."""
+    if requested not in (None, "", "auto"):
+        return requested
+    return "on" if str(label).strip().lower() in {n.strip().lower() for n in flood_labels if n.strip()} else None

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..model.flood_region import flood_for_request
 from .cache import LRUCache
 from .errors import SessionError
 from .geometry import ModelGrid, model_grid
@@ -106,14 +107,18 @@ class SegmentationEngine:
         reset: bool = False,
         modality: Optional[str] = None,
         roi=None,
+        prior_flood: Optional[str] = None,
     ) -> SegmentationResult:
         """All clicks so far for `label` (stored voxel indices) -> the label's mask.
 
         roi: a parsed ROI (lib.session.roi), checked against the volume before the label changes;
-        the returned mask is zero outside it (the label's own state is not clipped)."""
+        the returned mask is zero outside it (the label's own state is not clipped). prior_flood: "on" /
+        "off" switches the model's flood for this call's decodes (lib.model.flood_region.flood_for_request)."""
         t0 = time.perf_counter()
         fg = parse_points(foreground, "foreground")
         bg = parse_points(background, "background")
+        if prior_flood == "on" and getattr(self.runner.model, "prior", None) is None:
+            raise SessionError("prior_flood on needs a model with a geodesic prior (the embedded default)")
         with self._lock:
             timings = dict.fromkeys(("load", "preprocess", "encode", "decode", "paste"), 0.0)
             req = self._request(image_id, image_path, modality, timings)
@@ -123,8 +128,9 @@ class SegmentationEngine:
             prev = self._states.get(key)
             saved = prev.checkpoint() if prev is not None else None
             try:
-                state = self._update(req, key, prev, fg, bg, reset, image_path)
-                return self._result(req, key, state, t0, roi)
+                with flood_for_request(self.runner.model, prior_flood):
+                    state = self._update(req, key, prev, fg, bg, reset, image_path)
+                    return self._result(req, key, state, t0, roi)
             except BaseException:
                 # A failed request (model error, interrupt) leaves the label as it was.
                 if prev is None:
