@@ -120,3 +120,13 @@ def test_a_request_switches_the_flood_for_its_own_clicks_only(tmp_path):
     assert flood_mode_for_label("Lung", None, ["organ", "lung"]) == "on"
     assert flood_mode_for_label("lesion", "auto", ["organ", "lung"]) is None
     assert flood_mode_for_label("lung", "off", ["lung"]) == "off"
+
+
+def test_the_simulated_annotator_floods_only_targets_of_the_given_size():
+    from lib.evaluation.loop import flood_choice
+
+    gt = np.zeros((10, 10, 10), bool)
+    gt[:5] = True  # 500 voxels of 2 x 2 x 2 mm = 4 ml
+    assert flood_choice(gt, (2.0, 2.0, 2.0), 4.0) == "on"
+    assert flood_choice(gt, (2.0, 2.0, 2.0), 4.1) is None
+    assert flood_choice(gt, (2.0, 2.0, 2.0), None) is None

@@ -101,6 +101,9 @@ def parse_args(argv=None):
                    help="sammed3d with a geodesic prior (the embedded default): the walled region of the clicked "
                         "intensity (lib.model.flood_region), as the server's --conf prior_flood: auto (default) = "
                         "what the model's config asks for (default-v5: off), on, off")
+    p.add_argument("--prior-flood-min-ml", type=float, default=None,
+                   help="sammed3d: the simulated annotator turns prior_flood on (per click request, as Slicer's "
+                        "task option) for targets of at least this many ml, e.g. 1000 for lungs and liver")
     p.add_argument("--images", help="image folder (with --labels)")
     p.add_argument("--labels", help="label folder (with --images)")
     p.add_argument("--image", help="one image file (with --label)")
@@ -172,7 +175,8 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
         print(f"{len(pairs)} case(s), {num_clicks} clicks, modes {args.click_mode}, device {args.device}, "
               f"model {engine.model_version}, torch threads {_torch_threads()}")
         return evaluate(engine, pairs, values, num_clicks, args.click_mode, nsd_at=nsd_at,
-                        nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name)
+                        nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name,
+                        flood_min_ml=args.prior_flood_min_ml)
     if name == "medsam":
         from ..medsam.engine import build_medsam_engine
         from .medsam import evaluate_medsam

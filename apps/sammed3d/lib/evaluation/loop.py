@@ -56,8 +56,16 @@ def simulate_clicks(segment, gt: np.ndarray, spacing: Sequence[float], num_click
     return out
 
 
-def _model_segment(engine, case: str, image_path: str, label: str):
-    return lambda fg, bg: engine.segment(case, image_path, label, fg, bg).mask
+def _model_segment(engine, case: str, image_path: str, label: str, prior_flood: Optional[str] = None):
+    return lambda fg, bg: engine.segment(case, image_path, label, fg, bg, prior_flood=prior_flood).mask
+
+
+def flood_choice(gt: np.ndarray, spacing: Sequence[float], min_ml: Optional[float]) -> Optional[str]:
+    """The simulated annotator's per-segment prior_flood: "on" for a target of at least `min_ml` ml (an
+    annotator drawing a lung or a liver knows it is large), else None (the server's setting)."""
+    if min_ml is None:
+        return None
+    return "on" if float(np.count_nonzero(gt)) * float(np.prod(spacing)) / 1000.0 >= min_ml else None
 
 
 def evaluate_target(engine, case: str, image_path: str, gt: np.ndarray, value: int, num_clicks: int) -> List[float]:
@@ -97,9 +105,11 @@ def evaluate_method(segmenter, method: str, pairs, values: Optional[Sequence[int
 
 
 def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, modes: Sequence[str], log=print,
-             nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, model_name: Optional[str] = None) -> List[Dict]:
+             nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, model_name: Optional[str] = None,
+             flood_min_ml: Optional[float] = None) -> List[Dict]:
     """Model rows {mode, method, case, value, structure, clicks, dice, nsd, cpu_s, wall_s} for every target,
-    click mode and click count. mode is the click mode, or "<model_name>:<click mode>" with model_name."""
+    click mode and click count. mode is the click mode, or "<model_name>:<click mode>" with model_name.
+    flood_min_ml: the annotator asks for prior_flood on for targets of at least that many ml (flood_choice)."""
     names = names or {}
     rows = []
     for mode in modes:
@@ -110,7 +120,8 @@ def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, mo
             label = f"eval-{value}"
             spacing = engine.volume(image_path).image.GetSpacing()
             engine.reset(case, label)
-            recs = simulate_clicks(_model_segment(engine, case, image_path, label), gt, spacing, num_clicks,
+            flood = flood_choice(gt, spacing, flood_min_ml)
+            recs = simulate_clicks(_model_segment(engine, case, image_path, label, flood), gt, spacing, num_clicks,
                                    nsd_at, nsd_tolerance_mm)
             engine.reset(case, label)
             _log_line(log, tag, case, value, recs, time.perf_counter() - t)
