@@ -31,3 +31,22 @@ def test_head_labels_find_brain_skull_and_scalp():
     assert skull[(r > 21) & (r < 23.5)].all() and not skull[2:4, 10:54, 10:30].any()
     assert scalp[(r > 24.5) & (r < 27.5)].all() and not scalp[r < 23].any()
     assert set(np.unique(lab)) == {0, *NAMES.values()}
+
+
+def test_add_lesions_paints_separate_lesions_inside_the_tissue_only():
+    from prepare_dev_ct import add_lesions
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "sammed3d"))
+    ct, r = _phantom_head(96)
+    brain = head_labels(ct) == NAMES["intracranial contents"]
+    ct[brain] += np.random.default_rng(0).normal(0, 8, int(brain.sum())).round().astype(np.int16)  # tissue texture
+    image, labels = add_lesions(ct, brain, ("hypo", "hyper"), seed=3)
+    assert image.dtype == ct.dtype and set(np.unique(labels)) == {0, 1, 2}
+    from scipy import ndimage
+
+    for v in (1, 2):  # each lesion centred in the tissue (its edge may reach past it: labels are exact)
+        assert (labels == v).sum() >= 8 and brain[tuple(int(round(c)) for c in ndimage.center_of_mass(labels == v))]
+    near = ndimage.binary_dilation(labels > 0, iterations=4)
+    assert np.array_equal(image[~near], ct[~near])  # nothing else changed
+    inside = lambda v: image[(labels == v) & brain].mean()  # noqa: E731
+    assert inside(1) < ct[brain].mean() < inside(2)  # hypo- and hyperdense against the tissue
