@@ -111,9 +111,13 @@ def run(args) -> dict:
     try:
         studies = os.path.join(work, "studies")
         os.makedirs(studies)
-        synthetic_ct(os.path.join(studies, "ct_0.nii.gz"))
+        ext = ".nrrd" if args.image and args.image.lower().endswith(".nrrd") else ".nii.gz"
+        if args.image:  # a real volume instead (e.g. the README's sample chest CT), clicked at --click
+            shutil.copyfile(args.image, os.path.join(studies, "ct_0" + ext))
+        else:
+            synthetic_ct(os.path.join(studies, "ct_0.nii.gz"))
         for r in range(1, args.reps):
-            shutil.copyfile(os.path.join(studies, "ct_0.nii.gz"), os.path.join(studies, f"ct_{r}.nii.gz"))
+            shutil.copyfile(os.path.join(studies, "ct_0" + ext), os.path.join(studies, f"ct_{r}{ext}"))
         ckpt = os.path.abspath(args.checkpoint) if args.checkpoint else released_random_checkpoint(os.path.join(work, "random_released.pt"))
         conf = {"checkpoint": ckpt, "device": args.device, "max_crops": str(args.max_crops), "modality": "CT"}
         extra = {"prior_flood": args.prior_flood} if args.prior_flood else {}  # the per-click request option
@@ -126,7 +130,7 @@ def run(args) -> dict:
             for server in servers.values():  # both up before any timing: they take turns, so load hits both alike
                 server.start()
             clients = {w: MONAILabelClient(servers[w].url, tmpdir=os.path.join(work, "client", w)) for w in writers}
-            centre = [300, 250, 30]  # inside the liver-like blob
+            centre = [int(v) for v in args.click.split(",")] if args.click else [300, 250, 30]  # the liver-like blob
             for r in range(args.reps):
                 image = f"ct_{r}"
                 # the first click of this image on each server in turn, which goes first alternating
@@ -265,6 +269,8 @@ def main(argv=None) -> int:
                    help="serve this checkpoint (e.g. apps/sammed3d/model/default/model.pt) instead of the "
                         "released-size model at random weights")
     p.add_argument("--max-crops", type=int, default=1, help="--conf max_crops of the servers (default 1: one crop)")
+    p.add_argument("--image", default=None, help="a real volume to click instead of the synthetic CT (with --click)")
+    p.add_argument("--click", default=None, help="i,j,k stored voxel index of the first click (with --image)")
     p.add_argument("--prior-flood", choices=("auto", "on", "off"), default=None,
                    help="send the infer request option prior_flood with every click (the embedded default's flood "
                         "for large organs; the clicks land in the synthetic CT's liver-like blob)")
