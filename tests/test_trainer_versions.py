@@ -129,7 +129,8 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
     model, _ = load_checkpoint(served.path)
     engine = SegmentationEngine(model, "base@x", max_crops=1)
     first = SAMMed3DWeights(source="conf", path=served.path, sha256=served.sha256, model_version="base@x")
-    watcher = LiveModelWatcher(store, engine, first, base, served)
+    prepared = []  # the server passes switch_flood with its --conf prior_flood (a version keeps the flood)
+    watcher = LiveModelWatcher(store, engine, first, base, served, prepare=prepared.append)
     img = samples[0]["image"]
     engine.segment("img", img, "a", [[22, 26, 20]], [])
     n_emb = sum(1 for k in engine.cache._data if k[0] == "emb")
@@ -137,6 +138,7 @@ def test_watcher_hot_swaps_and_keeps_embeddings_when_the_encoder_is_unchanged(se
 
     name = publish_version(store, _decoder_changed(load_checkpoint(base.path)[0]), {}, base.sha256, None)
     assert watcher.poll() and not watcher.poll()
+    assert prepared == [engine.runner.model]  # prepared once, before it served
     assert engine.model_version.startswith(f"{name}@") and watcher.weights.version_name == name and watcher.weights.source == "version"
     assert watcher.weights.model_version == engine.model_version and first.source == "conf"  # frozen: a new one
     assert sum(1 for k in engine.cache._data if k[0] == "emb") == n_emb  # embeddings kept

@@ -38,7 +38,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .model.checkpoint import atomic_write
 from .util import sha256_file
@@ -249,8 +249,11 @@ class LiveModelWatcher:
     """
 
     def __init__(self, store: VersionStore, engine, weights: SAMMed3DWeights, base: WeightsChoice,
-                 served: WeightsChoice):
+                 served: WeightsChoice, prepare: Optional[Callable[[Any], Any]] = None):
+        """prepare: applied to every swapped-in model before it serves, so what the server's --conf sets on
+        the model itself (prior_flood: lib.model.flood_region.switch_flood) holds for each version too."""
         self.store, self.engine, self.weights, self.base = store, engine, weights, base
+        self.prepare = prepare
         self._stamp = store.live_stamp()
         self._served_sha = served.sha256
         self._encoder_sha: Optional[str] = None  # of the engine's current model, computed lazily
@@ -301,6 +304,8 @@ class LiveModelWatcher:
             raise WeightsError("cannot swap back to random weights")
         t = time.perf_counter()
         model, meta = load_checkpoint(choice.path, map_location="cpu")
+        if self.prepare is not None:
+            self.prepare(model)
         new_enc = (live.get("encoder_sha256") if name else None) or encoder_fingerprint(model)
         if self._encoder_sha is None:
             self._encoder_sha = encoder_fingerprint(self.engine.runner.model)

@@ -43,7 +43,8 @@ class SAMMed3DConfig(TaskConfig):
         super().init(name, model_dir, conf, planner, volumes=volumes, **kwargs)
         self.engine, first, (store, served, base) = build_engine(conf, model_dir, volumes)
         self.store = store
-        self.watcher = LiveModelWatcher(store, self.engine, first, base, served)
+        flood = conf.get("prior_flood", "auto")  # a hot-swapped version is served with the same flood
+        self.watcher = LiveModelWatcher(store, self.engine, first, base, served, prepare=lambda m: switch_flood(m, flood))
         self.al_combine = startup_check(al_combine, conf)  # combined score's rule (docs/activelearning.md)
 
     @property
