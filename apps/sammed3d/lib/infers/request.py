@@ -1,8 +1,8 @@
 """Turn a MONAI Label infer request (a dict of JSON values) into checked options.
 
 Only what the infer task itself interprets is checked here: label name, reset, ROI (parsed by
-lib.session.roi, which also clamps and applies it), the prior's flood switch and the result file format. Click lists are
-passed through to the session, which owns their validation (it knows the volume's shape), so there
+lib.session.roi, which also clamps and applies it), the prior's flood switch and the result file format.
+Click lists are passed through to the session, which owns their validation (it knows the volume's shape), so there
 is one place that decides what a valid click is.
 """
 from dataclasses import dataclass
