@@ -372,7 +372,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"{key} must be a number >= 0, got {v!r}")
     if cfg["prior_flood_exclude"] not in FloodRegion.EXCLUDE_MODES:
-        raise ValueError(f"prior_flood_exclude must be one of {FloodRegion.EXCLUDE_MODES}, got {cfg['prior_flood_exclude']!r}")
+        raise ValueError(f"prior_flood_exclude must be one of {FloodRegion.EXCLUDE_MODES}, "
+                         f"got {cfg['prior_flood_exclude']!r}")
     if not isinstance(cfg["prior_grow_until_exclude"], bool):
         raise ValueError(f"prior_grow_until_exclude must be true or false, got {cfg['prior_grow_until_exclude']!r}")
     refine = cfg["refine"]

@@ -116,7 +116,8 @@ class FloodRegion:
                    config.get("prior_flood_max_sigma", 0.25), config.get("prior_flood_exclude", "level"))
 
     def describe(self) -> str:
-        return f"flood beta {self.beta:g} tolerance {self.tolerance:g} max sigma {self.max_sigma:g} exclude {self.exclude_mode}"
+        return (f"flood beta {self.beta:g} tolerance {self.tolerance:g} max sigma {self.max_sigma:g} "
+                f"exclude {self.exclude_mode}")
 
 
 def switch_flood(model, mode: str) -> Optional[FloodRegion]:
