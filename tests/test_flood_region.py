@@ -130,3 +130,35 @@ def test_the_simulated_annotator_floods_only_targets_of_the_given_size():
     assert flood_choice(gt, (2.0, 2.0, 2.0), 4.0) == "on"
     assert flood_choice(gt, (2.0, 2.0, 2.0), 4.1) is None
     assert flood_choice(gt, (2.0, 2.0, 2.0), None) is None
+
+
+def test_a_prior_only_model_skips_the_encoder_features_for_clicks_with_the_same_masks(tmp_path, monkeypatch):
+    """The embedded default decodes from its prior alone (zero output layer), which reads only the cell
+    intensities: clicks encode those alone (ClickUNet3D.encode_cells), scoring's volume features still get
+    the encoder's; the masks are the same as with the full encoder."""
+    from lib.model import CLICK_UNET_CONFIG, build_model
+    from lib.session import SegmentationEngine
+    from lib.session.runner import ModelRunner
+    from test_session_fakes import ras_affine, smooth_volume, write_nifti
+
+    torch.manual_seed(0)
+    path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((90, 80, 60)), ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 5}
+    model = build_model(small).eval()
+    with torch.no_grad():
+        model.mask_decoder.head.weight.zero_()
+        model.mask_decoder.head.bias.zero_()
+        x = torch.randn(1, 1, 128, 128, 128)
+        full, cells = model.encode(x), model.encode_cells(x)
+    assert torch.equal(full[:, -1], cells[:, -1]) and not cells[:, :-1].any() and full[:, :-1].any()
+    clicks = ([[40, 40, 30], [50, 35, 28]], [[20, 60, 30]])
+    fast = SegmentationEngine(model, "v", click_mode="all", max_crops=2)
+    assert fast.runner.prior_only
+    got = fast.segment("v", path, "a", *clicks).mask
+    embs = [fast.cache.get(k) for k in list(fast.cache._data) if k[0] == "emb"]
+    assert embs and all(not e[:, :-1].any() for e in embs)  # features skipped
+    assert fast.volume_embeddings("v", path, max_crops=1)[0].embedding[:, :-1].any()  # scoring gets them
+    monkeypatch.setattr(ModelRunner, "prior_only", property(lambda self: False))
+    slow = SegmentationEngine(model, "v", click_mode="all", max_crops=2)
+    assert np.array_equal(slow.segment("v", path, "a", *clicks).mask, got)

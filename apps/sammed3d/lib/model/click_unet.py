@@ -283,6 +283,18 @@ class ClickUNet3D(nn.Module):
         cells = F.avg_pool3d(image.float().clamp(-INPUT_CLAMP, INPUT_CLAMP), 4)
         return torch.cat([feats, cells.to(feats.dtype)], dim=1)
 
+    def encode_cells(self, image: torch.Tensor) -> torch.Tensor:
+        """encode's layout with the encoder's features left at zero: all a decode needs while
+        serves_prior_only (the cell-intensity channel), at a fraction of the cost."""
+        cells = F.avg_pool3d(image.float().clamp(-INPUT_CLAMP, INPUT_CLAMP), 4)
+        feats = cells.new_zeros((cells.shape[0], self.config["embed_dim"]) + cells.shape[2:])
+        return torch.cat([feats, cells], dim=1)
+
+    def serves_prior_only(self) -> bool:
+        """Whether a decode is the prior alone (geodesic prior, zero output layer, no grad): then the encoder's
+        features are never read, and encode_cells gives the same logits."""
+        return self.prior is not None and self.geodesic is not None and self._decoder_is_zero()
+
     def decode(self, image_embedding: torch.Tensor, point_coords: Optional[torch.Tensor],
                point_labels: Optional[torch.Tensor], mask_input: Optional[torch.Tensor]) -> torch.Tensor:
         """One interaction step -> low-res logits (B, 1, S/4, S/4, S/4); arguments as Sam3D.decode."""

@@ -112,8 +112,8 @@ class SegmentationEngine:
         """All clicks so far for `label` (stored voxel indices) -> the label's mask.
 
         roi: a parsed ROI (lib.session.roi), checked against the volume before the label changes;
-        the returned mask is zero outside it (the label's own state is not clipped). prior_flood: "on" /
-        "off" switches the model's flood for this call's decodes (lib.model.flood_region.flood_for_request)."""
+        the returned mask is zero outside it (the label's own state is not clipped). prior_flood: "on" / "off"
+        switches the model's flood for this call (lib.model.flood_region.flood_for_request)."""
         t0 = time.perf_counter()
         fg = parse_points(foreground, "foreground")
         bg = parse_points(background, "background")
@@ -195,7 +195,8 @@ class SegmentationEngine:
             centre = np.array(req.grid.size, dtype=np.float64) / 2.0
             origins = sorted(((a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]),
                              key=lambda o: (float(np.sum((np.array(o) + crop / 2.0 - centre) ** 2)), o))
-            return [CropEmbedding(o, self._embedding(req, o), req.grid, crop) for o in origins[: max(1, int(max_crops))]]
+            return [CropEmbedding(o, self._embedding(req, o, features=True), req.grid, crop)
+                    for o in origins[: max(1, int(max_crops))]]
 
     def decode_first_clicks(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Batched first-click decode for scoring: embeddings (T, C, s, s, s), coords (T, N, 3) crop
@@ -221,15 +222,16 @@ class SegmentationEngine:
         ct = is_ct(volume, modality or self.modality)
         return _Request(str(image_id), volume, grid.value, ct, timings)
 
-    def _embedding(self, req: _Request, origin) -> torch.Tensor:
-        key = ("emb", req.image_id, req.volume.file_key, req.ct, tuple(origin), self.encoder_version)
+    def _embedding(self, req: _Request, origin, features: bool = False) -> torch.Tensor:
+        """The crop's embedding (cached); a prior-only model's clicks skip the encoder's features (scoring asks)."""
+        key = ("emb", req.image_id, req.volume.file_key, req.ct, tuple(origin), features or not self.runner.prior_only,
+               self.encoder_version)
         emb = self.cache.get(key)
         if emb is not None:
             return emb
-        t = time.perf_counter()
-        image = self._crop(req, origin)
+        t, image = time.perf_counter(), self._crop(req, origin)
         t1 = time.perf_counter()
-        emb = self.runner.encode(image)
+        emb = self.runner.encode(image, features=key[-2])
         self.runner.sync()
         req.timings["preprocess"] += t1 - t
         req.timings["encode"] += time.perf_counter() - t1

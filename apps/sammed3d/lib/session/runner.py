@@ -42,10 +42,21 @@ class ModelRunner:
     def precision_name(self) -> Optional[str]:
         return None if self.precision == "fp32" else self.precision
 
+    @property
     @torch.inference_mode()
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(1, 1, S, S, S) float32 (CPU ok) -> (1, C, s, s, s) float32 embedding on the device."""
+    def prior_only(self) -> bool:
+        """The model decodes from its prior alone (ClickUNet3D.serves_prior_only: the embedded default), so
+        a click needs no encoder features (encode(features=False))."""
+        check = getattr(self.model, "serves_prior_only", None)
+        return bool(check()) if check is not None else False
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor, features: bool = True) -> torch.Tensor:
+        """(1, 1, S, S, S) float32 (CPU ok) -> (1, C, s, s, s) float32 embedding on the device; features
+        False (only while prior_only): the encoder's features are zeros (ClickUNet3D.encode_cells)."""
         image = image.to(self.device, non_blocking=True)
+        if not features:
+            return self.model.encode_cells(image).float()
         if self._graph_encoder is not None:
             return self._graph_encoder.encode(image).float()
         with autocast(self.precision, self.device):
