@@ -8,6 +8,19 @@ from lib.model.flood_region import SIGMA_FLOOR, FloodRegion, click_statistics
 from lib.model.geodesic_maps import GeodesicPrior
 
 
+def _prior_only_model(margin: int):
+    """A reduced-size ClickUNet3D that serves its geodesic prior alone (zero output layer), as the default."""
+    from lib.model import CLICK_UNET_CONFIG, build_model
+
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": margin}
+    model = build_model(small).eval()
+    with torch.no_grad():
+        model.mask_decoder.head.weight.zero_()
+        model.mask_decoder.head.bias.zero_()
+    return model
+
+
 def _walled_box(noise: float = 0.02, seed: int = 0) -> np.ndarray:
     """32^3 cells: a 14 x 18 x 16 block of intensity 2 (a 'lung') inside tissue of intensity 0."""
     rng = np.random.default_rng(seed)
@@ -89,7 +102,6 @@ def test_a_request_switches_the_flood_for_its_own_clicks_only(tmp_path):
     """SegmentationEngine.segment(prior_flood=...) (the infer task's per-request option): "on" fills the
     walled block from one click where the box prior gives a small region, the model's own setting is back
     after the call, and "on" for a model without the prior is a SessionError (a 400, not a 500)."""
-    from lib.model import CLICK_UNET_CONFIG, build_model
     from lib.model.flood_region import flood_mode_for_label
     from lib.session import SegmentationEngine, SessionError
     from test_session_fakes import BallModel, ras_affine, write_nifti
@@ -99,12 +111,7 @@ def test_a_request_switches_the_flood_for_its_own_clicks_only(tmp_path):
     img[20:76, 16:80, 24:72] = 400.0  # a 84 x 96 x 72 mm block, walled, in a 1.5 mm MR-like volume
     img += np.random.default_rng(0).normal(0, 4.0, img.shape).astype(np.float32)
     path = write_nifti(tmp_path / "block.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
-    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
-             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 3}
-    model = build_model(small).eval()
-    with torch.no_grad():
-        model.mask_decoder.head.weight.zero_()
-        model.mask_decoder.head.bias.zero_()
+    model = _prior_only_model(margin=3)
     eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
     click = [[48, 48, 48]]
     box = eng.segment("b", path, "box", click, []).mask.astype(bool)
@@ -136,19 +143,14 @@ def test_a_prior_only_model_skips_the_encoder_features_for_clicks_with_the_same_
     """The embedded default decodes from its prior alone (zero output layer), which reads only the cell
     intensities: clicks encode those alone (ClickUNet3D.encode_cells), scoring's volume features still get
     the encoder's; the masks are the same as with the full encoder."""
-    from lib.model import CLICK_UNET_CONFIG, build_model
     from lib.session import SegmentationEngine
     from lib.session.runner import ModelRunner
     from test_session_fakes import ras_affine, smooth_volume, write_nifti
 
     torch.manual_seed(0)
     path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((90, 80, 60)), ras_affine((1.5, 1.5, 1.5), np.eye(3)))
-    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
-             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 5}
-    model = build_model(small).eval()
+    model = _prior_only_model(margin=5)
     with torch.no_grad():
-        model.mask_decoder.head.weight.zero_()
-        model.mask_decoder.head.bias.zero_()
         x = torch.randn(1, 1, 128, 128, 128)
         full, cells = model.encode(x), model.encode_cells(x)
     assert torch.equal(full[:, -1], cells[:, -1]) and not cells[:, :-1].any() and full[:, :-1].any()
