@@ -135,8 +135,8 @@ def switch_flood(model, mode: str) -> Optional[FloodRegion]:
                              "the model being served has none")
         return None
     if mode != "auto":
-        prior.flood = FloodRegion.from_config(model.config, None if model.config.get("prior_flood_beta") else DEFAULT_BETA) \
-            if mode == "on" else None
+        prior.flood = None if mode == "off" else \
+            FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
     return prior.flood
 
 

@@ -207,6 +207,17 @@ class GeodesicPrior(nn.Module):
         # decides instead of the box competition below
         self.flood = flood
 
+    def _box_region(self, solves: GeodesicSolves, i: int, fg: np.ndarray, ex: np.ndarray, clicks: np.ndarray,
+                    g: int) -> np.ndarray:
+        """Sample i's cells nearer the include clicks than the exclude clicks and the box faces (g^3 logits)."""
+        d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
+        grows = self.grow is not None and self.grow.applies(len(ex))
+        margin = self.grow.margin(d_fg, clicks, self.margin) if grows else self.margin
+        bg = np.concatenate([ex, box_face_seeds(clicks, g, margin)])
+        if not len(bg):
+            return np.full((g, g, g), self.clip, dtype=np.float32)
+        return np.clip(solves.distance(i, self.gamma, bg) - d_fg, -self.clip, self.clip)
+
     def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                 cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
         b, g = intensity.shape[0], intensity.shape[-1]
@@ -220,22 +231,10 @@ class GeodesicPrior(nn.Module):
                 fg, ex = cells[i][labs[i] == 1], cells[i][labs[i] == 0]
                 if not len(fg):
                     continue
-                walled = self.flood(solves.intensity[i], fg, ex, self.clip) if self.flood is not None else None
-                if walled is not None:
-                    out[i, 0] = walled
-                    out[i, 0][tuple(fg.T)] = self.clip
-                    if len(ex):
-                        out[i, 0][tuple(ex.T)] = -self.clip
-                    continue
-                d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
-                grows = self.grow is not None and self.grow.applies(len(ex))
-                margin = self.grow.margin(d_fg, cells[i][valid], self.margin) if grows else self.margin
-                bg = np.concatenate([ex, box_face_seeds(cells[i][valid], g, margin)])
-                if not len(bg):
-                    out[i] = self.clip
-                    continue
-                d_bg = solves.distance(i, self.gamma, bg)
-                out[i, 0] = np.clip(d_bg - d_fg, -self.clip, self.clip)
+                region = self.flood(solves.intensity[i], fg, ex, self.clip) if self.flood is not None else None
+                if region is None:
+                    region = self._box_region(solves, i, fg, ex, cells[i][valid], g)
+                out[i, 0] = region
                 out[i, 0][tuple(fg.T)] = self.clip  # a click keeps its own label
                 if len(ex):
                     out[i, 0][tuple(ex.T)] = -self.clip
