@@ -164,3 +164,33 @@ def test_a_prior_only_model_skips_the_encoder_features_for_clicks_with_the_same_
     monkeypatch.setattr(ModelRunner, "prior_only", property(lambda self: False))
     slow = SegmentationEngine(model, "v", click_mode="all", max_crops=2)
     assert np.array_equal(slow.segment("v", path, "a", *clicks).mask, got)
+
+
+def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, monkeypatch):
+    """SAMMed3DTrainTask(prepare=...): the server passes its --conf prior_flood (the hot swap's prepare), so a
+    fine-tuned version is trained and validated with the prior users get, not the checkpoint's own."""
+    import lib.trainers.task as task_module
+    from lib.model import save_checkpoint
+    from lib.model.flood_region import switch_flood
+    from lib.trainers.task import SAMMed3DTrainTask
+    from lib.versions import VersionStore
+    from lib.weights import WeightsChoice
+
+    ckpt = save_checkpoint(_prior_only_model(margin=3), str(tmp_path / "default.pt"), version="d")
+    served = WeightsChoice(path=ckpt, source="default")
+    seen = []
+
+    def fake_fine_tune(model, samples, opts, callbacks=()):
+        seen.append(model.prior.flood)
+        return model, {"best_epoch": 0, "published": [], "train_stats": {}}
+
+    monkeypatch.setattr(task_module, "fine_tune", fake_fine_tune)
+
+    class Store:
+        def datalist(self):
+            return [{"image": "a.nii.gz", "label": "a_label.nii.gz"}]
+
+    store = VersionStore(str(tmp_path / "versions"))
+    for prepare in (lambda m: switch_flood(m, "on"), None):
+        SAMMed3DTrainTask(store, lambda: (served, served), prepare=prepare)({}, Store())
+    assert isinstance(seen[0], FloodRegion) and seen[1] is None

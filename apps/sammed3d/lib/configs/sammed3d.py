@@ -44,8 +44,9 @@ class SAMMed3DConfig(TaskConfig):
         super().init(name, model_dir, conf, planner, volumes=volumes, **kwargs)
         self.engine, first, (store, served, base) = build_engine(conf, model_dir, volumes)
         self.store = store
-        flood = conf.get("prior_flood", "auto")  # a hot-swapped version is served with the same flood
-        self.watcher = LiveModelWatcher(store, self.engine, first, base, served, prepare=lambda m: switch_flood(m, flood))
+        flood = conf.get("prior_flood", "auto")  # a hot-swapped or fine-tuned version gets the same flood
+        self.serve_as = lambda m: switch_flood(m, flood)
+        self.watcher = LiveModelWatcher(store, self.engine, first, base, served, prepare=self.serve_as)
         self.al_combine = startup_check(al_combine, conf)  # combined score's rule (docs/activelearning.md)
 
     @property
@@ -69,7 +70,7 @@ class SAMMed3DConfig(TaskConfig):
         # the live version is LIVE.json's (the serving process follows it), not a start-up pin
         conf = {k: v for k, v in self.conf.items() if k != "model_version"}
         return SAMMed3DTrainTask(self.store, lambda: resolve_served_weights(conf, self.model_dir, False)[:2],
-                                 live_model=lambda: self.engine.runner.model)
+                                 live_model=lambda: self.engine.runner.model, prepare=self.serve_as)
 
     def strategy(self):
         # active learning (lib/activelearning, docs/activelearning.md)

@@ -34,13 +34,16 @@ class SAMMed3DTrainTask(TrainTask):
 
     def __init__(self, store: VersionStore, live: Callable[[], Any], defaults: Optional[FineTuneOptions] = None,
                  description: str = "Fine-tune SAM-Med3D (frozen encoder by default) on the datastore's final labels",
-                 live_model: Optional[Callable[[], Any]] = None):
+                 live_model: Optional[Callable[[], Any]] = None, prepare: Optional[Callable[[Any], Any]] = None):
         super().__init__(description)
         self.store = store
         self.live = live  # () -> (WeightsChoice served now, base WeightsChoice)
         self.defaults = defaults or FineTuneOptions()
         # () -> the model the server holds now (its config's `finetune` options show in /info)
         self.live_model = live_model
+        # applied to the loaded checkpoint before it trains, as the server's hot swap applies it before a
+        # version serves (its --conf prior_flood): trained and validated with the prior users get
+        self.prepare = prepare
         if not in_task_subprocess():  # server start: a training killed with the last server is not RUNNING
             mark_interrupted(store.stats_path)
 
@@ -90,6 +93,8 @@ class SAMMed3DTrainTask(TrainTask):
         if served.path is None:
             raise ValueError("the server runs on random weights (allow_random_weights): nothing to fine-tune")
         model, meta = load_checkpoint(served.path, map_location="cpu")
+        if self.prepare is not None:
+            self.prepare(model)
         opts = options_for_model(req, self.defaults, model)  # request > the model's finetune config > task
         logger.info(f"train options: lr {opts.lr:g} (decoder x{opts.decoder_lr_ratio:g}), {opts.max_epochs} epochs x "
                     f"{opts.steps_per_epoch or 'one pass'} steps, {opts.num_clicks} clicks, loss grid {opts.loss_size or 'auto'}")
