@@ -211,3 +211,23 @@ def test_the_train_options_listed_in_info_are_the_live_models(tmp_path, studies)
     assert cfg["lr"] == 0.05 and cfg["steps_per_epoch"] == 16 and cfg["max_epochs"] == FineTuneOptions().max_epochs
     cfg = make_app(tmp_path / "b", studies, {"checkpoint": plain}).info()["trainers"]["sammed3d"]["config"]
     assert cfg["lr"] == FineTuneOptions().lr and cfg["steps_per_epoch"] == FineTuneOptions().steps_per_epoch
+
+
+def test_prior_fine_follows_the_models_config_unless_conf_says(tmp_path, studies):
+    """--conf prior_fine auto|on|off (lib.session.fine_region.resolve_fine): /info says whether a small walled
+    structure's 1.5 mm region serves; image-only, so "on" serves any model; a bad value stops start-up."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 7}
+    plain, fine = str(tmp_path / "p.pt"), str(tmp_path / "f.pt")
+    save_checkpoint(build_model(small), plain, version="p")
+    save_checkpoint(build_model({**small, "prior_fine_window": 16}), fine, version="f")
+    info = lambda sub, conf: make_app(tmp_path / sub, studies, conf).info()["weights"]["prior_fine"]  # noqa: E731
+    assert info("a", {"checkpoint": plain}) == "none"
+    assert info("b", {"checkpoint": plain, "prior_fine": "on"}).startswith("window 24 voxels, flood beta 2 tolerance 2")
+    assert info("c", {"checkpoint": fine}).startswith("window 16 voxels")
+    assert info("d", {"checkpoint": fine, "prior_fine": "off"}) == "none"
+    with pytest.raises(RuntimeError, match="cannot start.*prior_fine"):
+        make_app(tmp_path / "e", studies, {"checkpoint": plain, "prior_fine": "maybe"})

@@ -95,6 +95,7 @@ class SAMMed3DWeights(ServedWeights):
     versions_dir: Optional[str] = None
     refine: str = "none"  # the mask post-processing (lib.session.refine), in words
     prior_flood: str = "none"  # the prior's flood for large structures (lib.model.flood_region), in words
+    prior_fine: str = "none"  # a small walled structure's 1.5 mm region (lib.session.fine_region), in words
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
-large structures), prior_flood_labels (segment names that get it per request), max_crops, modality, al_* and
+large structures), prior_fine (auto | on | off: a small walled structure's 1.5 mm region), prior_flood_labels (segment names that get it per request), max_crops, modality, al_* and
 scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
@@ -25,6 +25,7 @@ from monailabel.interfaces.config import TaskConfig
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
 from lib.model.flood_region import switch_flood
+from lib.session.fine_region import resolve_fine
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -104,6 +105,8 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
         # the walled region of the clicked intensity (large structures): the model's unless --conf prior_flood says
         flood = switch_flood(model, conf.get("prior_flood", "auto"))
+        # a click in a small walled structure (a lesion): its 1.5 mm region, unless --conf prior_fine says
+        fine = resolve_fine(conf.get("prior_fine", "auto"), getattr(model, "config", None))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(
@@ -119,6 +122,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             volumes=volumes,
             # image-aware post-processing: what the model's config asks for unless --conf refine says
             refine=refine(conf, model_refine(model)),
+            fine=fine,
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
@@ -132,6 +136,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         click_mode=engine.click_mode,
         refine="none" if engine.refine is None else engine.refine.describe(),
         prior_flood="none" if flood is None else flood.describe(),
+        prior_fine="none" if fine is None else fine.describe(),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

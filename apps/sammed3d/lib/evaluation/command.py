@@ -62,10 +62,12 @@ def build_engine(args):
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
     from lib.model import model_refine
     from lib.model.flood_region import switch_flood
+    from lib.session.fine_region import resolve_fine
     from lib.session.refine import resolve_refine
 
     try:  # the server's rules (--conf refine, --conf prior_flood): auto = what the model's config asks for
         switch_flood(model, args.prior_flood)
+        fine = resolve_fine(args.prior_fine, getattr(model, "config", None))
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
                                 factor=args.refine_factor, fine_band=args.refine_fine_band,
                                 full_res_max_voxels=args.refine_full_res_max_voxels)
@@ -74,6 +76,7 @@ def build_engine(args):
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
+        fine=fine,
     )
 
 
@@ -101,6 +104,9 @@ def parse_args(argv=None):
                    help="sammed3d with a geodesic prior (the embedded default): the walled region of the clicked "
                         "intensity (lib.model.flood_region), as the server's --conf prior_flood: auto (default) = "
                         "what the model's config asks for (default-v5: off), on, off")
+    p.add_argument("--prior-fine", choices=("auto", "on", "off"), default="auto",
+                   help="sammed3d: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region), "
+                        "as the server's --conf prior_fine: auto (default) = what the model's config asks for")
     p.add_argument("--prior-flood-min-ml", type=float, default=None,
                    help="sammed3d: the simulated annotator turns prior_flood on (per click request, as Slicer's "
                         "task option) for targets of at least this many ml, e.g. 1000 for lungs and liver")

@@ -71,6 +71,9 @@ CLICK_UNET_CONFIG = {
     "prior_flood_tolerance": 1.0,
     "prior_flood_max_sigma": 0.25,
     "prior_flood_exclude": "level",
+    # a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region.FineRegion):
+    # the half width in voxels of the window around the first include click it must be walled within (0: off)
+    "prior_fine_window": 0,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -369,9 +372,10 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ValueError(f"{key} must be a number > 0, got {v!r}")
+    for key in ("prior_margin_cells", "prior_fine_window"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {cfg[key]!r}")
     margin = cfg["prior_margin_cells"]
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"prior_margin_cells must be an integer >= 0, got {margin!r}")
     if margin and not cfg["geodesic_taus"]:
         raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")
     grow, slope = cfg["prior_grow_max"], cfg["prior_grow_slope"]

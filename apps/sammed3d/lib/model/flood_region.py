@@ -50,8 +50,8 @@ FLOOD_SWITCH = ("auto", "on", "off")
 DEFAULT_BETA = 2.0  # "on" for a model whose config has no flood (chosen on the development cases)
 
 
-def click_statistics(intensity: np.ndarray, cells: np.ndarray) -> tuple:
-    """Median and robust spread (1.4826 MAD, >= SIGMA_FLOOR) of the 3^3 cell neighbourhoods of `cells`."""
+def click_statistics(intensity: np.ndarray, cells: np.ndarray, floor: float = SIGMA_FLOOR) -> tuple:
+    """Median and robust spread (1.4826 MAD, >= floor) of the 3^3 cell neighbourhoods of `cells`."""
     g = intensity.shape
     values = []
     for c in cells:
@@ -59,7 +59,7 @@ def click_statistics(intensity: np.ndarray, cells: np.ndarray) -> tuple:
         values.append(intensity[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].ravel())
     v = np.concatenate(values)
     mu = float(np.median(v))
-    return mu, max(1.4826 * float(np.median(np.abs(v - mu))), SIGMA_FLOOR)
+    return mu, max(1.4826 * float(np.median(np.abs(v - mu))), floor)
 
 
 class FloodRegion:
@@ -72,11 +72,14 @@ class FloodRegion:
     EXCLUDE_MODES = ("level", "compete", "off")
 
     def __init__(self, beta: float, tolerance: float, slope: float = 1.0, max_sigma: float = 0.25,
-                 exclude_mode: str = "level"):
+                 exclude_mode: str = "level", sigma_floor: float = SIGMA_FLOOR, enclosed: bool = False):
         if exclude_mode not in self.EXCLUDE_MODES:
             raise ValueError(f"exclude_mode must be one of {self.EXCLUDE_MODES}, got {exclude_mode!r}")
         self.beta, self.tolerance, self.max_sigma = float(beta), float(tolerance), float(max_sigma)
-        self.exclude_mode = exclude_mode
+        self.exclude_mode, self.sigma_floor = exclude_mode, float(sigma_floor)
+        # enclosed: the walled region must not reach the grid's faces (lib.session.fine_region's window:
+        # a structure that continues past the window is not a small one)
+        self.enclosed = bool(enclosed)
         self.plateau = PriorGrowth(max_margin=0, slope=slope)  # its thresholds, fill cap and slope rule
 
     def cost(self, intensity: np.ndarray, mu: float, sigma: float) -> np.ndarray:
@@ -90,13 +93,15 @@ class FloodRegion:
         # ones correct its edges (their surroundings mix both sides)
         if len(exclude) and self.exclude_mode == "off":
             return None
-        mu, sigma = click_statistics(intensity, include[:1])
+        mu, sigma = click_statistics(intensity, include[:1], self.sigma_floor)
         if sigma > self.max_sigma:  # the click's surroundings are not one tissue (a small structure, an edge)
             return None
         cost = self.cost(intensity, mu, sigma)
         d = geodesic_from(cost, include)
         level = self.plateau.plateau_threshold(d, MIN_LEVEL)
         if level is None or level > MAX_LEVEL + 1e-6:  # THRESHOLDS hold 32 as 32.000000000000014
+            return None
+        if self.enclosed and _touches_faces(d < level):
             return None
         logit = level - d
         if len(exclude):
@@ -118,6 +123,10 @@ class FloodRegion:
     def describe(self) -> str:
         return (f"flood beta {self.beta:g} tolerance {self.tolerance:g} max sigma {self.max_sigma:g} "
                 f"exclude {self.exclude_mode}")
+
+
+def _touches_faces(region: np.ndarray) -> bool:
+    return any(np.take(region, i, axis=a).any() for a in range(region.ndim) for i in (0, -1))
 
 
 def switch_flood(model, mode: str) -> Optional[FloodRegion]:

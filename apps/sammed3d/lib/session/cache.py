@@ -76,6 +76,14 @@ class LRUCache:
                 self._bytes -= s
             return True
 
+    def get_or_put(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The cached value, else `make()` stored (and returned even when too large to store)."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.put(key, value)
+        return value
+
     def discard(self, predicate: Callable[[Hashable], bool]) -> int:
         """Drop every entry whose key matches; returns how many were dropped."""
         with self._lock:

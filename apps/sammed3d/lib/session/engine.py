@@ -19,16 +19,17 @@ import torch
 from ..model.flood_region import flood_for_request
 from .cache import LRUCache
 from .errors import SessionError
+from .fine_region import FineRegion
 from .geometry import ModelGrid, model_grid
 from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shift_logits, touching_faces
 from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
 from .preprocess import crop_origin_for, normalise, resample_crop
-from .refine import GeodesicRefine, refine_images, refine_logits
+from .refine import GeodesicRefine, refine_image, refine_images, refine_logits
 from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
 from .runner import ModelRunner
-from .state import CropMask, CropState, LabelState
+from .state import CropEmbedding, CropMask, CropState, LabelState
 from .volume import LoadedVolume, is_ct
 from .volume_cache import VolumeCache
 
@@ -64,10 +65,12 @@ class SegmentationEngine:
         max_crops: int = 8,
         volumes: Optional[VolumeCache] = None,
         refine: Optional[GeodesicRefine] = None,
+        fine: Optional[FineRegion] = None,
     ):
         """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
-        `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off."""
+        `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
+        fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -79,6 +82,7 @@ class SegmentationEngine:
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
         self.refine = refine
+        self.fine = fine
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -168,7 +172,7 @@ class SegmentationEngine:
         with self._lock:
             return self._request("", image_path, None, {"load": 0.0}).volume
 
-    def point_embedding(self, image_id: str, image_path: str, point, modality: Optional[str] = None) -> "CropEmbedding":
+    def point_embedding(self, image_id: str, image_path: str, point, modality: Optional[str] = None) -> CropEmbedding:
         """The crop a first include click at `point` (stored voxel index) would use, encoded.
 
         For active-learning scoring: same preprocessing, crop placement and embedding cache as
@@ -180,7 +184,7 @@ class SegmentationEngine:
             return CropEmbedding(origin, self._embedding(req, origin), req.grid, self.runner.crop)
 
     def volume_embeddings(self, image_id: str, image_path: str, max_crops: int = 4,
-                          modality: Optional[str] = None) -> List["CropEmbedding"]:
+                          modality: Optional[str] = None) -> List[CropEmbedding]:
         """Encoded crops tiling the volume's model grid (no overlap, centred on the grid); when
         more than `max_crops` are needed, the ones nearest the grid centre. For volume features
         (active-learning diversity); uses and fills the embedding cache."""
@@ -213,11 +217,7 @@ class SegmentationEngine:
         if not isinstance(image_path, str) or not image_path:
             raise SessionError(f"image path must be a non-empty string, got {image_path!r}")
         volume = self.volumes.get(image_path)
-        gkey = ("grid",) + volume.file_key
-        grid = self.cache.get(gkey)
-        if grid is None:
-            grid = _Sized(model_grid(volume.image))
-            self.cache.put(gkey, grid)
+        grid = self.cache.get_or_put(("grid",) + volume.file_key, lambda: _Sized(model_grid(volume.image)))
         timings["load"] += time.perf_counter() - t
         ct = is_ct(volume, modality or self.modality)
         return _Request(str(image_id), volume, grid.value, ct, timings)
@@ -250,12 +250,15 @@ class SegmentationEngine:
 
     def _refine_image(self, req: _Request, origin) -> np.ndarray:
         """The crop at the refinement grid (cached beside its embedding; recomputed if evicted)."""
-        key = self._refine_key(req, origin)
-        img = self.cache.get(key)
-        if img is None:
-            img = refine_images(self._crop(req, origin), self.refine)
-            self.cache.put(key, img)
-        return img
+        return self.cache.get_or_put(self._refine_key(req, origin),
+                                     lambda: refine_images(self._crop(req, origin), self.refine))
+
+    def _full_res_image(self, req: _Request, origin) -> np.ndarray:
+        """The crop at 1.5 mm as the refinement reads it (the refinement's cached copy when it has one)."""
+        if self.refine is not None and 1 in self.refine.factors:
+            return self._refine_image(req, origin)[1]
+        return self.cache.get_or_put(("fimg", req.image_id, req.volume.file_key, req.ct, tuple(origin)),
+                                     lambda: refine_image(self._crop(req, origin), 1))
 
     def _refined(self, req: _Request, cs: CropState, pts) -> torch.Tensor:
         """cs's logits refined by the image (lib.session.refine) with the prompts `pts` inside the crop."""
@@ -328,6 +331,9 @@ class SegmentationEngine:
             return
         t = time.perf_counter()
         logits = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
+        if self.fine is not None:  # a click in a small walled structure: its 1.5 mm region decides
+            logits = self.fine(self._full_res_image(req, origin), [p for p, _ in pts], [lab for _, lab in pts],
+                               logits)
         self.runner.sync()
         req.timings["decode"] += time.perf_counter() - t
         state.crops[origin] = CropState(origin, logits, cs.seeds, True)
@@ -388,22 +394,6 @@ class SegmentationEngine:
             encoded=req.encoded,
             num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
         )
-
-
-class CropEmbedding:
-    """One encoded 128^3 crop of the model grid: `embedding` (1, C, s, s, s) on the engine's
-    device, the crop's first grid voxel `origin`, and `to_crop` mapping stored voxel indices to
-    the crop's continuous coordinates (tensor-axis order, what the decoder takes)."""
-
-    def __init__(self, origin, embedding: torch.Tensor, grid: ModelGrid, crop: int):
-        self.origin = tuple(int(x) for x in origin)
-        self.embedding = embedding
-        self.grid = grid
-        self.crop = int(crop)
-
-    def to_crop(self, points) -> np.ndarray:
-        """(N, 3) stored indices -> (N, 3) crop coordinates."""
-        return self.grid.stored_to_grid(np.asarray(points, dtype=np.float64)) - np.array(self.origin, dtype=np.float64)
 
 
 class _Sized:

@@ -9,11 +9,15 @@ that rolls a failed request back (`checkpoint`) is shallow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from .points import Click, Point
+
+if TYPE_CHECKING:  # geometry reads SimpleITK; the state needs only the name
+    from .geometry import ModelGrid
 
 Origin = Tuple[int, int, int]
 
@@ -63,3 +67,19 @@ class LabelState:
         point, lab = click
         (self.fg if lab == 1 else self.bg).append(point)
         self.applied.append(click)
+
+
+class CropEmbedding:
+    """One encoded 128^3 crop of the model grid: `embedding` (1, C, s, s, s) on the engine's
+    device, the crop's first grid voxel `origin`, and `to_crop` mapping stored voxel indices to
+    the crop's continuous coordinates (tensor-axis order, what the decoder takes)."""
+
+    def __init__(self, origin, embedding: torch.Tensor, grid: ModelGrid, crop: int):
+        self.origin = tuple(int(x) for x in origin)
+        self.embedding = embedding
+        self.grid = grid
+        self.crop = int(crop)
+
+    def to_crop(self, points) -> np.ndarray:
+        """(N, 3) stored indices -> (N, 3) crop coordinates."""
+        return self.grid.stored_to_grid(np.asarray(points, dtype=np.float64)) - np.array(self.origin, dtype=np.float64)
