@@ -111,3 +111,16 @@ def test_lru_get_or_put_makes_once_and_returns_what_it_cannot_keep():
     assert cache.get_or_put("a", make(10)).size == 10 and cache.get_or_put("a", make(20)).size == 10
     assert made == [10]
     assert cache.get_or_put("big", make(5000)).size == 5000 and "big" not in cache
+
+
+def test_the_clicks_cells_keep_their_labels():
+    """As GeodesicPrior's: an include click's cell is inside even where the region covers little of it (a
+    click near the structure's edge), an exclude click's outside."""
+    img, ball = _faint_ball(radius=7.0)
+    click, ex = [64, 62, 59], [10, 10, 10]  # 3^3 around the click inside the ball; its cell 41 % covered
+    out = FineRegion()(img, [click, ex], [1, 0], torch.zeros(1, 1, 32, 32, 32))
+    cell = lambda p: tuple(int(v) // 4 for v in p)  # noqa: E731
+    assert ball[64:68, 60:64, 56:60].mean() < 0.5  # without the rule this cell would be outside
+    assert out[(0, 0) + cell(click)] == 6.0 and (_mask(out) & ball).sum() > 0.8 * ball.sum()
+    out = FineRegion()(img, [click, [64, 66, 64]], [1, 0], torch.zeros(1, 1, 32, 32, 32))  # exclude inside
+    assert out[(0, 0) + cell([64, 66, 64])] == -6.0 and out[(0, 0) + cell(click)] == 6.0

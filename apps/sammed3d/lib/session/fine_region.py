@@ -63,8 +63,12 @@ class FineRegion:
         mask = np.zeros(image.shape, np.float32)
         mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = region > 0
         cells = logits.shape[-1]
-        cover = F.adaptive_avg_pool3d(torch.from_numpy(mask)[None, None], cells)
-        return ((2.0 * cover - 1.0) * self.clip).to(dtype=logits.dtype, device=logits.device)
+        out = (2.0 * F.adaptive_avg_pool3d(torch.from_numpy(mask)[None, None], cells) - 1.0) * self.clip
+        step = size / cells
+        for p, lab in ((p, lab) for p, lab in zip(pts, labs) if lab in (0, 1)):  # a click keeps its own label
+            c = np.clip((np.clip(p, 0, size - 1) // step).astype(np.int64), 0, cells - 1)
+            out[0, 0, c[0], c[1], c[2]] = self.clip if lab == 1 else -self.clip
+        return out.to(dtype=logits.dtype, device=logits.device)
 
     def describe(self) -> str:
         return f"window {self.window} voxels, {self.flood.describe()}"
