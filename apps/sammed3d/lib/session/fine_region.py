@@ -34,8 +34,8 @@ class FineRegion:
     tolerance 2 spreads and a spread floor at the noise level (0.005 of the normalised intensity: the
     coarse flood's 0.1 floor would span a lesion's few-HU edge)."""
 
-    def __init__(self, window: int = DEFAULT_WINDOW, tolerance: float = 2.0, beta: float = 2.0, sigma_floor: float = 0.005,
-                 max_sigma: float = 0.25, slope: float = 1.0, clip: float = 6.0):
+    def __init__(self, window: int = DEFAULT_WINDOW, tolerance: float = 2.0, beta: float = 2.0,
+                 sigma_floor: float = 0.005, max_sigma: float = 0.25, slope: float = 1.0, clip: float = 6.0):
         self.window, self.clip = int(window), float(clip)
         self.flood = FloodRegion(beta, tolerance, slope=slope, max_sigma=max_sigma, exclude_mode="level",
                                  sigma_floor=sigma_floor, enclosed=True)
@@ -64,10 +64,10 @@ class FineRegion:
         mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = region > 0
         cells = logits.shape[-1]
         out = (2.0 * F.adaptive_avg_pool3d(torch.from_numpy(mask)[None, None], cells) - 1.0) * self.clip
-        step = size / cells
-        for p, lab in ((p, lab) for p, lab in zip(pts, labs) if lab in (0, 1)):  # a click keeps its own label
-            c = np.clip((np.clip(p, 0, size - 1) // step).astype(np.int64), 0, cells - 1)
-            out[0, 0, c[0], c[1], c[2]] = self.clip if lab == 1 else -self.clip
+        for p, lab in zip(pts[inside], labs[inside]):  # a click keeps its own label, as in GeodesicPrior
+            if lab in (0, 1):
+                cell = np.minimum(p * cells // size, cells - 1)
+                out[(0, 0) + tuple(int(c) for c in cell)] = self.clip if lab == 1 else -self.clip
         return out.to(dtype=logits.dtype, device=logits.device)
 
     def describe(self) -> str:
