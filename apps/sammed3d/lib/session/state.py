@@ -1,4 +1,5 @@
-"""Per-label interactive state: applied clicks, the crops in use and their logits.
+"""Per-label interactive state: applied clicks, the crops in use and their logits; and CropEmbedding, one
+encoded crop as the engine hands it to active-learning scoring.
 
 A label (segment) of an image owns one or more 128^3 crops on the model grid. Crops sit on a
 lattice anchored at the first crop with a step of half a crop (50 % overlap, as the SAM-Med3D
