@@ -309,11 +309,13 @@ class SegmentationEngine:
             self._decode(req, state, origin, newest=(point, lab))
         self._grow(req, state, hit)
 
-    def _prompts(self, req: _Request, state: LabelState, cs: CropState, newest: Optional[Click]):
-        """Points (crop coords) and labels for a decode of crop `cs`, per click mode."""
-        pts = list(cs.seeds) if (self.click_mode == "all" or not cs.decoded) else []
+    def _prompts(self, req: _Request, state: LabelState, cs: CropState,
+                 newest: Optional[Click]) -> Tuple[List, List]:
+        """(growth seeds, the user's clicks) as (point in crop coords, label) for a decode of crop `cs`, per
+        click mode."""
+        seeds = list(cs.seeds) if (self.click_mode == "all" or not cs.decoded) else []
         clicks = state.applied if self.click_mode == "all" else ([newest] if newest is not None else [])
-        return pts + self._in_crop(req, cs, clicks)
+        return seeds, self._in_crop(req, cs, clicks)
 
     def _in_crop(self, req: _Request, cs: CropState, clicks) -> List:
         """The clicks (stored indices, label) inside crop `cs`, in its coordinates."""
@@ -326,14 +328,15 @@ class SegmentationEngine:
     def _decode(self, req: _Request, state: LabelState, origin, newest: Optional[Click]) -> None:
         cs = state.crops[origin]
         emb = self._embedding(req, origin)
-        pts = self._prompts(req, state, cs, newest)
+        seeds, clicks = self._prompts(req, state, cs, newest)
+        pts = seeds + clicks
         if not pts:
             return
         t = time.perf_counter()
         logits = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
-        if self.fine is not None:  # a click in a small walled structure: its 1.5 mm region decides
-            logits = self.fine(self._full_res_image(req, origin), [p for p, _ in pts], [lab for _, lab in pts],
-                               logits)
+        if self.fine is not None and clicks:  # the user's click in a small walled structure: its 1.5 mm region
+            logits = self.fine(self._full_res_image(req, origin), [p for p, _ in clicks],
+                               [lab for _, lab in clicks], logits)
         self.runner.sync()
         req.timings["decode"] += time.perf_counter() - t
         state.crops[origin] = CropState(origin, logits, cs.seeds, True)
