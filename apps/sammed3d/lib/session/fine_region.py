@@ -32,12 +32,13 @@ DEFAULT_WINDOW = 24  # 36 mm each side of the click (chosen on the development c
 class FineRegion:
     """Parameters chosen on the development cases (docs/default_model.md, "Eighth run"): the flood's
     tolerance 2 spreads and a spread floor at the noise level (0.005 of the normalised intensity: the
-    coarse flood's 0.1 floor would span a lesion's few-HU edge)."""
+    coarse flood's 0.1 floor would span a lesion's few-HU edge); exclude clicks "compete" (an exclude
+    on a lesion's leaked edge then takes only its side, where "level" also cut the lesion's far parts)."""
 
     def __init__(self, window: int = DEFAULT_WINDOW, tolerance: float = 2.0, beta: float = 2.0,
                  sigma_floor: float = 0.005, max_sigma: float = 0.25, slope: float = 1.0, clip: float = 6.0):
         self.window, self.clip = int(window), float(clip)
-        self.flood = FloodRegion(beta, tolerance, slope=slope, max_sigma=max_sigma, exclude_mode="level",
+        self.flood = FloodRegion(beta, tolerance, slope=slope, max_sigma=max_sigma, exclude_mode="compete",
                                  sigma_floor=sigma_floor, enclosed=True)
 
     def __call__(self, image: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int],
