@@ -20,6 +20,8 @@
   prior_flood auto|on|off  one click fills a large walled tissue (lungs, liver; default auto: the model's, off)
   prior_flood_labels "a,b" segment names that get prior_flood on per click (e.g. organ,lung,liver); a request's
                            own prior_flood (Slicer's task options) wins
+  prior_fine auto|on|off   a click in a small walled structure (a lesion) takes its 1.5 mm region (default
+                           auto: the model's; default-v6 on)
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
                            default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint

@@ -8,8 +8,8 @@
 allow_random_weights, model_version, versions_dir (lib.weights / lib.versions choose the file),
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
-large structures), prior_fine (auto | on | off: a small walled structure's 1.5 mm region), prior_flood_labels (segment names that get it per request), max_crops, modality, al_* and
-scoring_threads (active learning).
+large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
+a small walled structure's 1.5 mm region), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).

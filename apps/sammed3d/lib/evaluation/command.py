@@ -103,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--prior-flood", choices=("auto", "on", "off"), default="auto",
                    help="sammed3d with a geodesic prior (the embedded default): the walled region of the clicked "
                         "intensity (lib.model.flood_region), as the server's --conf prior_flood: auto (default) = "
-                        "what the model's config asks for (default-v5: off), on, off")
+                        "what the model's config asks for (default-v6: off), on, off")
     p.add_argument("--prior-fine", choices=("auto", "on", "off"), default="auto",
                    help="sammed3d: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region), "
                         "as the server's --conf prior_fine: auto (default) = what the model's config asks for")

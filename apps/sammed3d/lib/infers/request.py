@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from lib.model.flood_region import FLOOD_SWITCH
 from lib.util import parse_bool
 from lib.session import SessionError, parse_roi
 
@@ -69,7 +70,7 @@ def parse_request(request: dict) -> InferOptions:
     if modality is not None and not isinstance(modality, str):
         raise SessionError(f"modality must be a string such as 'CT' or 'MR', got {modality!r:.40}")
     flood = request.get("prior_flood")
-    if flood is not None and (not isinstance(flood, str) or flood.strip().lower() not in ("", "auto", "on", "off")):
+    if flood is not None and (not isinstance(flood, str) or flood.strip().lower() not in ("",) + FLOOD_SWITCH):
         raise SessionError(f"prior_flood must be auto, on or off, got {flood!r:.40}")
     return InferOptions(
         image_path=image_path,
