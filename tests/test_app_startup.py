@@ -231,3 +231,30 @@ def test_prior_fine_follows_the_models_config_unless_conf_says(tmp_path, studies
     assert info("d", {"checkpoint": fine, "prior_fine": "off"}) == "none"
     with pytest.raises(RuntimeError, match="cannot start.*prior_fine"):
         make_app(tmp_path / "e", studies, {"checkpoint": plain, "prior_fine": "maybe"})
+
+
+def test_air_flood_and_local_update_follow_the_models_config_unless_conf_says(tmp_path, studies):
+    """The model config's prior_flood_air_hu shows in /info's prior_flood while --conf prior_flood is auto (on /
+    off decide every click); its local_update is /info's local_update unless --conf local_update says."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 7}
+    plain, both = str(tmp_path / "p.pt"), str(tmp_path / "b.pt")
+    save_checkpoint(build_model(small), plain, version="p")
+    save_checkpoint(build_model({**small, "prior_flood_air_hu": -500, "local_update": "piece"}), both, version="b")
+    info = lambda sub, conf: make_app(tmp_path / sub, studies, conf).info()["weights"]  # noqa: E731
+    w = info("a", {"checkpoint": both})
+    assert w["prior_flood"] == "CT clicks below -500 HU: flood beta 2 tolerance 1 max sigma 0.25 exclude level"
+    assert w["local_update"].startswith("piece")
+    assert info("b", {"checkpoint": both, "prior_flood": "off"})["prior_flood"] == "none"
+    assert info("c", {"checkpoint": both, "prior_flood": "on"})["prior_flood"].startswith("flood beta 2")
+    assert info("d", {"checkpoint": both, "local_update": "off"})["local_update"] == "none"
+    w = info("e", {"checkpoint": plain})
+    assert w["prior_flood"] == "none" and w["local_update"] == "none"
+    assert info("f", {"checkpoint": plain, "local_update": "monotone"})["local_update"].startswith("monotone")
+    with pytest.raises(RuntimeError, match="cannot start.*local_update"):
+        make_app(tmp_path / "g", studies, {"checkpoint": plain, "local_update": "maybe"})
+    with pytest.raises(ValueError, match="prior_flood_air_hu"):
+        build_model({**small, "prior_flood_air_hu": "lungs"})

@@ -194,3 +194,55 @@ def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, mo
     for prepare in (lambda m: switch_flood(m, "on"), None):
         SAMMed3DTrainTask(store, lambda: (served, served), prepare=prepare)({}, Store())
     assert isinstance(seen[0], FloodRegion) and seen[1] is None
+
+
+def test_a_ct_click_in_air_density_tissue_gets_the_flood_and_soft_tissue_does_not(tmp_path):
+    """The model config's prior_flood_air_hu (lib.model.flood_region.flood_mode_for_tissue): in a CT, a click
+    whose surroundings are below the threshold (a lung) is served with the flood; a click in soft tissue, an
+    MR with the same values, a request's own "off" and a server's --conf prior_flood other than auto are not."""
+    from lib.model.flood_region import air_flood_threshold, flood_mode_for_tissue
+    from lib.session import SegmentationEngine
+    from test_session_fakes import ras_affine, write_nifti
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    img = (40.0 + rng.normal(0, 15.0, (96, 96, 96))).astype(np.float32)  # soft tissue
+    img[20:76, 16:80, 24:60] = -850.0 + rng.normal(0, 30.0, (56, 64, 36))  # a walled 'lung'
+    img[:, :, 84:] = -1000.0  # air outside the body: the file reads as a CT
+    path = write_nifti(tmp_path / "chest.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+    lung = img < -500
+    lung[:, :, 84:] = False
+    model = _prior_only_model(margin=3)
+    model.config["prior_flood_air_hu"] = -500.0
+    hu = air_flood_threshold("auto", model.config)
+    eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1, air_flood_hu=hu)
+    plain = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
+    click = [[48, 48, 42]]
+    dice = lambda m: 2 * (m & lung).sum() / (m.sum() + lung.sum())  # noqa: E731
+    gated = eng.segment("c", path, "lung", click, []).mask.astype(bool)
+    box = plain.segment("c", path, "lung", click, []).mask.astype(bool)
+    assert dice(gated) > 0.9 > 0.5 > dice(box)
+    assert np.array_equal(eng.segment("c", path, "off", click, [], prior_flood="off").mask, box.astype(np.uint8))
+    assert np.array_equal(eng.segment("c", path, "mr", click, [], modality="MR").mask,
+                          plain.segment("c", path, "mr", click, [], modality="MR").mask)
+    soft = [[48, 48, 70]]
+    assert np.array_equal(eng.segment("c", path, "soft", soft, []).mask, plain.segment("c", path, "soft", soft, []).mask)
+    assert model.prior.flood is None
+    # the switch: only while the server's prior_flood is auto, and only for a config that sets a threshold
+    assert air_flood_threshold("on", model.config) is None and air_flood_threshold("auto", {}) is None
+    assert flood_mode_for_tissue("off", True, lambda: -900.0, -500.0) == "off"
+    assert flood_mode_for_tissue(None, True, lambda: -400.0, -500.0) is None
+    assert flood_mode_for_tissue(None, False, lambda: 1 / 0, -500.0) is None  # not read when it cannot matter
+
+
+def test_median_around_reads_stored_index_order(tmp_path):
+    """LoadedVolume.median_around takes a stored (i, j, k) index, as clicks are, on a non-cubic volume."""
+    from lib.session.volume import load_volume
+    from test_session_fakes import ras_affine, write_nifti
+
+    i, j, k = np.meshgrid(np.arange(7), np.arange(9), np.arange(11), indexing="ij")
+    path = write_nifti(tmp_path / "v.nii.gz", (100 * i + 10 * j + k).astype(np.float32), ras_affine((1.0, 1.0, 1.0)))
+    vol = load_volume(str(path))
+    assert vol.shape == (7, 9, 11)
+    assert vol.median_around((2, 3, 4), radius=0) == 234.0
+    assert vol.median_around((6, 8, 10), radius=1) == 100 * 5.5 + 10 * 7.5 + 9.5  # clipped at the far corner

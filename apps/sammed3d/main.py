@@ -22,6 +22,9 @@
                            own prior_flood (Slicer's task options) wins
   prior_fine auto|on|off   a click in a small walled structure (a lesion) takes its 1.5 mm region (default
                            auto: the model's; default-v6 on)
+  local_update auto|off|monotone|piece  how a later click changes the mask: monotone = an include click only
+                           adds, an exclude only removes; piece = only the connected piece it lies in (default
+                           auto: the model's config)
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
                            default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint

@@ -96,6 +96,7 @@ class SAMMed3DWeights(ServedWeights):
     refine: str = "none"  # the mask post-processing (lib.session.refine), in words
     prior_flood: str = "none"  # the prior's flood for large structures (lib.model.flood_region), in words
     prior_fine: str = "none"  # a small walled structure's 1.5 mm region (lib.session.fine_region), in words
+    local_update: str = "none"  # a later click changes only its piece of the mask (lib.session.local_update)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ allow_random_weights, model_version, versions_dir (lib.weights / lib.versions ch
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
 large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
-a small walled structure's 1.5 mm region), max_crops, modality, al_* and scoring_threads (active learning).
+a small walled structure's 1.5 mm region), local_update (auto | on | off: a later click changes only the
+piece of the mask it lies in), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -24,8 +25,9 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
-from lib.model.flood_region import switch_flood
+from lib.model.flood_region import air_flood_threshold, describe_flood, switch_flood
 from lib.session.fine_region import resolve_fine
+from lib.session.local_update import resolve_local
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -105,8 +107,12 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
         # the walled region of the clicked intensity (large structures): the model's unless --conf prior_flood says
         flood = switch_flood(model, conf.get("prior_flood", "auto"))
+        # ... and for a CT click in air-density tissue (a lung) when the model's config says so and prior_flood is auto
+        air_hu = air_flood_threshold(conf.get("prior_flood", "auto"), getattr(model, "config", None))
         # a click in a small walled structure (a lesion): its 1.5 mm region, unless --conf prior_fine says
         fine = resolve_fine(conf.get("prior_fine", "auto"), getattr(model, "config", None))
+        # a later click changes only the piece of the mask it lies in, unless --conf local_update says
+        local = resolve_local(conf.get("local_update", "auto"), getattr(model, "config", None))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(
@@ -123,6 +129,8 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             # image-aware post-processing: what the model's config asks for unless --conf refine says
             refine=refine(conf, model_refine(model)),
             fine=fine,
+            local=local,
+            air_flood_hu=air_hu,
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
@@ -135,8 +143,9 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         precision=precision,
         click_mode=engine.click_mode,
         refine="none" if engine.refine is None else engine.refine.describe(),
-        prior_flood="none" if flood is None else flood.describe(),
+        prior_flood=describe_flood(model, flood, air_hu),
         prior_fine="none" if fine is None else fine.describe(),
+        local_update="none" if local is None else local.describe(),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

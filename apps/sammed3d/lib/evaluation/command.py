@@ -61,13 +61,15 @@ def build_engine(args):
     else:
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
     from lib.model import model_refine
-    from lib.model.flood_region import switch_flood
+    from lib.model.flood_region import air_flood_threshold, switch_flood
     from lib.session.fine_region import resolve_fine
+    from lib.session.local_update import resolve_local
     from lib.session.refine import resolve_refine
 
     try:  # the server's rules (--conf refine, --conf prior_flood): auto = what the model's config asks for
         switch_flood(model, args.prior_flood)
         fine = resolve_fine(args.prior_fine, getattr(model, "config", None))
+        local = resolve_local(args.local_update, getattr(model, "config", None))
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
                                 factor=args.refine_factor, fine_band=args.refine_fine_band,
                                 full_res_max_voxels=args.refine_full_res_max_voxels)
@@ -76,7 +78,7 @@ def build_engine(args):
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
-        fine=fine,
+        fine=fine, local=local, air_flood_hu=air_flood_threshold(args.prior_flood, getattr(model, "config", None)),
     )
 
 
@@ -107,6 +109,11 @@ def parse_args(argv=None):
     p.add_argument("--prior-fine", choices=("auto", "on", "off"), default="auto",
                    help="sammed3d: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region), "
                         "as the server's --conf prior_fine: auto (default) = what the model's config asks for")
+    p.add_argument("--local-update", choices=("auto", "off", "monotone", "piece"), default="auto",
+                   help="a later click's change to the mask (lib.session.local_update), as the server's --conf "
+                        "local_update: auto (default) = what the model's config asks for, off = the model's "
+                        "proposal, monotone = an include only adds and an exclude only removes, piece = only the "
+                        "connected piece the click lies in")
     p.add_argument("--prior-flood-min-ml", type=float, default=None,
                    help="sammed3d: the simulated annotator turns prior_flood on (per click request, as Slicer's "
                         "task option) for targets of at least this many ml, e.g. 1000 for lungs and liver")

@@ -71,9 +71,15 @@ CLICK_UNET_CONFIG = {
     "prior_flood_tolerance": 1.0,
     "prior_flood_max_sigma": 0.25,
     "prior_flood_exclude": "level",
+    # a CT click in tissue below this HU gets the flood per request while --conf prior_flood is auto
+    # (lib.model.flood_region.flood_mode_for_tissue: a lung); None: only the switch above decides
+    "prior_flood_air_hu": None,
     # a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region.FineRegion):
     # the half width in voxels of the window around the first include click it must be walled within (0: off)
     "prior_fine_window": 0,
+    # how the server merges a later click's mask (lib.session.local_update; --conf local_update wins):
+    # None (the model's proposal as is), "monotone" or "piece"
+    "local_update": None,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -375,6 +381,11 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     for key in ("prior_margin_cells", "prior_fine_window"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ValueError(f"{key} must be an integer >= 0, got {cfg[key]!r}")
+    air = cfg["prior_flood_air_hu"]
+    if air is not None and (isinstance(air, bool) or not isinstance(air, (int, float)) or not -1024 < air < 3000):
+        raise ValueError(f"prior_flood_air_hu must be None or a number of HU in (-1024, 3000), got {air!r}")
+    if cfg["local_update"] not in (None, "monotone", "piece"):
+        raise ValueError(f"local_update must be None, 'monotone' or 'piece', got {cfg['local_update']!r}")
     margin = cfg["prior_margin_cells"]
     if margin and not cfg["geodesic_taus"]:
         raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")

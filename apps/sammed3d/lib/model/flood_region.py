@@ -169,6 +169,37 @@ def flood_for_request(model, mode: Optional[str]) -> Iterator[None]:
         prior.flood = saved
 
 
+def air_flood_threshold(mode: Optional[str], config: Optional[dict]) -> Optional[float]:
+    """The Hounsfield value below which a CT click's tissue gets the flood per request (the model config's
+    prior_flood_air_hu, absent or None: never), while --conf prior_flood is "auto" (on / off say it for
+    every click)."""
+    hu = (config or {}).get("prior_flood_air_hu")
+    if str(mode or "auto").strip().lower() != "auto" or hu is None:
+        return None
+    return float(hu)
+
+
+def flood_mode_for_tissue(requested: Optional[str], ct: bool, tissue_hu, threshold: Optional[float]) -> Optional[str]:
+    """The request's own prior_flood, else "on" for a CT click in air-density tissue (median HU around the
+    first include click below `threshold`), else None. Why: a lung's parenchyma (-700 to -900 HU) is walled
+    by soft tissue 800 HU denser, so "this tissue, as far as it goes" is what a click there means (the
+    flood: lungs 0.04 -> 0.91 after one click); what the flood wrongly fills, a small structure in a tissue
+    of its own intensity (a nucleus, a tumour), is not air. `tissue_hu` is called only when it can matter."""
+    if requested not in (None, "", "auto") or threshold is None or not ct:
+        return requested
+    return "on" if tissue_hu() < threshold else requested
+
+
+def describe_flood(model, flood: Optional[FloodRegion], air_hu: Optional[float]) -> str:
+    """/info's prior_flood: the flood every click gets, else the one air-density CT clicks get, else none."""
+    if flood is not None:
+        return flood.describe()
+    if air_hu is None:
+        return "none"
+    served = FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
+    return f"CT clicks below {air_hu:g} HU: {served.describe()}"
+
+
 def flood_mode_for_label(label: str, requested: Optional[str], flood_labels: Sequence[str]) -> Optional[str]:
     """The request's own prior_flood, else "on" for a segment whose name is one of `flood_labels` (--conf
     prior_flood_labels, e.g. "organ,lung,liver": OHIF sends no options, only the segment name), else None."""

@@ -16,10 +16,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..model.flood_region import flood_for_request
-from .cache import LRUCache
+from ..model.flood_region import flood_for_request, flood_mode_for_tissue
+from .cache import LRUCache, Sized
 from .errors import SessionError
 from .fine_region import FineRegion
+from .local_update import LocalUpdate
 from .geometry import ModelGrid, model_grid
 from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shift_logits, touching_faces
 from .pasteback import paste_logits
@@ -66,11 +67,15 @@ class SegmentationEngine:
         volumes: Optional[VolumeCache] = None,
         refine: Optional[GeodesicRefine] = None,
         fine: Optional[FineRegion] = None,
+        local: Optional[LocalUpdate] = None,
+        air_flood_hu: Optional[float] = None,
     ):
         """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
-        fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region)."""
+        fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
+        local: a later click changes only the piece of the mask it lies in (lib.session.local_update).
+        air_flood_hu: a CT click in tissue below this HU gets the model's flood (flood_mode_for_tissue)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -82,7 +87,7 @@ class SegmentationEngine:
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
         self.refine = refine
-        self.fine = fine
+        self.fine, self.local, self.air_flood_hu = fine, local, air_flood_hu
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -128,13 +133,15 @@ class SegmentationEngine:
             req = self._request(image_id, image_path, modality, timings)
             roi = clamp_roi(roi, req.volume.shape) if roi is not None else None
             validate_request(fg, bg, req.volume.shape)
+            prior_flood = flood_mode_for_tissue(prior_flood, req.ct and getattr(self.runner.model, "prior", None)
+                                                is not None, lambda: req.volume.median_around(fg[0]), self.air_flood_hu)
             key = (str(image_id), str(label))
             prev = self._states.get(key)
             saved = prev.checkpoint() if prev is not None else None
             try:
                 with flood_for_request(self.runner.model, prior_flood):
-                    state = self._update(req, key, prev, fg, bg, reset, image_path)
-                    return self._result(req, key, state, t0, roi)
+                    state, new = self._update(req, key, prev, fg, bg, reset, image_path)
+                    return self._result(req, key, state, t0, roi, new)
             except BaseException:
                 # A failed request (model error, interrupt) leaves the label as it was.
                 if prev is None:
@@ -144,18 +151,20 @@ class SegmentationEngine:
                     self._states[key] = prev
                 raise
 
-    def _update(self, req: _Request, key, state: Optional[LabelState], fg, bg, reset, image_path) -> LabelState:
-        """Apply what is new in (fg, bg) to the label, restarting it when it cannot be diffed."""
+    def _update(self, req: _Request, key, state: Optional[LabelState], fg, bg, reset, image_path):
+        """Apply what is new in (fg, bg) to the label, restarting it when it cannot be diffed.
+        -> (the label's state, the clicks applied or None when it restarted)"""
         new: Optional[List[Click]] = None
         if state is not None and not reset and state.volume_key == req.volume.file_key and state.model_version == self.model_version:
             new = diff_clicks(state.fg, state.bg, fg, bg)
-        if new is None:  # first request, reset, changed file/model, or clicks removed/edited
+        restarted = new is None  # first request, reset, changed file/model, or clicks removed/edited
+        if restarted:
             state = LabelState(volume_key=req.volume.file_key, model_version=self.model_version, image_path=image_path)
             self._states[key] = state
             new = ordered_clicks(fg, bg)
         for click in new:
             self._apply_click(req, state, click)
-        return state
+        return state, (None if restarted else new)
 
     def reset(self, image_id: str, label: Optional[str] = None) -> None:
         """Forget one label's state, or every label of the image (cached embeddings stay)."""
@@ -217,7 +226,7 @@ class SegmentationEngine:
         if not isinstance(image_path, str) or not image_path:
             raise SessionError(f"image path must be a non-empty string, got {image_path!r}")
         volume = self.volumes.get(image_path)
-        grid = self.cache.get_or_put(("grid",) + volume.file_key, lambda: _Sized(model_grid(volume.image)))
+        grid = self.cache.get_or_put(("grid",) + volume.file_key, lambda: Sized(model_grid(volume.image)))
         timings["load"] += time.perf_counter() - t
         ct = is_ct(volume, modality or self.modality)
         return _Request(str(image_id), volume, grid.value, ct, timings)
@@ -293,7 +302,7 @@ class SegmentationEngine:
                 raise SessionError("the first click of a label must be an include (foreground) point")
             origin = crop_origin_for(u, crop)
             state.anchor = origin
-            state.crops[origin] = _fresh_crop(origin, self._zeros())
+            state.crops[origin] = CropState.fresh(origin, self._zeros())
         state.record(click)
         hit = [o for o in state.crops if inside_crop(u - np.array(o), crop)]
         if not hit:
@@ -367,16 +376,16 @@ class SegmentationEngine:
                 src = neighbour(origin, axis, -direction, self.runner.crop)
                 if src in state.crops:
                     return CropState(origin, shift_logits(state.crops[src].logits, axis, direction), (), False)
-        return _fresh_crop(origin, self._zeros())
+        return CropState.fresh(origin, self._zeros())
 
     def _zeros(self) -> torch.Tensor:
         n = self.runner.crop // 4
         return torch.zeros((1, 1, n, n, n), dtype=torch.float32, device=self.runner.device)
 
     # ------------------------------------------------------------------ output
-    def _result(self, req: _Request, key, state: LabelState, t0: float, roi=None) -> SegmentationResult:
+    def _result(self, req: _Request, key, state: LabelState, t0: float, roi=None, new=None) -> SegmentationResult:
         t = time.perf_counter()
-        mask = np.zeros(req.volume.shape, dtype=np.uint8)
+        mask, boxes = np.zeros(req.volume.shape, dtype=np.uint8), []
         for cs in state.crops.values():
             piece = self._crop_mask(req, key, state, cs) if cs.decoded else None
             if piece is None:
@@ -384,7 +393,8 @@ class SegmentationEngine:
             slices, box = piece
             region = mask[slices]
             np.maximum(region, box, out=region)
-        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
+            boxes.append(slices)
+        mask = apply_roi(state.show(mask, boxes, self.local, new), roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(
@@ -397,17 +407,4 @@ class SegmentationEngine:
             encoded=req.encoded,
             num_crops=sum(1 for cs in state.crops.values() if cs.decoded),
         )
-
-
-class _Sized:
-    """Wraps a small value (the model grid) so the byte-bounded cache can hold it."""
-
-    nbytes = 1024
-
-    def __init__(self, value):
-        self.value = value
-
-
-def _fresh_crop(origin, zeros: torch.Tensor) -> CropState:
-    return CropState(tuple(int(x) for x in origin), zeros, (), False)
 

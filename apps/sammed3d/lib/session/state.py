@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from .local_update import ShownMask, union_box
 from .points import Click, Point
 
 if TYPE_CHECKING:  # geometry reads SimpleITK; the state needs only the name
     from .geometry import ModelGrid
+    from .local_update import LocalUpdate
 
 Origin = Tuple[int, int, int]
 
@@ -31,6 +33,11 @@ class CropState:
     logits: torch.Tensor  # (1, 1, 32, 32, 32) float32, last decoder output (zeros before any)
     seeds: Tuple[Tuple[Point, int], ...] = ()  # prompts in crop coords added when the crop grew
     decoded: bool = False
+
+    @classmethod
+    def fresh(cls, origin, zeros: torch.Tensor) -> "CropState":
+        """A crop not decoded yet, from `zeros` logits."""
+        return cls(tuple(int(x) for x in origin), zeros, (), False)
 
 
 class CropMask:
@@ -56,13 +63,27 @@ class LabelState:
     applied: List[Click] = field(default_factory=list)  # in the order they were applied
     crops: Dict[Origin, CropState] = field(default_factory=dict)
     anchor: Optional[Origin] = None  # origin of the first crop: the lattice's anchor
+    shown: Optional["ShownMask"] = None  # the mask last returned, when the engine updates locally
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
-        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor)
+        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor, self.shown)
 
     def restore(self, saved: tuple) -> None:
-        self.fg, self.bg, self.applied, self.crops, self.anchor = saved
+        self.fg, self.bg, self.applied, self.crops, self.anchor, self.shown = saved
+
+    def show(self, proposed: np.ndarray, boxes, local: Optional["LocalUpdate"], new: Optional[List[Click]]) -> np.ndarray:
+        """The mask to return for `proposed` (uint8, the union of the crops pasted at `boxes`) after the
+        clicks `new` (None: the label restarted): with `local`, only what changed where those clicks lie
+        (lib.session.local_update), changed in place."""
+        if local is None:
+            return proposed
+        if new is not None and self.shown is not None:
+            proposed, self.shown = local.update(self.shown, proposed, boxes, new)
+        else:
+            region = union_box(boxes)
+            self.shown = ShownMask(proposed[region], region, proposed.shape) if region else ShownMask(proposed)
+        return proposed
 
     def record(self, click: Click) -> None:
         point, lab = click

@@ -47,6 +47,14 @@ class LoadedVolume:
         """The stored grid (size, origin, spacing, direction): what a mask is written on."""
         return StoredGrid.of(self.image)
 
+    def median_around(self, point, radius: int = 2) -> float:
+        """Median intensity of the (2 radius + 1)^3 voxels around stored index `point` (clipped to the
+        volume): what tissue a click lies in, robust to a vessel or noise at its own voxel."""
+        view = sitk.GetArrayViewFromImage(self.image)  # (nk, nj, ni), no copy
+        c = [int(np.floor(float(x) + 0.5)) for x in point]
+        lo = [max(x - radius, 0) for x in c]
+        return float(np.median(view[lo[2]:c[2] + radius + 1, lo[1]:c[1] + radius + 1, lo[0]:c[0] + radius + 1]))
+
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.image.GetSizeOfPixelComponent()

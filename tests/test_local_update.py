@@ -1,0 +1,125 @@
+"""LocalUpdate (lib/session/local_update.py): a later click takes only the change its sign asks for
+("monotone"), or only the piece of it the click lies in ("piece"); the rest of the mask stays as shown."""
+import numpy as np
+import pytest
+
+from lib.session.local_update import LocalUpdate, ShownMask, resolve_local
+
+
+def _box(shape, lo, hi):
+    m = np.zeros(shape, dtype=bool)
+    m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    return m
+
+
+SHAPE = (40, 40, 40)
+
+
+def test_an_include_click_only_adds_and_in_piece_mode_only_its_piece():
+    shown = _box(SHAPE, (5, 5, 5), (15, 15, 15))
+    near = _box(SHAPE, (15, 5, 5), (20, 15, 15))   # the model's growth where the click is
+    far = _box(SHAPE, (30, 30, 30), (35, 35, 35))  # and a blob far away
+    lost = _box(SHAPE, (5, 5, 5), (8, 15, 15))     # and it dropped part of the accepted mask
+    proposed = (shown | near | far) & ~lost
+    click = [((17, 10, 10), 1)]
+    np.testing.assert_array_equal(LocalUpdate("monotone")(shown, proposed, click), shown | near | far)
+    np.testing.assert_array_equal(LocalUpdate("piece")(shown, proposed, click), shown | near)
+
+
+def test_an_exclude_click_only_removes_and_in_piece_mode_only_its_piece():
+    second = _box(SHAPE, (25, 25, 25), (30, 30, 30))
+    shown = _box(SHAPE, (5, 5, 5), (15, 15, 15)) | second
+    cut = _box(SHAPE, (5, 5, 5), (8, 15, 15))
+    proposed = shown & ~cut & ~second                      # it also dropped the second object
+    proposed |= _box(SHAPE, (0, 30, 0), (3, 35, 5))        # and grew a blob elsewhere
+    click = [((6, 10, 10), 0)]
+    np.testing.assert_array_equal(LocalUpdate("monotone")(shown, proposed, click), shown & ~cut & ~second)
+    np.testing.assert_array_equal(LocalUpdate("piece")(shown, proposed, click), shown & ~cut)
+
+
+@pytest.mark.parametrize("mode", ["monotone", "piece"])
+def test_a_click_the_model_did_not_follow_takes_the_proposal_whole(mode):
+    """Otherwise nothing would change and the user would click the same voxel for ever."""
+    shown = _box(SHAPE, (5, 5, 5), (15, 15, 15))
+    proposed = _box(SHAPE, (5, 5, 5), (12, 15, 15))  # an exclude at (14, 10, 10) is still foreground
+    proposed[14, 10, 10] = True
+    np.testing.assert_array_equal(LocalUpdate(mode)(shown, proposed, [((14, 10, 10), 0)]), proposed)
+    np.testing.assert_array_equal(LocalUpdate(mode)(shown, proposed, [((45, 10, 10), 1)]), proposed)  # outside
+
+
+def test_diagonal_voxels_are_one_piece_and_clicks_round_to_their_voxel():
+    shown = np.zeros(SHAPE, dtype=bool)
+    proposed = shown.copy()
+    proposed[10, 10, 10] = proposed[11, 11, 11] = proposed[20, 20, 20] = True
+    out = LocalUpdate("piece")(shown, proposed, [((9.6, 10.4, 10.2), 1)])
+    assert out.sum() == 2 and out[11, 11, 11] and not out[20, 20, 20]
+
+
+def test_the_volume_update_works_inside_the_masks_box_and_keeps_the_shown_mask_there():
+    shape = (60, 50, 40)
+    shown = ShownMask(_box(shape, (10, 10, 10), (20, 20, 20)).astype(np.uint8))
+    proposed = np.zeros(shape, dtype=np.uint8)
+    proposed[18:30, 10:20, 10:20] = 1  # pasted crop box (15:35, 5:25, 5:25): grew at one end, lost the other
+    out, kept = LocalUpdate("monotone").update(shown, proposed, [(slice(15, 35), slice(5, 25), slice(5, 25))],
+                                               [((25, 15, 15), 1)])
+    expect = _box(shape, (10, 10, 10), (30, 20, 20))
+    np.testing.assert_array_equal(out.astype(bool), expect)
+    assert kept.box == (slice(10, 30), slice(10, 20), slice(10, 20))
+    np.testing.assert_array_equal(kept.full(), expect)
+    np.testing.assert_array_equal(kept.full((slice(25, 35), slice(0, 50), slice(0, 40))), expect[25:35])
+
+
+def test_shown_mask_keeps_its_bounding_box_only():
+    m = _box(SHAPE, (3, 4, 5), (6, 9, 12))
+    kept = ShownMask(m)
+    assert kept.piece.shape == (3, 5, 7) and kept.nbytes == 105
+    np.testing.assert_array_equal(kept.full(), m)
+    empty = ShownMask(np.zeros(SHAPE, dtype=np.uint8))
+    assert empty.box is None and not empty.full().any()
+
+
+def test_resolve_local_follows_the_config_unless_told():
+    assert resolve_local("auto", {"local_update": "piece"}).mode == "piece"
+    assert resolve_local(None, {}) is None and resolve_local("auto", None) is None
+    assert resolve_local("auto", {"local_update": None}) is None
+    assert resolve_local("monotone", None).mode == "monotone"
+    assert resolve_local("off", {"local_update": "monotone"}) is None
+    with pytest.raises(ValueError, match="local_update must be one of"):
+        resolve_local("sometimes", None)
+    with pytest.raises(ValueError, match="local_update must be one of"):
+        LocalUpdate("on")
+
+
+def test_the_engine_keeps_an_accepted_object_when_a_click_moves_the_models_answer(tmp_path):
+    """BallModel answers a ball around the LAST include click only: a second include click elsewhere moves its
+    answer. With the local update the first ball stays (the user accepted it); an exclude click then cuts only
+    where it lies; removing a click restarts the label from the model's answer."""
+    from lib.session import SegmentationEngine
+    from test_session_fakes import BallModel, ras_affine, smooth_volume, write_nifti
+
+    path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((64, 64, 64)), ras_affine((1.5, 1.5, 1.5)))
+    plain = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1)
+    local = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1, local=LocalUpdate("piece"))
+    first, second = [20, 32, 32], [44, 32, 32]
+    masks = {}
+    for name, eng in (("plain", plain), ("local", local)):
+        a = eng.segment("i", path, "l", [first], []).mask.astype(bool)
+        b = eng.segment("i", path, "l", [first, second], []).mask.astype(bool)
+        c = eng.segment("i", path, "l", [first, second], [[44, 32, 36]]).mask.astype(bool)
+        d = eng.segment("i", path, "l", [second], [[44, 32, 36]]).mask.astype(bool)  # a click removed
+        masks[name] = (a, b, c, d)
+    a, b, c, d = masks["local"]
+    np.testing.assert_array_equal(a, masks["plain"][0])  # a first click: the model's answer
+    assert b[tuple(first)] and b[tuple(second)] and not masks["plain"][1][tuple(first)]
+    assert b.sum() > 1.8 * a.sum()
+    assert c[tuple(first)] and not c[44, 32, 36] and (b & ~c).sum() < 0.5 * a.sum()
+    np.testing.assert_array_equal(d, masks["plain"][3])  # restarted: the model's answer again
+
+
+def test_a_click_on_a_voxel_that_already_has_its_label_keeps_the_shown_mask_in_piece_mode():
+    """An include click inside the mask (a redundant click): "piece" takes nothing, "monotone" only additions."""
+    shown = _box(SHAPE, (5, 5, 5), (15, 15, 15))
+    grown = _box(SHAPE, (5, 5, 5), (18, 15, 15))
+    proposed = grown & ~_box(SHAPE, (5, 5, 5), (7, 15, 15))
+    np.testing.assert_array_equal(LocalUpdate("piece")(shown, proposed, [((10, 10, 10), 1)]), shown)
+    np.testing.assert_array_equal(LocalUpdate("monotone")(shown, proposed, [((10, 10, 10), 1)]), grown)
