@@ -45,6 +45,8 @@ def test_a_click_the_model_did_not_follow_takes_the_proposal_whole(mode):
     proposed[14, 10, 10] = True
     np.testing.assert_array_equal(LocalUpdate(mode)(shown, proposed, [((14, 10, 10), 0)]), proposed)
     np.testing.assert_array_equal(LocalUpdate(mode)(shown, proposed, [((45, 10, 10), 1)]), proposed)  # outside
+    # an exclude click beyond both masks asks for nothing: the shown mask stays
+    np.testing.assert_array_equal(LocalUpdate(mode)(shown, proposed, [((45, 10, 10), 0)]), shown)
 
 
 def test_diagonal_voxels_are_one_piece_and_clicks_round_to_their_voxel():
@@ -90,16 +92,18 @@ def test_resolve_local_follows_the_config_unless_told():
         LocalUpdate("on")
 
 
-def test_the_engine_keeps_an_accepted_object_when_a_click_moves_the_models_answer(tmp_path):
+@pytest.mark.parametrize("mode", ["monotone", "piece"])
+def test_the_engine_keeps_an_accepted_object_when_a_click_moves_the_models_answer(tmp_path, mode):
     """BallModel answers a ball around the LAST include click only: a second include click elsewhere moves its
-    answer. With the local update the first ball stays (the user accepted it); an exclude click then cuts only
-    where it lies; removing a click restarts the label from the model's answer."""
+    answer. With the update the first ball stays (an include click only adds); an exclude click then removes
+    what the model removed ("monotone": the first ball too, which the model no longer proposes) or only the
+    piece it lies in ("piece"); removing a click restarts the label from the model's answer."""
     from lib.session import SegmentationEngine
     from test_session_fakes import BallModel, ras_affine, smooth_volume, write_nifti
 
     path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((64, 64, 64)), ras_affine((1.5, 1.5, 1.5)))
     plain = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1)
-    local = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1, local=LocalUpdate("piece"))
+    local = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1, local=LocalUpdate(mode))
     first, second = [20, 32, 32], [44, 32, 32]
     masks = {}
     for name, eng in (("plain", plain), ("local", local)):
@@ -112,7 +116,11 @@ def test_the_engine_keeps_an_accepted_object_when_a_click_moves_the_models_answe
     np.testing.assert_array_equal(a, masks["plain"][0])  # a first click: the model's answer
     assert b[tuple(first)] and b[tuple(second)] and not masks["plain"][1][tuple(first)]
     assert b.sum() > 1.8 * a.sum()
-    assert c[tuple(first)] and not c[44, 32, 36] and (b & ~c).sum() < 0.5 * a.sum()
+    assert not c[44, 32, 36] and c[tuple(second)]
+    if mode == "piece":
+        assert c[tuple(first)] and (b & ~c).sum() < 0.5 * a.sum()
+    else:
+        np.testing.assert_array_equal(c, masks["plain"][2])  # everything the model removed
     np.testing.assert_array_equal(d, masks["plain"][3])  # restarted: the model's answer again
 
 

@@ -51,7 +51,11 @@ class LocalUpdate:
         for point, lab in clicks:
             idx = tuple(int(np.floor(float(c) + 0.5)) for c in point)
             want = lab == 1
-            if any(not 0 <= i < n for i, n in zip(idx, shown.shape)) or shown[idx] != want != proposed[idx]:
+            if any(not 0 <= i < n for i, n in zip(idx, shown.shape)):  # beyond both masks: empty in each
+                if want:
+                    return proposed.copy()  # an include click the model did not follow
+                continue
+            if shown[idx] != want != proposed[idx]:
                 return proposed.copy()  # the model did not follow the click at its voxel
             change = (proposed & ~shown) if want else (shown & ~proposed)
             if self.mode == "monotone":
