@@ -171,7 +171,7 @@ def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, mo
     fine-tuned version is trained and validated with the prior users get, not the checkpoint's own."""
     import lib.trainers.task as task_module
     from lib.model import save_checkpoint
-    from lib.model.flood_region import switch_flood
+    from lib.model.flood_region import air_flood_threshold, switch_flood
     from lib.trainers.task import SAMMed3DTrainTask
     from lib.versions import VersionStore
     from lib.weights import WeightsChoice
@@ -182,6 +182,8 @@ def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, mo
 
     def fake_fine_tune(model, samples, opts, callbacks=()):
         seen.append(model.prior.flood)
+        # the validation's air gate follows the server's switch too (lib.trainers.finetune)
+        air.append(air_flood_threshold(getattr(model, "flood_switch", "auto"), {"prior_flood_air_hu": -500}))
         return model, {"best_epoch": 0, "published": [], "train_stats": {}}
 
     monkeypatch.setattr(task_module, "fine_tune", fake_fine_tune)
@@ -191,9 +193,12 @@ def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, mo
             return [{"image": "a.nii.gz", "label": "a_label.nii.gz"}]
 
     store = VersionStore(str(tmp_path / "versions"))
-    for prepare in (lambda m: switch_flood(m, "on"), None):
+    air = []
+    for prepare in (lambda m: switch_flood(m, "on"), None, lambda m: switch_flood(m, "off"),
+                    lambda m: switch_flood(m, "auto")):
         SAMMed3DTrainTask(store, lambda: (served, served), prepare=prepare)({}, Store())
-    assert isinstance(seen[0], FloodRegion) and seen[1] is None
+    assert isinstance(seen[0], FloodRegion) and seen[1] is None and seen[2] is None
+    assert air == [None, -500.0, None, -500.0]
 
 
 def test_a_ct_click_in_air_density_tissue_gets_the_flood_and_soft_tissue_does_not(tmp_path):

@@ -9,8 +9,8 @@ allow_random_weights, model_version, versions_dir (lib.weights / lib.versions ch
 device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_factor, refine_fine_band,
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
 large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
-a small walled structure's 1.5 mm region), local_update (auto | on | off: a later click changes only the
-piece of the mask it lies in), max_crops, modality, al_* and scoring_threads (active learning).
+a small walled structure's 1.5 mm region), local_update (auto | off | monotone | piece: how a later click
+changes the mask), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -111,7 +111,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         air_hu = air_flood_threshold(conf.get("prior_flood", "auto"), getattr(model, "config", None))
         # a click in a small walled structure (a lesion): its 1.5 mm region, unless --conf prior_fine says
         fine = resolve_fine(conf.get("prior_fine", "auto"), getattr(model, "config", None))
-        # a later click changes only the piece of the mask it lies in, unless --conf local_update says
+        # how a later click changes the mask (only adds / only removes), unless --conf local_update says
         local = resolve_local(conf.get("local_update", "auto"), getattr(model, "config", None))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()

@@ -146,6 +146,7 @@ def switch_flood(model, mode: str) -> Optional[FloodRegion]:
     if mode != "auto":
         prior.flood = None if mode == "off" else \
             FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
+    model.flood_switch = mode  # what air_flood_threshold reads for a fine-tuning run's validation
     return prior.flood
 
 
@@ -172,7 +173,7 @@ def flood_for_request(model, mode: Optional[str]) -> Iterator[None]:
 def air_flood_threshold(mode: Optional[str], config: Optional[dict]) -> Optional[float]:
     """The Hounsfield value below which a CT click's tissue gets the flood per request (the model config's
     prior_flood_air_hu, absent or None: never), while --conf prior_flood is "auto" (on / off say it for
-    every click)."""
+    every click). For a model the server prepared, `mode` is its `flood_switch` (switch_flood sets it)."""
     hu = (config or {}).get("prior_flood_air_hu")
     if str(mode or "auto").strip().lower() != "auto" or hu is None:
         return None

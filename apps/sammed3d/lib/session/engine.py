@@ -20,9 +20,9 @@ from ..model.flood_region import flood_for_request, flood_mode_for_tissue
 from .cache import LRUCache, Sized
 from .errors import SessionError
 from .fine_region import FineRegion
-from .local_update import LocalUpdate
 from .geometry import ModelGrid, model_grid
 from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shift_logits, touching_faces
+from .local_update import LocalUpdate
 from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
 from .preprocess import crop_origin_for, normalise, resample_crop
@@ -74,7 +74,7 @@ class SegmentationEngine:
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
-        local: a later click changes only the piece of the mask it lies in (lib.session.local_update).
+        local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
         air_flood_hu: a CT click in tissue below this HU gets the model's flood (flood_mode_for_tissue)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")

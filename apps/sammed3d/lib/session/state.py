@@ -63,7 +63,7 @@ class LabelState:
     applied: List[Click] = field(default_factory=list)  # in the order they were applied
     crops: Dict[Origin, CropState] = field(default_factory=dict)
     anchor: Optional[Origin] = None  # origin of the first crop: the lattice's anchor
-    shown: Optional["ShownMask"] = None  # the mask last returned, when the engine updates locally
+    shown: Optional["ShownMask"] = None  # the mask last returned, when the engine has a click update
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
@@ -74,8 +74,8 @@ class LabelState:
 
     def show(self, proposed: np.ndarray, boxes, local: Optional["LocalUpdate"], new: Optional[List[Click]]) -> np.ndarray:
         """The mask to return for `proposed` (uint8, the union of the crops pasted at `boxes`) after the
-        clicks `new` (None: the label restarted): with `local`, only what changed where those clicks lie
-        (lib.session.local_update), changed in place."""
+        clicks `new` (None: the label restarted): with `local`, the shown mask changed only as those clicks
+        ask (lib.session.local_update), written into `proposed` in place; the result is kept as shown."""
         if local is None:
             return proposed
         if new is not None and self.shown is not None:
