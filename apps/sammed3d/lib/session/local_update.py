@@ -84,20 +84,28 @@ class LocalUpdate:
 
 
 class ShownMask:
-    """The mask a label last returned, kept as its bounding box (a structure is a small part of a volume).
-    ShownMask(mask) for a whole volume's mask, ShownMask(sub, region, shape) for `sub` = mask[region]."""
+    """The mask a label last returned, kept as its bounding box packed 8 voxels a byte (a structure is a
+    small part of a volume, and a server holds one per label). ShownMask(mask) for a whole volume's mask,
+    ShownMask(sub, region, shape) for `sub` = mask[region]."""
 
     def __init__(self, mask: np.ndarray, region: Optional[Box] = None, shape=None):
         self.shape = tuple(shape if shape is not None else mask.shape)
         found = ndimage.find_objects(mask.astype(np.uint8))
-        self.box = None
-        self.piece = None
+        self.box = self._bits = None
         if found:
             inner = found[0]
-            self.piece = mask[inner].astype(bool)
+            self._bits = np.packbits(mask[inner].astype(bool))
             self.box = inner if region is None else \
                 tuple(slice(r.start + i.start, r.start + i.stop) for r, i in zip(region, inner))
-        self.nbytes = 0 if self.piece is None else self.piece.nbytes
+        self.nbytes = 0 if self._bits is None else self._bits.nbytes
+
+    @property
+    def piece(self) -> Optional[np.ndarray]:
+        """The mask inside `box` (bool), unpacked."""
+        if self.box is None:
+            return None
+        size = tuple(b.stop - b.start for b in self.box)
+        return np.unpackbits(self._bits, count=int(np.prod(size))).reshape(size).view(bool)
 
     def full(self, region: Optional[Box] = None) -> np.ndarray:
         """The mask as bool, on the volume or on its `region` (slices with starts and stops)."""
