@@ -128,3 +128,26 @@ def test_the_clicks_cells_keep_their_labels():
     assert out[(0, 0) + cell(click)] == 6.0 and (_mask(out) & ball).sum() > 0.8 * ball.sum()
     out = FineRegion()(img, [click, [64, 66, 64]], [1, 0], torch.zeros(1, 1, 32, 32, 32))  # exclude inside
     assert out[(0, 0) + cell([64, 66, 64])] == -6.0 and out[(0, 0) + cell(click)] == 6.0
+
+
+def test_the_engine_skips_the_fine_region_where_the_flood_decided_the_crop(tmp_path, monkeypatch):
+    """A crop the prior answered with its flood holds a large walled tissue, so the small-structure check (one
+    more shortest-path solve per decode) is not run there; where the flood did not decide, it is."""
+    from lib.session import SegmentationEngine
+    from test_flood_region import _prior_only_model
+    from test_session_fakes import ras_affine, write_nifti
+
+    torch.manual_seed(0)
+    img = np.zeros((96, 96, 96), np.float32)
+    img[20:76, 16:80, 24:72] = 400.0  # a large walled block (as the flood tests)
+    img += np.random.default_rng(0).normal(0, 4.0, img.shape).astype(np.float32)
+    path = write_nifti(tmp_path / "block.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+    calls = []
+    original = FineRegion.__call__
+    monkeypatch.setattr(FineRegion, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
+    model = _prior_only_model(margin=3)
+    eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1, fine=FineRegion())
+    eng.segment("b", path, "flooded", [[48, 48, 48]], [], prior_flood="on")
+    assert calls == [] and model.prior.last_flooded == [True]
+    eng.segment("b", path, "box", [[48, 48, 48]], [])
+    assert calls == [1] and model.prior.last_flooded == [False]

@@ -206,6 +206,9 @@ class GeodesicPrior(nn.Module):
         # lib.model.flood_region.FloodRegion or None: where the clicked tissue is walled, its region
         # decides instead of the box competition below
         self.flood = flood
+        # per sample of the last forward: whether the flood decided it (a large walled tissue), read by the
+        # engine, which then skips the small-structure check (lib.session.fine_region) for that crop
+        self.last_flooded: list = []
 
     def _box_region(self, solves: GeodesicSolves, i: int, fg: np.ndarray, ex: np.ndarray, clicks: np.ndarray,
                     g: int) -> np.ndarray:
@@ -222,6 +225,7 @@ class GeodesicPrior(nn.Module):
                 cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
         b, g = intensity.shape[0], intensity.shape[-1]
         out = np.full((b, 1, g, g, g), -self.clip, dtype=np.float32)
+        self.last_flooded = [False] * b
         if coords is not None and coords.shape[1] > 0:
             solves = _solves(intensity, solves)
             cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)
@@ -232,6 +236,7 @@ class GeodesicPrior(nn.Module):
                 if not len(fg):
                     continue
                 region = self.flood(solves.intensity[i], fg, ex, self.clip) if self.flood is not None else None
+                self.last_flooded[i] = region is not None
                 if region is None:
                     region = self._box_region(solves, i, fg, ex, cells[i][valid], g)
                 out[i, 0] = region

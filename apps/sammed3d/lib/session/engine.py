@@ -343,12 +343,16 @@ class SegmentationEngine:
             return
         t = time.perf_counter()
         logits = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
-        if self.fine is not None and clicks:  # the user's click in a small walled structure: its 1.5 mm region
+        if self.fine is not None and clicks and not self._flooded():  # a small walled structure: its 1.5 mm region
             logits = self.fine(self._full_res_image(req, origin), [p for p, _ in clicks],
                                [lab for _, lab in clicks], logits)
         self.runner.sync()
         req.timings["decode"] += time.perf_counter() - t
         state.crops[origin] = CropState(origin, logits, cs.seeds, True)
+
+    def _flooded(self) -> bool:
+        """Whether the model's prior answered the last decode with its flood (a large walled tissue)."""
+        return bool((getattr(getattr(self.runner.model, "prior", None), "last_flooded", None) or [False])[0])
 
     def _grow(self, req: _Request, state: LabelState, queue: List) -> None:
         """Add 50 %-overlap neighbour crops while a crop's mask reaches its border."""
