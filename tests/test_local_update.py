@@ -131,3 +131,29 @@ def test_a_click_on_a_voxel_that_already_has_its_label_keeps_the_shown_mask_in_p
     proposed = grown & ~_box(SHAPE, (5, 5, 5), (7, 15, 15))
     np.testing.assert_array_equal(LocalUpdate("piece")(shown, proposed, [((10, 10, 10), 1)]), shown)
     np.testing.assert_array_equal(LocalUpdate("monotone")(shown, proposed, [((10, 10, 10), 1)]), grown)
+
+
+def test_an_undo_returns_the_mask_those_clicks_showed(tmp_path):
+    """Removing the last click (Slicer's undo) restarts the label; with the click update the mask comes back as
+    it was shown for those clicks, not the model's answer to them replayed at once (they differ: BallModel's
+    answer to two includes is the last ball only). An edited click gets the model's answer; a reset forgets."""
+    from lib.session import SegmentationEngine
+    from test_session_fakes import BallModel, ras_affine, smooth_volume, write_nifti
+
+    path = write_nifti(tmp_path / "v.nii.gz", smooth_volume((64, 64, 64)), ras_affine((1.5, 1.5, 1.5)))
+    eng = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1, local=LocalUpdate())
+    plain = SegmentationEngine(BallModel(radius=6.0), "v", click_mode="all", max_crops=1)
+    a, b, c = [20, 32, 32], [44, 32, 32], [44, 32, 36]
+    seg = lambda e, fg, bg, **k: e.segment("i", path, "l", fg, bg, **k).mask.astype(bool)  # noqa: E731
+    one = seg(eng, [a], [])
+    two = seg(eng, [a, b], [])
+    three = seg(eng, [a, b], [c])
+    assert two[tuple(a)] and not three[tuple(c)]
+    np.testing.assert_array_equal(seg(eng, [a, b], []), two)  # undo the exclude
+    assert not seg(plain, [a, b], [])[tuple(a)]  # the replayed answer would have lost the first ball
+    np.testing.assert_array_equal(seg(eng, [a], []), one)  # and the second include
+    np.testing.assert_array_equal(seg(eng, [a, b], []), two)  # redo: an increment from `one`, as before
+    moved = seg(eng, [a, [44, 30, 32]], [])  # an edited click: the model's answer to the new lists
+    np.testing.assert_array_equal(moved, seg(plain, [a, [44, 30, 32]], []))
+    np.testing.assert_array_equal(seg(eng, [a], [], reset=True), one)  # a reset: the answer (here the same)
+    assert len(eng._states[("i", "l")].shown_for) == 1

@@ -154,12 +154,14 @@ class SegmentationEngine:
     def _update(self, req: _Request, key, state: Optional[LabelState], fg, bg, reset, image_path):
         """Apply what is new in (fg, bg) to the label, restarting it when it cannot be diffed.
         -> (the label's state, the clicks applied or None when it restarted)"""
-        new: Optional[List[Click]] = None
-        if state is not None and not reset and state.volume_key == req.volume.file_key and state.model_version == self.model_version:
-            new = diff_clicks(state.fg, state.bg, fg, bg)
+        diffable = state is not None and not reset and state.volume_key == req.volume.file_key and \
+            state.model_version == self.model_version
+        new: Optional[List[Click]] = diff_clicks(state.fg, state.bg, fg, bg) if diffable else None
         restarted = new is None  # first request, reset, changed file/model, or clicks removed/edited
         if restarted:
-            state = LabelState(volume_key=req.volume.file_key, model_version=self.model_version, image_path=image_path)
+            old, state = state, LabelState(volume_key=req.volume.file_key, model_version=self.model_version,
+                                           image_path=image_path)
+            state.carry_shown(old if diffable else None, fg, bg)  # an undo gets back what it showed
             self._states[key] = state
             new = ordered_clicks(fg, bg)
         for click in new:

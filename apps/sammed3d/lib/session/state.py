@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # geometry reads SimpleITK; the state needs only the name
     from .local_update import LocalUpdate
 
 Origin = Tuple[int, int, int]
+SHOWN_KEPT = 32  # shown masks a label keeps for undo (packed bounding boxes)
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,24 @@ class LabelState:
     crops: Dict[Origin, CropState] = field(default_factory=dict)
     anchor: Optional[Origin] = None  # origin of the first crop: the lattice's anchor
     shown: Optional["ShownMask"] = None  # the mask last returned, when the engine has a click update
+    # the mask returned for each click lists (fg, bg) of this label's recent requests: an undo or an edited
+    # click restarts the label, and a request whose clicks were shown before gets that mask back
+    shown_for: Dict[tuple, "ShownMask"] = field(default_factory=dict)
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
-        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor, self.shown)
+        return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor, self.shown,
+                dict(self.shown_for))
 
     def restore(self, saved: tuple) -> None:
-        self.fg, self.bg, self.applied, self.crops, self.anchor, self.shown = saved
+        self.fg, self.bg, self.applied, self.crops, self.anchor, self.shown, self.shown_for = saved
+
+    def carry_shown(self, old: Optional["LabelState"], fg: List[Point], bg: List[Point]) -> None:
+        """On a restart from `old` (same volume and model) to the clicks (fg, bg): keep the masks shown for
+        click lists that are prefixes of these (the ones an undo can come back to)."""
+        if old is not None:
+            self.shown_for = {k: v for k, v in old.shown_for.items()
+                              if tuple(fg[:len(k[0])]) == k[0] and tuple(bg[:len(k[1])]) == k[1]}
 
     def show(self, proposed: np.ndarray, boxes, local: Optional["LocalUpdate"], new: Optional[List[Click]]) -> np.ndarray:
         """The mask to return for `proposed` (uint8, the union of the crops pasted at `boxes`) after the
@@ -78,11 +90,21 @@ class LabelState:
         ask (lib.session.local_update), written into `proposed` in place; the result is kept as shown."""
         if local is None:
             return proposed
+        key = (tuple(self.fg), tuple(self.bg))
         if new is not None and self.shown is not None:
             proposed, self.shown = local.update(self.shown, proposed, boxes, new)
+        elif new is None and key in self.shown_for:  # an undo: what these clicks showed before
+            self.shown = self.shown_for[key]
+            proposed[...] = 0
+            if self.shown.box is not None:
+                proposed[self.shown.box] = self.shown.piece
         else:
             region = union_box(boxes)
             self.shown = ShownMask(proposed[region], region, proposed.shape) if region else ShownMask(proposed)
+        self.shown_for.pop(key, None)
+        self.shown_for[key] = self.shown
+        while len(self.shown_for) > SHOWN_KEPT:  # the oldest first (dicts keep insertion order)
+            self.shown_for.pop(next(iter(self.shown_for)))
         return proposed
 
     def record(self, click: Click) -> None:
