@@ -2,10 +2,10 @@
 removes, and (mode "piece") only where it was placed.
 
 Why: the model re-decodes every crop a click falls in from all the clicks so far, so a click that fixes
-one edge can also move another one the user had already accepted. On the development and test cases a
-later click lowered Dice by 0.1-0.4 (default-v6: a caudate 0.56 -> 0.17 after its second click, a
-cerebellar cortex 0.63 -> 0.30 after its fifth, a chest phantom's lung 0.93 -> 0.79 after its fifth);
-an annotator then has to chase a mistake the tool made, not one they asked about.
+one edge can also move another one the user had already accepted (development cases, default-v6: a chest
+phantom's lung 0.93 -> 0.79 at its fifth click, a phantom object 0.69 -> 0.61 at its fourth); an annotator
+then has to chase a mistake the tool made, not one they asked about. (A click whose own change is wrong,
+e.g. a test-table caudate 0.56 -> 0.17 at its second click, is not undone by this.)
 
 What: of what the model now proposes, only the change the click's sign asks for is taken
 
@@ -14,9 +14,10 @@ What: of what the model now proposes, only the change the click's sign asks for 
                                        ... or only the connected piece the click lies in ("piece",
                                        FocalClick's progressive merge, Chen et al., CVPR 2022)
 
-and everything else stays as shown. A first click, a reset, removed or edited clicks and a new model take
-the proposal whole (there is no accepted mask to keep); so does a click the model did not follow at its
-own voxel (keeping the shown mask would leave the user clicking the same spot for ever).
+and everything else stays as shown. A first click, a reset, edited clicks and a new model take the
+proposal whole (there is no accepted mask to keep); so does a click the model did not follow at its own
+voxel (keeping the shown mask would leave the user clicking the same spot for ever). An undo gets back the
+mask those clicks showed (lib.session.state.LabelState.shown_for).
 Measured on the development cases (docs/default_model.md, "Ninth run"): "monotone" chosen.
 
     LocalUpdate(mode)(shown (Z, Y, X) bool, proposed (Z, Y, X) bool, clicks [((z, y, x), 1|0)]) -> bool mask
