@@ -205,7 +205,7 @@ def test_a_ct_click_in_air_density_tissue_gets_the_flood_and_soft_tissue_does_no
     """The model config's prior_flood_air_hu (lib.model.flood_region.flood_mode_for_tissue): in a CT, a click
     whose surroundings are below the threshold (a lung) is served with the flood; a click in soft tissue, an
     MR with the same values, a request's own "off" and a server's --conf prior_flood other than auto are not."""
-    from lib.model.flood_region import air_flood_threshold, flood_mode_for_tissue
+    from lib.model.flood_region import air_flood_threshold, air_threshold_of, flood_mode_for_tissue
     from lib.session import SegmentationEngine
     from test_session_fakes import ras_affine, write_nifti
 
@@ -218,10 +218,10 @@ def test_a_ct_click_in_air_density_tissue_gets_the_flood_and_soft_tissue_does_no
     lung = img < -500
     lung[:, :, 84:] = False
     model = _prior_only_model(margin=3)
-    model.config["prior_flood_air_hu"] = -500.0
-    hu = air_flood_threshold("auto", model.config)
-    eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1, air_flood_hu=hu)
-    plain = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
+    model.config["prior_flood_air_hu"] = -500.0  # the engine reads it from the served model (air_threshold_of)
+    assert air_threshold_of(model) == air_flood_threshold("auto", model.config) == -500.0
+    eng = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
+    plain = SegmentationEngine(_prior_only_model(margin=3), "v", click_mode="all", max_crops=1)
     click = [[48, 48, 42]]
     dice = lambda m: 2 * (m & lung).sum() / (m.sum() + lung.sum())  # noqa: E731
     gated = eng.segment("c", path, "lung", click, []).mask.astype(bool)
@@ -232,7 +232,7 @@ def test_a_ct_click_in_air_density_tissue_gets_the_flood_and_soft_tissue_does_no
                           plain.segment("c", path, "mr", click, [], modality="MR").mask)
     soft = [[48, 48, 70]]
     assert np.array_equal(eng.segment("c", path, "soft", soft, []).mask, plain.segment("c", path, "soft", soft, []).mask)
-    assert model.prior.flood is None
+    assert model.prior.flood is None and air_threshold_of(model) == -500.0  # the request's switch is undone
     # the switch: only while the server's prior_flood is auto, and only for a config that sets a threshold
     assert air_flood_threshold("on", model.config) is None and air_flood_threshold("auto", {}) is None
     assert flood_mode_for_tissue("off", True, lambda: -900.0, -500.0) == "off"

@@ -25,7 +25,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
-from lib.model.flood_region import air_flood_threshold, describe_flood, switch_flood
+from lib.model.flood_region import air_threshold_of, describe_flood, switch_flood
 from lib.session.fine_region import resolve_fine
 from lib.session.local_update import resolve_local
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
@@ -107,8 +107,6 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             version = f"{ckpt.get('version') or choice.source}@{choice.sha256[:12]}"
         # the walled region of the clicked intensity (large structures): the model's unless --conf prior_flood says
         flood = switch_flood(model, conf.get("prior_flood", "auto"))
-        # ... and for a CT click in air-density tissue (a lung) when the model's config says so and prior_flood is auto
-        air_hu = air_flood_threshold(conf.get("prior_flood", "auto"), getattr(model, "config", None))
         # a click in a small walled structure (a lesion): its 1.5 mm region, unless --conf prior_fine says
         fine = resolve_fine(conf.get("prior_fine", "auto"), getattr(model, "config", None))
         # how a later click changes the mask (only adds / only removes), unless --conf local_update says
@@ -130,7 +128,6 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             refine=refine(conf, model_refine(model)),
             fine=fine,
             local=local,
-            air_flood_hu=air_hu,
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
@@ -143,7 +140,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         precision=precision,
         click_mode=engine.click_mode,
         refine="none" if engine.refine is None else engine.refine.describe(),
-        prior_flood=describe_flood(model, flood, air_hu),
+        prior_flood=describe_flood(model, flood, air_threshold_of(model)),
         prior_fine="none" if fine is None else fine.describe(),
         local_update="none" if local is None else local.describe(),
         tried=tuple(choice.tried),

@@ -61,7 +61,7 @@ def build_engine(args):
     else:
         raise SystemExit("give --checkpoint PATH, or --random-weights (geometry/speed checks only)")
     from lib.model import model_refine
-    from lib.model.flood_region import air_flood_threshold, switch_flood
+    from lib.model.flood_region import switch_flood
     from lib.session.fine_region import resolve_fine
     from lib.session.local_update import resolve_local
     from lib.session.refine import resolve_refine
@@ -78,7 +78,7 @@ def build_engine(args):
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
-        fine=fine, local=local, air_flood_hu=air_flood_threshold(args.prior_flood, getattr(model, "config", None)),
+        fine=fine, local=local,
     )
 
 

@@ -146,7 +146,7 @@ def switch_flood(model, mode: str) -> Optional[FloodRegion]:
     if mode != "auto":
         prior.flood = None if mode == "off" else \
             FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
-    model.flood_switch = mode  # what air_flood_threshold reads for a fine-tuning run's validation
+    model.flood_switch = mode  # what air_threshold_of reads: the server, a hot swap, a fine-tuning run
     return prior.flood
 
 
@@ -162,12 +162,12 @@ def flood_for_request(model, mode: Optional[str]) -> Iterator[None]:
     if mode == "auto" or (prior is None and mode == "off"):
         yield
         return
-    saved = prior.flood if prior is not None else None
+    saved = (prior.flood if prior is not None else None, getattr(model, "flood_switch", "auto"))
     switch_flood(model, mode)  # raises ValueError for a bad mode or "on" without a prior
     try:
         yield
     finally:
-        prior.flood = saved
+        prior.flood, model.flood_switch = saved  # the server's switch, not this request's
 
 
 def air_flood_threshold(mode: Optional[str], config: Optional[dict]) -> Optional[float]:
@@ -178,6 +178,14 @@ def air_flood_threshold(mode: Optional[str], config: Optional[dict]) -> Optional
     if str(mode or "auto").strip().lower() != "auto" or hu is None:
         return None
     return float(hu)
+
+
+def air_threshold_of(model) -> Optional[float]:
+    """air_flood_threshold for the model being served: its config's threshold under the switch that
+    switch_flood last applied to it ("auto" when none was); None for a model without the prior."""
+    if getattr(model, "prior", None) is None:
+        return None
+    return air_flood_threshold(getattr(model, "flood_switch", "auto"), getattr(model, "config", None))
 
 
 def flood_mode_for_tissue(requested: Optional[str], ct: bool, tissue_hu, threshold: Optional[float]) -> Optional[str]:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..model.flood_region import flood_for_request, flood_mode_for_tissue
+from ..model.flood_region import air_threshold_of, flood_for_request, flood_mode_for_tissue
 from .cache import LRUCache, Sized
 from .errors import SessionError
 from .fine_region import FineRegion
@@ -68,14 +68,12 @@ class SegmentationEngine:
         refine: Optional[GeodesicRefine] = None,
         fine: Optional[FineRegion] = None,
         local: Optional[LocalUpdate] = None,
-        air_flood_hu: Optional[float] = None,
     ):
         """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
-        local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
-        air_flood_hu: a CT click in tissue below this HU gets the model's flood (flood_mode_for_tissue)."""
+        local: how a later click changes the mask (lib.session.local_update: only adds / only removes)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -87,7 +85,7 @@ class SegmentationEngine:
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
         self.refine = refine
-        self.fine, self.local, self.air_flood_hu = fine, local, air_flood_hu
+        self.fine, self.local = fine, local
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -133,8 +131,9 @@ class SegmentationEngine:
             req = self._request(image_id, image_path, modality, timings)
             roi = clamp_roi(roi, req.volume.shape) if roi is not None else None
             validate_request(fg, bg, req.volume.shape)
-            prior_flood = flood_mode_for_tissue(prior_flood, req.ct and getattr(self.runner.model, "prior", None)
-                                                is not None, lambda: req.volume.median_around(fg[0]), self.air_flood_hu)
+            # a CT click in air-density tissue gets the served model's flood (its config, under the server's switch)
+            prior_flood = flood_mode_for_tissue(prior_flood, req.ct, lambda: req.volume.median_around(fg[0]),
+                                                air_threshold_of(self.runner.model))
             key = (str(image_id), str(label))
             prev = self._states.get(key)
             saved = prev.checkpoint() if prev is not None else None
