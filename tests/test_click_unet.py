@@ -452,3 +452,43 @@ def test_prior_growth_until_exclude_stops_growing_once_the_user_excludes():
     assert m.prior.grow.until_exclude
     with pytest.raises(ValueError, match="until_exclude"):
         build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_until_exclude": 1})
+
+
+def _walled_ellipsoid(axes, grid=32, shell=1.5):
+    """Cell intensities of a head-like phantom: an ellipsoid of tissue (10) in a denser shell (30) in air
+    (0), blurred as _walled_ball; and the ellipsoid's own cells."""
+    from scipy import ndimage
+
+    x = (np.indices((grid,) * 3) - grid // 2 + 0.5) / np.array(axes, dtype=float)[:, None, None, None]
+    r = np.sqrt((x ** 2).sum(0))
+    image = np.where(r <= 1.0, 10.0, np.where(r <= 1.0 + shell / min(axes), 30.0, 0.0))
+    return ndimage.gaussian_filter(image, 1.0), r <= 1.0
+
+
+def test_prior_growth_cap_keeps_a_grown_box_without_faces_inside_the_structure():
+    """A structure long along one axis (a brain in a head CT crop) grows the box's margin on every axis past
+    the grid, so no face is left to seed the background and the prior was +clip over the whole crop, the
+    air outside the shell included. With prior_grow_cap the region stops at the plateau the growth found."""
+    from lib.model.geodesic_maps import GeodesicPrior, PriorGrowth, box_face_seeds, geodesic_cost, geodesic_from
+
+    image, tissue = _walled_ellipsoid((17.0, 10.0, 10.0))
+    inten, click, inc = torch.from_numpy(image).float()[None], torch.tensor([[[4 * 16 + 1.5] * 3]]), torch.tensor([[1]])
+    d = geodesic_from(geodesic_cost(image, 20.0), np.array([[16, 16, 16]]))
+    growth = PriorGrowth(20, 1.0, cap=1.0)
+    level = growth.plateau_threshold(d)
+    margin = growth.margin(d, np.array([[16, 16, 16]]), 7, level)
+    assert level is not None and margin == 16 and not len(box_face_seeds(np.array([[16, 16, 16]]), 32, margin))
+    uncapped = GeodesicPrior(20.0, 7, 6.0, grow=PriorGrowth(20, 1.0))(inten, click, inc)[0, 0] > 0
+    capped = GeodesicPrior(20.0, 7, 6.0, grow=growth)(inten, click, inc)[0, 0] > 0
+    assert bool(uncapped.all())  # the failure: every cell, air included
+    inside = torch.from_numpy(tissue)
+    assert int(capped.sum()) > 0.3 * int(inside.sum()) and float((capped & inside).sum() / capped.sum()) > 0.98
+    assert torch.equal(capped, torch.from_numpy(d < level))  # {d < level}: the plateau region itself
+    # no bound without a cap configured or without a plateau
+    assert PriorGrowth(20, 1.0).bound(d, level, 6.0) is None and growth.bound(d, None, 6.0) is None
+    for bad in (-1.0, 0.5, True, "1"):
+        with pytest.raises(ValueError):
+            build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_cap": bad})
+    m = build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12, "prior_grow_cap": 1.0})
+    assert m.prior.grow.cap == 1.0
+    assert build_model({**SMALL, **GEO, "prior_margin_cells": 4, "prior_grow_max": 12}).prior.grow.cap == 0.0

@@ -92,7 +92,7 @@ def test_the_prior_takes_the_flood_where_it_decides_and_its_own_box_elsewhere():
 @pytest.mark.parametrize("bad", [{"prior_flood_beta": -1}, {"prior_flood_tolerance": True},
                                  {"prior_flood_max_sigma": "x"}, {"prior_flood_exclude": "never"}])
 def test_flood_config_is_validated(bad):
-    from lib.model.click_unet import resolve_click_unet_config
+    from lib.model.click_unet_config import resolve_click_unet_config
 
     with pytest.raises(ValueError):
         resolve_click_unet_config(bad)

@@ -148,8 +148,14 @@ class PriorGrowth:
     # 0.607/0.698 with 1)
     SLACK = 1
 
-    def __init__(self, max_margin: int, slope: float, until_exclude: bool = False):
+    def __init__(self, max_margin: int, slope: float, until_exclude: bool = False, cap: float = 0.0):
         self.max_margin, self.slope = int(max_margin), float(slope)
+        # cap > 0: where the box grew past its base margin, the region also stops at {d_include < cap x the
+        # plateau's level}. Why: a grown box's faces can all lie beyond the crop (a brain in a head CT: 20
+        # cells), and a face outside the crop is no seed, so nothing but the crop's edge bounded the region
+        # (development head CT: one click in the brain gave 4x the intracranial contents, the air outside
+        # the head included); the plateau is the wall the growth found (docs/default_model.md, "Tenth run")
+        self.cap = float(cap)
         # grow only while the user has placed no exclude click. Why: an exclude click says the region went
         # too far; a box grown past a weak wall (a heart in the mediastinum, the intracranial contents at the
         # skull base) then keeps leaking, while the base box lets the exclude clicks and the image cut it
@@ -170,18 +176,25 @@ class PriorGrowth:
         flat = np.nonzero((slopes < self.slope) & ok)[0]
         return float(t[flat[0] + 1]) if len(flat) else None
 
-    def extent(self, d_fg: np.ndarray, box_cells: np.ndarray) -> int:
-        """Cells the first plateau region reaches beyond the clicks' bounding box (0 when none)."""
-        level = self.plateau_threshold(d_fg)
+    def extent(self, d_fg: np.ndarray, box_cells: np.ndarray, level: Optional[float]) -> int:
+        """Cells the plateau region {d_fg < level} reaches beyond the clicks' bounding box (0 without a level)."""
         if level is None:
             return 0
         region = np.argwhere(d_fg < level)
         lo, hi = box_cells.min(0), box_cells.max(0)
         return int(np.maximum(lo - region, region - hi).max(initial=0))
 
-    def margin(self, d_fg: np.ndarray, box_cells: np.ndarray, base: int) -> int:
-        """The margin to use: the plateau region's extent plus SLACK cells, within [base, max_margin]."""
-        return int(min(max(base, self.extent(d_fg, box_cells) + self.SLACK), max(base, self.max_margin)))
+    def margin(self, d_fg: np.ndarray, box_cells: np.ndarray, base: int, level: Optional[float] = None) -> int:
+        """The margin to use: the plateau region's extent plus SLACK cells, within [base, max_margin]
+        (`level`: plateau_threshold(d_fg) when the caller has it)."""
+        level = self.plateau_threshold(d_fg) if level is None else level
+        return int(min(max(base, self.extent(d_fg, box_cells, level) + self.SLACK), max(base, self.max_margin)))
+
+    def bound(self, d_fg: np.ndarray, level: Optional[float], clip: float) -> Optional[np.ndarray]:
+        """The cap's logits clip(cap x level - d_fg) for a box grown to a plateau at `level`, or None (no cap)."""
+        if not self.cap or level is None:
+            return None
+        return np.clip(self.cap * level - d_fg, -clip, clip)
 
 
 class GeodesicPrior(nn.Module):
@@ -215,11 +228,15 @@ class GeodesicPrior(nn.Module):
         """Sample i's cells nearer the include clicks than the exclude clicks and the box faces (g^3 logits)."""
         d_fg = solves.distance(i, self.gamma, fg)  # the maps' include solve when gammas match
         grows = self.grow is not None and self.grow.applies(len(ex))
-        margin = self.grow.margin(d_fg, clicks, self.margin) if grows else self.margin
+        level = self.grow.plateau_threshold(d_fg) if grows else None
+        margin = self.grow.margin(d_fg, clicks, self.margin, level) if grows else self.margin
         bg = np.concatenate([ex, box_face_seeds(clicks, g, margin)])
         if not len(bg):
-            return np.full((g, g, g), self.clip, dtype=np.float32)
-        return np.clip(solves.distance(i, self.gamma, bg) - d_fg, -self.clip, self.clip)
+            region = np.full((g, g, g), self.clip, dtype=np.float32)
+        else:
+            region = np.clip(solves.distance(i, self.gamma, bg) - d_fg, -self.clip, self.clip)
+        bound = self.grow.bound(d_fg, level, self.clip) if margin > self.margin else None  # grown: a plateau
+        return region if bound is None else np.minimum(region, bound).astype(np.float32)
 
     def forward(self, intensity: torch.Tensor, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
                 cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
