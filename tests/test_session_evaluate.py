@@ -170,6 +170,26 @@ def test_simulated_annotator_is_shared_by_all_methods():
     seen.clear()
     recs = simulate_clicks(leaky, gt, (1.0, 1.0, 3.0), 2)
     assert len(seen[1][1]) == 1 and not gt[seen[1][1][0]] and recs[1]["dice"] == 1.0
+    # each placed click's record says where it went and what the mask became (what --trace prints)
+    assert recs[0]["include"] and recs[0]["voxels"] == gt.size and recs[0]["overlap"] == int(gt.sum())
+    assert not recs[1]["include"] and tuple(recs[1]["point"]) == seen[1][1][0] and recs[1]["voxels"] == int(gt.sum())
+
+
+def test_trace_logs_every_click_of_a_leak_and_its_correction():
+    """--trace: one line per click with its polarity, voxel, the mask's size and its overlap with the target."""
+    from lib.evaluation.loop import _log_line, simulate_clicks
+
+    gt = np.zeros((30, 30, 10), bool)
+    gt[5:20, 8:25, 2:8] = True
+    recs = simulate_clicks(lambda fg, bg: np.ones_like(gt) if not bg else gt, gt, (1.0, 1.0, 3.0), 3)
+    lines = []
+    _log_line(lines.append, "m", "case", 1, recs, 0.1, gt)
+    assert len(lines) == 3  # the summary line and two clicks: the third found nothing left to correct
+    assert lines[1].startswith("    click 1: include at") and f"mask {gt.size} voxels, {int(gt.sum())} of the target's" in lines[1]
+    assert lines[2].startswith("    click 2: exclude at") and "Dice 1.000" in lines[2]
+    quiet = []
+    _log_line(quiet.append, "m", "case", 1, recs, 0.1)
+    assert len(quiet) == 1
 
 
 def test_cli_merges_stored_runs_without_running(tmp_path):

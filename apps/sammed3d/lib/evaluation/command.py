@@ -158,6 +158,9 @@ def parse_args(argv=None):
     p.add_argument("--max-crops", type=int, default=8)
     p.add_argument("--cache-gb", type=float, default=2.0)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument("--trace", action="store_true",
+                   help="log every click: include/exclude, its voxel, the mask's voxels and how many lie in the target "
+                        "(model and classical rows; e.g. with --image/--label/--labels-values for one target)")
     p.add_argument("--out", default="eval_results", help="output folder for CSV/PNG")
     return p.parse_args(argv)
 
@@ -189,7 +192,7 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
               f"model {engine.model_version}, torch threads {_torch_threads()}")
         return evaluate(engine, pairs, values, num_clicks, args.click_mode, nsd_at=nsd_at,
                         nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name,
-                        flood_min_ml=args.prior_flood_min_ml)
+                        flood_min_ml=args.prior_flood_min_ml, trace=args.trace)
     if name == "medsam":
         from ..medsam.engine import build_medsam_engine
         from .medsam import evaluate_medsam
@@ -202,7 +205,7 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
     params = replace(TUNED[name], **overrides.get(name, {}))
     print(f"{len(pairs)} case(s), {num_clicks} clicks, {name} {params}")
     return evaluate_method(ClassicalSegmenter(name, params, args.modality), name, pairs, values,
-                           num_clicks, nsd_at, args.nsd_tolerance, names)
+                           num_clicks, nsd_at, args.nsd_tolerance, names, trace=args.trace)
 
 
 def reuse_rows(rows: List[Dict], paths) -> List[Dict]:

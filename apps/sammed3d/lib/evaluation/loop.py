@@ -24,9 +24,10 @@ def simulate_clicks(segment, gt: np.ndarray, spacing: Sequence[float], num_click
                     nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0) -> List[Dict]:
     """Run the simulated annotator against `segment(fg, bg) -> mask` for one target.
 
-    One record per click: {clicks, dice, nsd (None unless the click count is in nsd_at), cpu_s, wall_s}.
-    cpu_s / wall_s time the `segment` call only (process CPU time: all threads of this process), not
-    the click simulation or the metrics. Clicks: the first at the centre of the target, then the
+    One record per click: {clicks, dice, nsd (None unless the click count is in nsd_at), cpu_s, wall_s}, and
+    where a click was placed also {point, include, voxels (the mask's), overlap (its voxels in the target)},
+    which --trace prints and the CSVs leave out. cpu_s / wall_s time the `segment` call only (process CPU
+    time: all threads of this process), not the click simulation or the metrics. Clicks: the first at the centre of the target, then the
     centre of the largest error region, in mm on the stored grid (next_click).
     """
     fg: List[List[int]] = []
@@ -45,7 +46,9 @@ def simulate_clicks(segment, gt: np.ndarray, spacing: Sequence[float], num_click
                 raise RuntimeError("first simulated click is not an include click")
             c0, w0 = time.process_time(), time.perf_counter()
             pred = np.asarray(segment(fg, bg)).astype(bool)
-            rec = dict(clicks=n, dice=dice(pred, gt), cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0)
+            rec = dict(clicks=n, dice=dice(pred, gt), cpu_s=time.process_time() - c0, wall_s=time.perf_counter() - w0,
+                       point=[int(x) for x in point], include=bool(include), voxels=int(np.count_nonzero(pred)),
+                       overlap=int(np.count_nonzero(pred & gt)))
             nsd_cache = None
         rec["nsd"] = None
         if n in nsd_at:
@@ -85,31 +88,41 @@ def _rows(mode: str, method: str, case: str, value: int, structure: str, recs: L
     return [dict(mode=mode, method=method, case=case, value=value, structure=structure, **r) for r in recs]
 
 
-def _log_line(log, mode, case, value, recs, seconds):
+def _log_line(log, mode, case, value, recs, seconds, trace_target: Optional[np.ndarray] = None):
     log(f"  [{mode}] {case} label {value}: " + " ".join(f"{r['dice']:.3f}" for r in recs)
         + f"  ({seconds:.1f}s, cpu {np.mean([r['cpu_s'] for r in recs]):.2f}s/click)")
+    if trace_target is not None:  # --trace: where each click went and what the mask became (leaks, collapses)
+        size = int(np.count_nonzero(trace_target))
+        for r in recs:
+            if "point" in r:
+                log(f"    click {r['clicks']}: {'include' if r['include'] else 'exclude'} at {tuple(r['point'])}: "
+                    f"mask {r['voxels']} voxels, {r['overlap']} of the target's {size}, Dice {r['dice']:.3f}")
 
 
 def evaluate_method(segmenter, method: str, pairs, values: Optional[Sequence[int]], num_clicks: int,
-                    nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, log=print) -> List[Dict]:
-    """Rows for a classical segmenter (lib.evaluation.classical.ClassicalSegmenter), mode = method name."""
+                    nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, log=print,
+                    trace: bool = False) -> List[Dict]:
+    """Rows for a classical segmenter (lib.evaluation.classical.ClassicalSegmenter), mode = method name.
+    trace: log each click's position and the mask's size (as evaluate)."""
     names = names or {}
     rows: List[Dict] = []
     for case, image_path, value, gt in iter_targets(pairs, values, log):
         t = time.perf_counter()
         recs = simulate_clicks(lambda fg, bg: segmenter.segment(image_path, fg, bg), gt, segmenter.spacing(image_path),
                                num_clicks, nsd_at, nsd_tolerance_mm)
-        _log_line(log, method, case, value, recs, time.perf_counter() - t)
+        _log_line(log, method, case, value, recs, time.perf_counter() - t, gt if trace else None)
         rows += _rows(method, method, case, value, names.get((case, value), ""), recs)
     return rows
 
 
 def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, modes: Sequence[str], log=print,
              nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, model_name: Optional[str] = None,
-             flood_min_ml: Optional[float] = None) -> List[Dict]:
+             flood_min_ml: Optional[float] = None, trace: bool = False) -> List[Dict]:
     """Model rows {mode, method, case, value, structure, clicks, dice, nsd, cpu_s, wall_s} for every target,
     click mode and click count. mode is the click mode, or "<model_name>:<click mode>" with model_name.
-    flood_min_ml: the annotator asks for prior_flood on for targets of at least that many ml (flood_choice)."""
+    flood_min_ml: the annotator asks for prior_flood on for targets of at least that many ml (flood_choice).
+    trace: also log, per click, where it went and the mask's size and overlap with the target (how a leak or a
+    collapse shows itself; the Dice alone does not say which)."""
     names = names or {}
     rows = []
     for mode in modes:
@@ -124,6 +137,6 @@ def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, mo
             recs = simulate_clicks(_model_segment(engine, case, image_path, label, flood), gt, spacing, num_clicks,
                                    nsd_at, nsd_tolerance_mm)
             engine.reset(case, label)
-            _log_line(log, tag, case, value, recs, time.perf_counter() - t)
+            _log_line(log, tag, case, value, recs, time.perf_counter() - t, gt if trace else None)
             rows += _rows(tag, "model", case, value, names.get((case, value), ""), recs)
     return rows
