@@ -129,6 +129,11 @@ def _touches_faces(region: np.ndarray) -> bool:
     return any(np.take(region, i, axis=a).any() for a in range(region.ndim) for i in (0, -1))
 
 
+def flood_when_on(config: dict) -> FloodRegion:
+    """The flood a click gets when it is on: the config's, or its parameters with beta DEFAULT_BETA."""
+    return FloodRegion.from_config(config) or FloodRegion.from_config(config, DEFAULT_BETA)
+
+
 def switch_flood(model, mode: str) -> Optional[FloodRegion]:
     """Apply --conf prior_flood / --prior-flood `mode` to `model` in place and return the flood it now
     serves: "auto" leaves the model's own (its config's), "off" removes it, "on" adds one (the config's
@@ -144,8 +149,7 @@ def switch_flood(model, mode: str) -> Optional[FloodRegion]:
                              "the model being served has none")
         return None
     if mode != "auto":
-        prior.flood = None if mode == "off" else \
-            FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
+        prior.flood = None if mode == "off" else flood_when_on(model.config)
     model.flood_switch = mode  # what air_threshold_of reads: the server, a hot swap, a fine-tuning run
     return prior.flood
 
@@ -205,8 +209,7 @@ def describe_flood(model, flood: Optional[FloodRegion], air_hu: Optional[float])
         return flood.describe()
     if air_hu is None:
         return "none"
-    served = FloodRegion.from_config(model.config) or FloodRegion.from_config(model.config, DEFAULT_BETA)
-    return f"CT clicks below {air_hu:g} HU: {served.describe()}"
+    return f"CT clicks below {air_hu:g} HU: {flood_when_on(model.config).describe()}"
 
 
 def flood_mode_for_label(label: str, requested: Optional[str], flood_labels: Sequence[str]) -> Optional[str]:

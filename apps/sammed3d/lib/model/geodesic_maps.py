@@ -124,6 +124,9 @@ def box_face_seeds(cells: np.ndarray, grid: int, margin: int) -> np.ndarray:
     return np.concatenate(faces) if faces else np.zeros((0, 3), dtype=np.int64)
 
 
+_UNSET = object()  # PriorGrowth.margin's level not given (None is a level: no plateau)
+
+
 class PriorGrowth:
     """How far GeodesicPrior's box grows for a structure larger than it (a lung, a liver, white matter).
 
@@ -184,10 +187,10 @@ class PriorGrowth:
         lo, hi = box_cells.min(0), box_cells.max(0)
         return int(np.maximum(lo - region, region - hi).max(initial=0))
 
-    def margin(self, d_fg: np.ndarray, box_cells: np.ndarray, base: int, level: Optional[float] = None) -> int:
+    def margin(self, d_fg: np.ndarray, box_cells: np.ndarray, base: int, level=_UNSET) -> int:
         """The margin to use: the plateau region's extent plus SLACK cells, within [base, max_margin]
-        (`level`: plateau_threshold(d_fg) when the caller has it)."""
-        level = self.plateau_threshold(d_fg) if level is None else level
+        (`level`: plateau_threshold(d_fg) when the caller has it, None included: no plateau)."""
+        level = self.plateau_threshold(d_fg) if level is _UNSET else level
         return int(min(max(base, self.extent(d_fg, box_cells, level) + self.SLACK), max(base, self.max_margin)))
 
     def bound(self, d_fg: np.ndarray, level: Optional[float], clip: float) -> Optional[np.ndarray]:
