@@ -469,7 +469,8 @@ def test_prior_growth_cap_keeps_a_grown_box_without_faces_inside_the_structure()
     """A structure long along one axis (a brain in a head CT crop) grows the box's margin on every axis past
     the grid, so no face is left to seed the background and the prior was +clip over the whole crop, the
     air outside the shell included. With prior_grow_cap the region stops at the plateau the growth found."""
-    from lib.model.geodesic_maps import GeodesicPrior, PriorGrowth, box_face_seeds, geodesic_cost, geodesic_from
+    from lib.model.geodesic_graph import geodesic_cost, geodesic_from
+    from lib.model.geodesic_maps import GeodesicPrior, PriorGrowth, box_face_seeds
 
     image, tissue = _walled_ellipsoid((17.0, 10.0, 10.0))
     inten, click, inc = torch.from_numpy(image).float()[None], torch.tensor([[[4 * 16 + 1.5] * 3]]), torch.tensor([[1]])

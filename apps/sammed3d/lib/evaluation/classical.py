@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from lib.model.geodesic_maps import geodesic_cost, geodesic_from
+from lib.model.geodesic_graph import geodesic_cost, geodesic_from
 
 METHODS = ("random_walker", "geodesic")
 

@@ -34,7 +34,8 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .geodesic_maps import PriorGrowth, geodesic_from
+from .geodesic_graph import geodesic_from
+from .geodesic_maps import PriorGrowth
 
 # sigma's lower bound in normalised intensity units (the model's normalisation gives tissue unit
 # spread): a flat phantom region would otherwise make the smallest noise an impassable wall

@@ -17,7 +17,7 @@ costs two 32^3 shortest-path solves (about 20 ms each on one core), not a pass o
 
 Distances are in cells (the crop grid is isotropic); the local cost of a step is
 sqrt(1 + (gamma * |grad I|)^2) per cell, grad taken per cell on the cell-mean intensity,
-26-connected (skimage.graph.MCP_Geometric). No parameters: nothing here learns.
+26-connected (lib.model.geodesic_graph). No parameters: nothing here learns.
 """
 from __future__ import annotations
 
@@ -27,25 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def geodesic_cost(image: np.ndarray, gamma: float, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Local cost per unit length sqrt(1 + (gamma |grad I|)^2), grad per unit of `spacing` (>= 1).
-    Computed once per image and shared by the include and the exclude solve."""
-    grads = np.gradient(np.asarray(image, dtype=np.float64), *[float(s) for s in spacing])
-    return np.sqrt(1.0 + (gamma * gamma) * sum(g * g for g in grads))
-
-
-def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Minimal path length over `cost` (geodesic_cost) from any of `seeds` ((K, 3) indices, K >= 1) to
-    every voxel, 26-connected (skimage.graph.MCP_Geometric with sampling = spacing). A fresh MCP per
-    solve: reusing one for a second seed set measured 5x slower (its reset is not cheap)."""
-    from skimage.graph import MCP_Geometric
-
-    mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
-    # an (K, 3) array, not a list of tuples: MCP takes either, the array without K Python tuples (~30 % of a
-    # refinement's solve when K is a band's whole seed shell)
-    dist, _ = mcp.find_costs(np.asarray(seeds, dtype=np.intp).reshape(-1, 3))
-    return dist
+from .geodesic_graph import geodesic_cost, geodesic_from
 
 
 class GeodesicSolves:
