@@ -1,0 +1,70 @@
+"""Geodesic solvers side by side: skimage's MCP_Geometric (the reference) and lib.model.geodesic_graph's
+CSR graph + scipy dijkstra, on the fields the app solves, with the distances compared.
+
+    .venv/bin/python scripts/bench_geodesic.py [--reps 5]
+
+Fields: a refinement band (a spherical shell passable, 1-voxel seed shells inside and outside, as
+lib.session.refine builds it for a lung-sized crop at 3 mm: ~100,000 voxels, ~20,000 seeds per side),
+solved from both sides; a dense 32^3 field from one click (the S/4 click maps and prior).
+Numbers in docs/benchmarks.md ("Geodesic solver").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps", "sammed3d"))
+from lib.model.geodesic_graph import GeodesicGraph, geodesic_cost, geodesic_from  # noqa: E402
+
+
+def band_field(size: int = 64, inner: float = 22.0, outer: float = 28.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices((size,) * 3)
+    r = np.sqrt(sum((a - size / 2.0) ** 2 for a in (z, y, x)))
+    cost = geodesic_cost(rng.normal(size=(size,) * 3) * 0.05 + (r > 25), gamma=60.0)
+    cost[(r < inner - 1) | (r > outer + 1)] = np.inf
+    return cost, np.argwhere((r >= inner - 1) & (r < inner)), np.argwhere((r > outer) & (r <= outer + 1))
+
+
+def best(fn, reps: int):
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.median(times)), out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=5)
+    args = p.parse_args(argv)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    cost, inside, outside = band_field()
+    print(f"band: {int(np.isfinite(cost).sum())} passable voxels, seeds {len(inside)} inside / {len(outside)} outside")
+    ref = best(lambda: (geodesic_from(cost, inside), geodesic_from(cost, outside)), args.reps)
+
+    def graph_both():
+        g = GeodesicGraph(cost)
+        return g.distance(inside), g.distance(outside)
+    new = best(graph_both, args.reps)
+    same = all(np.allclose(a[np.isfinite(a)], b[np.isfinite(a)], rtol=1e-12, atol=1e-9)
+               and (np.isfinite(a) == np.isfinite(b)).all() for a, b in zip(ref[2], new[2]))
+    print(f"| refinement band, both sides | MCP_Geometric {ref[0]:.3f} s (median {ref[1]:.3f}) | "
+          f"GeodesicGraph {new[0]:.3f} s (median {new[1]:.3f}) | same distances: {same} |")
+    dense = geodesic_cost(np.random.default_rng(1).normal(size=(32,) * 3), gamma=20.0)
+    click = np.array([[16, 16, 16]])
+    ref = best(lambda: geodesic_from(dense, click), args.reps)
+    new = best(lambda: GeodesicGraph(dense).distance(click), args.reps)
+    print(f"| dense 32^3, one click | MCP_Geometric {ref[0]:.4f} s | GeodesicGraph {new[0]:.4f} s | "
+          f"same distances: {bool(np.allclose(ref[2], new[2], rtol=1e-12))} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
