@@ -28,8 +28,11 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-# the 26 neighbour offsets, in a fixed order (each row of the CSR graph lists them in this order)
+# nodes per construction chunk: bounds the (chunk, 26) temporaries (~14 MB), which then reuse memory the
+# process already touched (first-touch page faults are costly on the VM we measure on: the sample CT lung's
+# first-click refinement took 0.80-0.91 s with 262,144-node chunks, 0.64-0.66 s with these)
 _CHUNK = 1 << 16
+# the 26 neighbour offsets, in a fixed order (each row of the CSR graph lists them in this order)
 _OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)], dtype=np.int64)
 
 
@@ -51,6 +54,8 @@ class GeodesicGraph:
         self.shape = cost.shape
         passable = np.isfinite(cost) & (cost >= 0)
         self.nodes = np.flatnonzero(passable)  # flat voxel index of each graph node
+        if len(self.nodes) >= np.iinfo(np.int32).max:
+            raise ValueError(f"GeodesicGraph holds at most 2^31 - 1 voxels, got {len(self.nodes)}")
         # node number of each voxel, -1 where impassable; padded by one voxel so that every
         # neighbour lookup stays in the array (the pad is impassable)
         padded = np.full(tuple(s + 2 for s in self.shape), -1, dtype=np.int32)
@@ -103,6 +108,6 @@ def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] 
 
     mcp = MCP_Geometric(cost, fully_connected=True, sampling=tuple(float(s) for s in spacing))
     # an (K, 3) array, not a list of tuples: MCP takes either, the array without K Python tuples (~30 % of a
-    # refinement's solve when K is a band's whole seed shell)
+    # solve from a band's whole seed shell, before GeodesicGraph took those)
     dist, _ = mcp.find_costs(np.asarray(seeds, dtype=np.intp).reshape(-1, 3))
     return dist
