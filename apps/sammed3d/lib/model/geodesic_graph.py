@@ -7,14 +7,15 @@ costs |offset * spacing| * (cost[a] + cost[b]) / 2, and the seeds start at 0. Tw
 same numbers (tests/test_geodesic_graph.py compares them); each is used where it is the faster:
 
 * `geodesic_from`: MCP_Geometric itself, for dense fields with few seeds (the 32^3 click maps and
-  prior, the classical row's box). It keeps no edge list, so a 1.3 M-voxel field costs 0.9 s.
+  prior, the flood, the classical row's box of up to 1.5 M voxels). It keeps no edge list.
 * `GeodesicGraph`: the passable voxels as a CSR graph, built once with array arithmetic (no sort),
   solved by scipy.sparse.csgraph.dijkstra (compiled, one multi-source solve with min_only). For the
   refinement's band: a sparse field (impassable outside the band) with 10,000-20,000 seed voxels,
   where MCP's `find_costs` spends ~5.7 us of Python per start and its setup walks the whole box;
   the inside and the outside seeds are solved on one graph. On the sample CT's lung crops: build
-  25-45 ms, solve 21-47 ms, against MCP's 71-144 ms per solve. Not for large dense fields: 26 stored
-  edges per voxel (a 110^3 field: 34 M edges, seconds to allocate on this machine).
+  25-45 ms, solve 21-47 ms, against MCP's 71-144 ms per solve. On a dense field it is no faster
+  (32^3: 24 ms against 16; 110^3: 1.1 s each) and holds 26 edges a voxel at 12 bytes each (82 MB
+  for a whole 64^3 crop, 134 MB at the peak of its build): the dense solves stay with MCP.
 
     graph = GeodesicGraph(cost (Z, Y, X) float, inf or negative = impassable, spacing=(1, 1, 1))
     graph.distance(seeds (K, 3) int, K >= 1) -> (Z, Y, X) float64, inf where no seed reaches
@@ -54,8 +55,8 @@ class GeodesicGraph:
         self.shape = cost.shape
         passable = np.isfinite(cost) & (cost >= 0)
         self.nodes = np.flatnonzero(passable)  # flat voxel index of each graph node
-        if len(self.nodes) >= np.iinfo(np.int32).max:
-            raise ValueError(f"GeodesicGraph holds at most 2^31 - 1 voxels, got {len(self.nodes)}")
+        if 26 * len(self.nodes) >= np.iinfo(np.int32).max:  # its edges are counted in int32
+            raise ValueError(f"GeodesicGraph holds at most 82 million passable voxels, got {len(self.nodes)}")
         # node number of each voxel, -1 where impassable; padded by one voxel so that every
         # neighbour lookup stays in the array (the pad is impassable)
         padded = np.full(tuple(s + 2 for s in self.shape), -1, dtype=np.int32)
@@ -66,22 +67,28 @@ class GeodesicGraph:
         lengths = np.sqrt(((_OFFSETS * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1))  # (26,)
         node_cost = cost.ravel()[self.nodes]
         flat_padded = np.ravel_multi_index(np.unravel_index(self.nodes, self.shape), padded.shape) + strides.sum()
-        counts, indices, weights = [], [], []
-        for lo in range(0, len(self.nodes), _CHUNK):  # chunks bound the (chunk, 26) temporaries
-            neighbours = padded.ravel()[flat_padded[lo:lo + _CHUNK, None] + steps]  # (n, 26), -1 = none
+        n = len(self.nodes)
+        # the CSR arrays at their largest (26 edges a node), filled chunk by chunk and used as views: the
+        # peak stays near the graph's own size, and int32 indices are what csgraph's solver reads (int64
+        # ones it would convert on every solve)
+        indices, data = np.empty(26 * n, dtype=np.int32), np.empty(26 * n, dtype=np.float64)
+        indptr = np.zeros(n + 1, dtype=np.int32)
+        filled = 0
+        for lo in range(0, n, _CHUNK):  # chunks bound the (chunk, 26) temporaries
+            neighbours = padded.ravel()[flat_padded[lo:lo + _CHUNK, None] + steps]  # (m, 26), -1 = none
             valid = neighbours >= 0
             # row i's entries are its valid neighbours in _OFFSETS order: CSR as it comes, no sort
             step = 0.5 * lengths * (node_cost[lo:lo + _CHUNK, None] + node_cost[np.where(valid, neighbours, 0)])
-            counts.append(valid.sum(1))
-            indices.append(neighbours[valid])
-            weights.append(step[valid])
-        n = len(self.nodes)
-        indptr = np.concatenate([[0], np.cumsum(np.concatenate(counts) if counts else [])]).astype(np.int64)
-        data = np.concatenate(weights) if weights else np.zeros(0)
+            counts = valid.sum(1)
+            k = int(counts.sum())
+            indices[filled:filled + k] = neighbours[valid]
+            data[filled:filled + k] = step[valid]
+            indptr[lo + 1:lo + 1 + len(counts)] = filled + np.cumsum(counts)
+            filled += k
+        indices, data = indices[:filled], data[:filled]
         # csgraph reads a stored 0 as "no edge"; a step costs 0 only between two voxels of cost 0
-        data = np.maximum(data, np.finfo(np.float64).tiny)
-        self.graph = sparse.csr_matrix((data, np.concatenate(indices) if indices else np.zeros(0, np.int32), indptr),
-                                       shape=(n, n))
+        np.maximum(data, np.finfo(np.float64).tiny, out=data)
+        self.graph = sparse.csr_matrix((data, indices, indptr), shape=(n, n), copy=False)
 
     def distance(self, seeds: np.ndarray) -> np.ndarray:
         """Minimal path length from any of `seeds` ((K, 3) voxel indices, K >= 1) to every voxel;
