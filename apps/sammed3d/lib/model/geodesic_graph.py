@@ -14,7 +14,7 @@ same numbers (tests/test_geodesic_graph.py compares them); each is used where it
   where MCP's `find_costs` spends ~5.7 us of Python per start and its setup walks the whole box;
   the inside and the outside seeds are solved on one graph. On the sample CT's lung crops: build
   25-45 ms, solve 21-47 ms, against MCP's 71-144 ms per solve. On a dense field it is no faster
-  (32^3: 24 ms against 16; 110^3: 1.1 s each) and holds 26 edges a voxel at 12 bytes each (82 MB
+  (32^3: 21 ms against 16; 110^3: 1.1 s each) and holds 26 edges a voxel at 12 bytes each (82 MB
   for a whole 64^3 crop, 134 MB at the peak of its build): the dense solves stay with MCP.
 
     graph = GeodesicGraph(cost (Z, Y, X) float, inf or negative = impassable, spacing=(1, 1, 1))
