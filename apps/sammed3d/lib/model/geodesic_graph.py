@@ -66,7 +66,7 @@ class GeodesicGraph:
         steps = _OFFSETS @ strides  # (26,) flat index step to each neighbour
         lengths = np.sqrt(((_OFFSETS * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1))  # (26,)
         node_cost = cost.ravel()[self.nodes]
-        flat_padded = np.ravel_multi_index(np.unravel_index(self.nodes, self.shape), padded.shape) + strides.sum()
+        flat_padded = np.flatnonzero(np.pad(passable, 1))  # each node's flat index in `padded`, in node order
         n = len(self.nodes)
         # the CSR arrays at their largest (26 edges a node), filled chunk by chunk and used as views: the
         # peak stays near the graph's own size, and int32 indices are what csgraph's solver reads (int64
