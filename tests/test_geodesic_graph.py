@@ -1,15 +1,21 @@
-"""lib.model.geodesic_graph: the CSR-graph solver gives MCP_Geometric's distances, to rounding."""
+"""lib.model.geodesic_graph: the compiled Dijkstra gives MCP_Geometric's distances, alone and two at a time."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from skimage.graph import MCP_Geometric
 
-from lib.model.geodesic_graph import GeodesicGraph, geodesic_cost, geodesic_from
+import lib.model.geodesic_graph as geodesic_graph
+from lib.model.geodesic_graph import geodesic_cost, geodesic_from, geodesic_from_each
 
 
 def _mcp(cost, seeds, spacing=(1.0, 1.0, 1.0)):
     return MCP_Geometric(cost, fully_connected=True, sampling=spacing).find_costs(seeds)[0]
+
+
+def test_the_compiled_kernel_is_what_serves():
+    """requirements.txt installs numba: the fallback must not be silently what users get."""
+    assert geodesic_graph.dijkstra_kernel is not None
 
 
 @pytest.mark.parametrize("trial", range(8))
@@ -19,16 +25,16 @@ def test_same_distances_as_mcp_geometric_with_walls_and_anisotropic_spacing(tria
     cost = geodesic_cost(rng.normal(size=shape), gamma=float(rng.choice([1.0, 20.0])))
     cost[rng.random(shape) < 0.25] = np.inf  # walls: some voxels cannot be reached at all
     spacing = tuple(float(s) for s in rng.choice([0.7, 1.0, 1.5, 3.0], 3))
-    seeds = np.stack([rng.integers(0, n, 12) for n in shape], axis=1)
-    graph = GeodesicGraph(cost, spacing)
-    expected, got = _mcp(cost, seeds, spacing), graph.distance(seeds)
+    seeds = np.stack([rng.integers(0, n, 12) for n in shape], axis=1)  # repeats and walls among them
+    expected, got = _mcp(cost, seeds, spacing), geodesic_from(cost, seeds, spacing)
     reached = np.isfinite(expected)
     assert (np.isfinite(got) == reached).all()
     assert reached.sum() > 12 and (~reached).any()
     np.testing.assert_allclose(got[reached], expected[reached], rtol=1e-12, atol=1e-9)
-    # the same graph answers a second seed set (the refinement's inside and outside)
-    other = seeds[:3]
-    np.testing.assert_allclose(graph.distance(other), _mcp(cost, other, spacing), rtol=1e-12, atol=1e-9)
+    # two seed sets at once (the refinement's inside and outside) answer as one at a time
+    both = geodesic_from_each(cost, [seeds, seeds[:3]], spacing)
+    np.testing.assert_array_equal(both[0], got)
+    np.testing.assert_allclose(both[1], _mcp(cost, seeds[:3], spacing), rtol=1e-12, atol=1e-9)
 
 
 def test_a_band_with_many_seeds_matches_and_unreached_voxels_stay_infinite():
@@ -39,10 +45,18 @@ def test_a_band_with_many_seeds_matches_and_unreached_voxels_stay_infinite():
     cost[(r < 9) | (r > 15)] = np.inf
     seeds = np.argwhere((r >= 9) & (r < 10))
     assert len(seeds) > 1000
-    expected, got = _mcp(cost, seeds), geodesic_from(cost, seeds)
-    np.testing.assert_allclose(GeodesicGraph(cost).distance(seeds), expected, rtol=1e-12, atol=1e-9)
-    np.testing.assert_array_equal(got, expected)
-    assert np.isinf(GeodesicGraph(cost).distance(seeds)[20, 20, 20])  # inside the walled core
+    got = geodesic_from(cost, seeds)
+    np.testing.assert_allclose(got, _mcp(cost, seeds), rtol=1e-12, atol=1e-9)
+    assert np.isinf(got[20, 20, 20])  # inside the walled core
+
+
+def test_zero_cost_voxels_and_a_float32_field_are_solved_as_mcp():
+    rng = np.random.default_rng(5)
+    cost = rng.random((9, 11, 7)).astype(np.float32)
+    cost[3:6] = 0.0  # free passage: steps of length 0
+    seeds = np.array([[0, 0, 0], [8, 10, 6]])
+    np.testing.assert_allclose(geodesic_from(cost, seeds), _mcp(cost.astype(np.float64), seeds), rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_seed_on_a_wall_is_zero_and_reaches_nothing_as_in_mcp():
@@ -50,23 +64,37 @@ def test_seed_on_a_wall_is_zero_and_reaches_nothing_as_in_mcp():
     cost[2, 2, 2] = np.inf
     cost[0, 0, 0] = -1.0  # negative = impassable, as MCP reads it
     seeds = np.array([[2, 2, 2]])
-    got = GeodesicGraph(cost).distance(seeds)
+    got = geodesic_from(cost, seeds)
     assert got[2, 2, 2] == 0.0 and np.isinf(got).sum() == 124
     np.testing.assert_array_equal(np.isinf(got), np.isinf(_mcp(cost, seeds)))
-    got = GeodesicGraph(cost).distance(np.array([[2, 2, 2], [4, 4, 4]]))
+    got = geodesic_from(cost, np.array([[2, 2, 2], [4, 4, 4]]))
     np.testing.assert_allclose(got, _mcp(cost, np.array([[2, 2, 2], [4, 4, 4]])))
 
 
-def test_bad_seeds_are_refused():
-    graph = GeodesicGraph(np.ones((4, 4, 4)))
+def test_without_numba_mcp_solves_the_same(monkeypatch):
+    rng = np.random.default_rng(3)
+    cost = geodesic_cost(rng.normal(size=(12, 10, 14)), gamma=20.0)
+    cost[rng.random(cost.shape) < 0.2] = np.inf
+    seeds = np.array([[1, 2, 3], [10, 8, 12]])
+    compiled = geodesic_from_each(cost, [seeds, seeds[:1]], (1.0, 2.0, 0.5))
+    monkeypatch.setattr(geodesic_graph, "dijkstra_kernel", None)
+    fallback = geodesic_from_each(cost, [seeds, seeds[:1]], (1.0, 2.0, 0.5))
+    for a, b in zip(compiled, fallback):
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], rtol=1e-12, atol=1e-9)
+
+
+def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="at least one seed"):
-        graph.distance(np.zeros((0, 3), dtype=np.int64))
+        geodesic_from(np.ones((4, 4, 4)), np.zeros((0, 3), dtype=np.int64))
     with pytest.raises(ValueError, match="outside"):
-        graph.distance(np.array([[4, 0, 0]]))
+        geodesic_from(np.ones((4, 4, 4)), np.array([[4, 0, 0]]))
+    with pytest.raises(ValueError, match="outside"):
+        geodesic_from(np.ones((4, 4, 4)), np.array([[0, -1, 0]]))
     with pytest.raises(ValueError, match="3-D"):
-        GeodesicGraph(np.ones((4, 4)))
+        geodesic_from(np.ones((4, 4)), np.array([[0, 0, 0]]))
 
 
-def test_an_all_wall_field_has_no_nodes_and_answers_infinity():
-    got = GeodesicGraph(np.full((3, 3, 3), np.inf)).distance(np.array([[1, 1, 1]]))
+def test_an_all_wall_field_answers_infinity_but_at_the_seed():
+    got = geodesic_from(np.full((3, 3, 3), np.inf), np.array([[1, 1, 1]]))
     assert got[1, 1, 1] == 0.0 and np.isinf(got).sum() == 26

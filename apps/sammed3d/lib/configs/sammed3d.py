@@ -26,6 +26,7 @@ from monailabel.interfaces.config import TaskConfig
 from lib.infers import SAMMed3DInfer
 from lib.model import CheckpointError, build_sam_med3d, load_checkpoint, model_click_mode, model_refine
 from lib.model.flood_region import air_threshold_of, describe_flood, switch_flood
+from lib.model.geodesic_graph import warm_up as warm_up_geodesics
 from lib.session.fine_region import resolve_fine
 from lib.session.local_update import resolve_local
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
@@ -131,6 +132,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
+    warm_up_geodesics()  # the compiled shortest-path kernel (0.2 s from numba's cache, ~1.5 s to compile): not in a click
     weights = SAMMed3DWeights(
         source=choice.source,
         path=choice.path,

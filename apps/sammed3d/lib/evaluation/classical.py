@@ -8,9 +8,10 @@ as the model (lib.evaluation.loop):
   2008, Wang et al. 2018): every voxel of the region goes to the nearer of the include and exclude
   seeds, where the distance is the minimal path length in mm weighted by the image gradient,
   ``cost = sqrt(1 + (gamma * |grad I|)^2)`` per mm (I: normalised intensity, grad in 1/mm),
-  computed with ``skimage.graph.MCP_Geometric`` (``sampling`` = spacing, 26-connected). The PyPI
-  packages FastGeodis and GeodisTK ship only source distributions whose build fails here (they
-  import torch / numpy at build time), so this is our own on scikit-image.
+  with ``skimage.graph.MCP_Geometric``'s metric (``sampling`` = spacing, 26-connected), solved by the app's
+  one shortest-path home, lib.model.geodesic_graph (a compiled Dijkstra, MCP itself without numba). The
+  PyPI packages FastGeodis and GeodisTK ship only source distributions whose build fails here (they
+  import torch / numpy at build time), so this is our own.
 
 What the user gives, and how it becomes seeds (one rule for both methods):
 
@@ -42,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from lib.model.geodesic_graph import geodesic_cost, geodesic_from
+from lib.model.geodesic_graph import geodesic_cost, geodesic_from_each
 
 METHODS = ("random_walker", "geodesic")
 
@@ -169,7 +170,8 @@ def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float
     if not (labels == 1).any():
         return -np.ones(labels.shape)
     cost = geodesic_cost(data, gamma, spacing)
-    return geodesic_from(cost, np.argwhere(labels == 2), spacing) - geodesic_from(cost, np.argwhere(labels == 1), spacing)
+    d_bg, d_fg = geodesic_from_each(cost, [np.argwhere(labels == 2), np.argwhere(labels == 1)], spacing)
+    return d_bg - d_fg
 
 
 def coarse_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:

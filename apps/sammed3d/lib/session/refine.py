@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..model.geodesic_graph import GeodesicGraph, geodesic_cost
+from ..model.geodesic_graph import geodesic_cost, geodesic_from_each
 
 REFINE_MODES = ("auto", "none", "geodesic")
 
@@ -197,8 +197,7 @@ def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequ
     cost = geodesic_cost(sub(image), params.gamma)
     cost[~region] = np.inf  # impassable: the solve stays in the band and its seed shell
     seeds_in, seeds_out = np.argwhere(region & sub(inside)), np.argwhere(region & sub(outside))
-    graph = GeodesicGraph(cost)  # one graph, both sides: the band's many seeds cost MCP per start
-    d_in, d_out = _distance_from(graph, seeds_in), _distance_from(graph, seeds_out)
+    d_in, d_out = _distances(cost, seeds_in, seeds_out)  # both sides at once, on two cores
     with np.errstate(invalid="ignore"):  # inf - inf where neither side reaches a voxel
         decided = np.clip(d_out - d_in, -params.band, params.band)
     # a band voxel that neither side reaches (cut off by the band's shape) keeps the model's own logit
@@ -209,11 +208,12 @@ def _refine_stage(logits: torch.Tensor, image: np.ndarray, points: Sequence[Sequ
     return torch.from_numpy(up)[None, None]
 
 
-def _distance_from(graph: GeodesicGraph, seeds: np.ndarray) -> np.ndarray:
-    """graph.distance, or inf everywhere when no seed of that side touches the band (e.g. an unsure hole
-    enclosed by the confident inside: its voxels then go to the side that reaches them, as any voxel one
-    side cannot reach)."""
-    return graph.distance(seeds) if len(seeds) else np.full(graph.shape, np.inf)
+def _distances(cost: np.ndarray, *seed_sets: np.ndarray):
+    """The geodesic distance from each seed set; inf everywhere for a side with no seed in the band (e.g. an
+    unsure hole enclosed by the confident inside: its voxels then go to the side that reaches them, as any
+    voxel one side cannot reach)."""
+    solved = iter(geodesic_from_each(cost, [s for s in seed_sets if len(s)]))
+    return [next(solved) if len(s) else np.full(cost.shape, np.inf) for s in seed_sets]
 
 
 def _keep_clicks(up: np.ndarray, clicks: np.ndarray, labels: np.ndarray, band: float) -> None:
