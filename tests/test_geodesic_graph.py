@@ -98,3 +98,17 @@ def test_bad_input_is_refused():
 def test_an_all_wall_field_answers_infinity_but_at_the_seed():
     got = geodesic_from(np.full((3, 3, 3), np.inf), np.array([[1, 1, 1]]))
     assert got[1, 1, 1] == 0.0 and np.isinf(got).sum() == 26
+
+
+def test_a_forked_child_solves_two_seed_sets_too():
+    """A data loader worker forked after the parent used the thread pool must not wait for threads it lacks."""
+    import multiprocessing as mp
+
+    cost = np.ones((6, 6, 6))
+    seeds = [np.array([[0, 0, 0]]), np.array([[5, 5, 5]])]
+    parent = geodesic_from_each(cost, seeds)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(geodesic_from_each, (cost, seeds)).get(timeout=60)
+    for a, b in zip(parent, child):
+        np.testing.assert_array_equal(a, b)

@@ -19,6 +19,7 @@ requirements.txt, e.g. a bare GPU box) MCP_Geometric solves instead: the same di
 from __future__ import annotations
 
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Sequence
 
@@ -31,7 +32,7 @@ except ImportError:  # pragma: no cover - exercised by the fallback test through
 
 # the 26 neighbour offsets, in a fixed order (the kernel's step lengths follow it)
 _OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)], dtype=np.int64)
-_POOL = None  # two worker threads, made on first use (the kernel releases the GIL)
+_POOL = None  # (pid, two worker threads), made on first use in each process (the kernel releases the GIL)
 
 
 def geodesic_cost(image: np.ndarray, gamma: float, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
@@ -71,9 +72,9 @@ def geodesic_from_each(cost: np.ndarray, seed_sets: Sequence[np.ndarray],
     if dijkstra_kernel is None or len(seed_sets) < 2:
         return [geodesic_from(cost, seeds, spacing) for seeds in seed_sets]
     cost = np.ascontiguousarray(cost, dtype=np.float64)  # one copy for both threads
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="geodesic")
-    return list(_POOL.map(lambda seeds: geodesic_from(cost, seeds, spacing), seed_sets))
+    if _POOL is None or _POOL[0] != os.getpid():  # a forked child (a data loader worker) has no pool threads
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="geodesic"))
+    return list(_POOL[1].map(lambda seeds: geodesic_from(cost, seeds, spacing), seed_sets))
 
 
 def warm_up() -> None:
