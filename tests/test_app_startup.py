@@ -258,3 +258,27 @@ def test_air_flood_and_local_update_follow_the_models_config_unless_conf_says(tm
         make_app(tmp_path / "g", studies, {"checkpoint": plain, "local_update": "maybe"})
     with pytest.raises(ValueError, match="prior_flood_air_hu"):
         build_model({**small, "prior_flood_air_hu": "lungs"})
+
+
+def test_plain_region_follows_the_models_config_unless_conf_says(tmp_path, studies):
+    """--conf plain_region auto|on|off (lib.session.plain_region.resolve_region): /info says whether plain box
+    answers get the stored-grid region; "on" needs a model with a geodesic prior; a bad value stops start-up."""
+    from lib.model import CLICK_UNET_CONFIG, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    small = {**CLICK_UNET_CONFIG, "encoder_widths": [4, 8, 8, 8], "embed_dim": 8, "decoder_widths": [8, 8, 8],
+             "geodesic_taus": [3.0], "click_mode": "all", "prior_margin_cells": 7}
+    plain, region = str(tmp_path / "p.pt"), str(tmp_path / "r.pt")
+    save_checkpoint(build_model(small), plain, version="p")
+    save_checkpoint(build_model({**small, "plain_region": "geodesic"}), region, version="r")
+    info = lambda sub, conf: make_app(tmp_path / sub, studies, conf).info()["weights"]["plain_region"]  # noqa: E731
+    assert info("a", {"checkpoint": plain}) == "none"
+    assert info("b", {"checkpoint": region}).startswith("geodesic region on the stored grid")
+    assert info("c", {"checkpoint": region, "plain_region": "off"}) == "none"
+    assert info("d", {"checkpoint": plain, "plain_region": "on"}).startswith("geodesic region")
+    with pytest.raises(RuntimeError, match="cannot start.*plain_region"):
+        make_app(tmp_path / "e", studies, {"checkpoint": plain, "plain_region": "maybe"})
+    no_prior = str(tmp_path / "n.pt")
+    save_checkpoint(build_model({**small, "prior_margin_cells": 0}), no_prior, version="n")
+    with pytest.raises(RuntimeError, match="cannot start.*geodesic prior"):
+        make_app(tmp_path / "f", studies, {"checkpoint": no_prior, "plain_region": "on"})

@@ -4,14 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.evaluation.classical import (
-    ClassicalParams,
-    ClassicalSegmenter,
-    normalise_roi,
-    roi_box,
-    seed_labels,
-    segment_array,
-)
+from lib.evaluation.classical import ClassicalSegmenter
+from lib.session.classical_region import ClassicalParams, normalise_roi, roi_box, seed_labels, segment_array
 from lib.evaluation.metrics import dice, surface_dice
 from test_session_fakes import ras_affine, write_nifti
 
@@ -146,7 +140,7 @@ def test_surface_dice_tolerance_and_box_crop():
 
 
 def test_coarse_factors_grow_the_finest_axis_first():
-    from lib.evaluation.classical import coarse_factors
+    from lib.session.classical_region import coarse_factors
 
     assert coarse_factors((100, 100, 10), (1.0, 1.0, 5.0), 10 ** 6) == (1, 1, 1)
     assert coarse_factors((512, 512, 60), (0.7, 0.7, 5.0), 10 ** 6) == (4, 4, 1)  # 3.5 mm > 2.8 mm: stop at 4

@@ -86,7 +86,8 @@ def test_weights_descriptions_are_frozen_and_show_what_info_always_showed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         w.model_version = "b"
     assert list(w.info()) == ["source", "path", "sha256", "model_version", "device", "precision", "click_mode",
-                              "tried", "version_name", "versions_dir", "refine", "prior_flood", "prior_fine", "local_update"]  # new fields append
+                              "tried", "version_name", "versions_dir", "refine", "prior_flood", "prior_fine", "local_update",
+                              "plain_region"]  # new fields append
     assert w.info()["tried"] == ["conf: /m/a.pt"] and not w.is_random
     swapped = dataclasses.replace(w, source="version", model_version="v0001@cd", version_name="v0001")
     assert w.model_version == "a@abab" and swapped.info()["version_name"] == "v0001"

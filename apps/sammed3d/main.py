@@ -25,6 +25,8 @@
   local_update auto|off|monotone|piece  how a later click changes the mask: monotone = an include click only
                            adds, an exclude only removes; piece = only the connected piece it lies in (default
                            auto: the model's config)
+  plain_region auto|on|off where a click's answer is the prior's plain box competition, the geodesic region on
+                           the stored grid instead (default auto: the model's config; default-v9 on)
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
                            default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint

@@ -97,6 +97,7 @@ class SAMMed3DWeights(ServedWeights):
     prior_flood: str = "none"  # the prior's flood for large structures (lib.model.flood_region), in words
     prior_fine: str = "none"  # a small walled structure's 1.5 mm region (lib.session.fine_region), in words
     local_update: str = "none"  # a later click changes only its piece of the mask (lib.session.local_update)
+    plain_region: str = "none"  # the stored-grid region for plain box answers (lib.session.plain_region), in words
 
 
 @dataclass(frozen=True)

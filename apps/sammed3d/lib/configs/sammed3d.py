@@ -10,7 +10,7 @@ device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_facto
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
 large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
 a small walled structure's 1.5 mm region), local_update (auto | off | monotone | piece: how a later click
-changes the mask), max_crops, modality, al_* and scoring_threads (active learning).
+changes the mask), plain_region (auto | on | off: lib.session.plain_region), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -29,6 +29,7 @@ from lib.model.flood_region import air_threshold_of, describe_flood, switch_floo
 from lib.model.geodesic_graph import warm_up as warm_up_geodesics
 from lib.session.fine_region import resolve_fine
 from lib.session.local_update import resolve_local
+from lib.session.plain_region import resolve_region
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
 from lib.versions import LiveModelWatcher, resolve_served_weights
@@ -112,6 +113,9 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         fine = resolve_fine(conf.get("prior_fine", "auto"), getattr(model, "config", None))
         # how a later click changes the mask (only adds / only removes), unless --conf local_update says
         local = resolve_local(conf.get("local_update", "auto"), getattr(model, "config", None))
+        # a click the prior answers with its plain box competition: that region on the stored grid (--conf plain_region)
+        region = resolve_region(conf.get("plain_region", "auto"), getattr(model, "config", None),
+                                getattr(model, "prior", None) is not None)
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(
@@ -129,6 +133,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
             refine=refine(conf, model_refine(model)),
             fine=fine,
             local=local,
+            region=region,
         )
     except (WeightsError, CheckpointError, ValueError) as e:
         raise stop_startup(e) from None
@@ -145,6 +150,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         prior_flood=describe_flood(model, flood, air_threshold_of(model)),
         prior_fine="none" if fine is None else fine.describe(),
         local_update="none" if local is None else local.describe(),
+        plain_region="none" if region is None else region.describe(),
         tried=tuple(choice.tried),
         version_name=version.split("@")[0] if choice.source == "version" else None,
         versions_dir=store.folder,

@@ -34,8 +34,9 @@ import sys
 from dataclasses import replace
 from typing import Dict, List
 
+from lib.session.classical_region import METHODS as CLASSICAL_METHODS
+
 from .cases import find_pairs, load_names
-from .classical import METHODS as CLASSICAL_METHODS
 from .loop import evaluate, evaluate_method
 from .plots import modes
 from .report import markdown, read_rows, summarise, write_outputs
@@ -64,12 +65,15 @@ def build_engine(args):
     from lib.model.flood_region import switch_flood
     from lib.session.fine_region import resolve_fine
     from lib.session.local_update import resolve_local
+    from lib.session.plain_region import resolve_region
     from lib.session.refine import resolve_refine
 
     try:  # the server's rules (--conf refine, --conf prior_flood): auto = what the model's config asks for
         switch_flood(model, args.prior_flood)
         fine = resolve_fine(args.prior_fine, getattr(model, "config", None))
         local = resolve_local(args.local_update, getattr(model, "config", None))
+        region = resolve_region(args.plain_region, getattr(model, "config", None),
+                                getattr(model, "prior", None) is not None)
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
                                 factor=args.refine_factor, fine_band=args.refine_fine_band,
                                 full_res_max_voxels=args.refine_full_res_max_voxels)
@@ -78,7 +82,7 @@ def build_engine(args):
     return SegmentationEngine(
         model, version, device=args.device, cache_bytes=int(args.cache_gb * (1 << 30)), modality=args.modality,
         precision=args.precision, max_crops=args.max_crops, refine=refine,
-        fine=fine, local=local,
+        fine=fine, local=local, region=region,
     )
 
 
@@ -109,6 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--prior-fine", choices=("auto", "on", "off"), default="auto",
                    help="sammed3d: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region), "
                         "as the server's --conf prior_fine: auto (default) = what the model's config asks for")
+    p.add_argument("--plain-region", choices=("auto", "on", "off"), default="auto",
+                   help="sammed3d with a geodesic prior: where a click's decodes are all the prior's plain box "
+                        "competition, the classical geodesic region on the stored grid (lib.session.plain_region), "
+                        "as the server's --conf plain_region: auto (default) = what the model's config asks for")
     p.add_argument("--local-update", choices=("auto", "off", "monotone", "piece"), default="auto",
                    help="a later click's change to the mask (lib.session.local_update), as the server's --conf "
                         "local_update: auto (default) = what the model's config asks for, off = the model's "
@@ -199,7 +207,9 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
 
         return evaluate_medsam(build_medsam_engine(args.device, args.weights), pairs, values, num_clicks,
                                args.margin_mm, modality=args.modality)
-    from .classical import TUNED, ClassicalSegmenter
+    from lib.session.classical_region import TUNED
+
+    from .classical import ClassicalSegmenter
 
     overrides = json.loads(args.classical_params) if args.classical_params else {}
     params = replace(TUNED[name], **overrides.get(name, {}))

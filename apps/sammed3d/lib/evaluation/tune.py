@@ -21,7 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .cases import find_pairs
-from .classical import METHODS, ClassicalParams, ClassicalSegmenter
+from lib.session.classical_region import METHODS, ClassicalParams
+
+from .classical import ClassicalSegmenter
 from .loop import evaluate_method
 
 GRID = {

@@ -62,6 +62,9 @@ CLICK_UNET_CONFIG = {
     # how the server merges a later click's mask (lib.session.local_update; --conf local_update wins):
     # None (the model's proposal as is), "monotone" or "piece"
     "local_update": None,
+    # where a click's decodes are all the prior's plain box competition, the server answers with this region
+    # on the stored grid (lib.session.plain_region; --conf plain_region wins): None or "geodesic"
+    "plain_region": None,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -116,6 +119,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     air = cfg["prior_flood_air_hu"]
     if air is not None and (isinstance(air, bool) or not isinstance(air, (int, float)) or not -1024 < air < 3000):
         raise ValueError(f"prior_flood_air_hu must be None or a number of HU in (-1024, 3000), got {air!r}")
+    if cfg["plain_region"] not in (None, "geodesic"):
+        raise ValueError(f"plain_region must be None or 'geodesic', got {cfg['plain_region']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):
         raise ValueError(f"local_update must be None, 'monotone' or 'piece', got {cfg['local_update']!r}")
     margin = cfg["prior_margin_cells"]

@@ -94,7 +94,7 @@ class GeodesicMaps(nn.Module):
 def box_face_seeds(cells: np.ndarray, grid: int, margin: int) -> np.ndarray:
     """Seeds (K, 3) on the faces of the clicks' bounding box plus `margin` cells that lie strictly inside
     the grid (a face on or beyond the grid's border is not a seed: the structure may continue past the
-    crop), as lib.evaluation.classical.roi_box's inner faces."""
+    crop), as lib.session.classical_region.roi_box's inner faces."""
     lo, hi = cells.min(0) - margin, cells.max(0) + margin
     axes = [np.arange(max(lo[a], 0), min(hi[a], grid - 1) + 1) for a in range(3)]
     faces = []
@@ -205,8 +205,10 @@ class GeodesicPrior(nn.Module):
         # decides instead of the box competition below
         self.flood = flood
         # per sample of the last forward: whether the flood decided it (a large walled tissue), read by the
-        # engine, which then skips the small-structure check (lib.session.fine_region) for that crop
+        # engine, which then skips the small-structure check (lib.session.fine_region) for that crop; and
+        # whether the box grew to a plateau (lib.session.plain_region: neither is the plain box competition)
         self.last_flooded: list = []
+        self.last_grown: list = []
 
     def _box_region(self, solves: GeodesicSolves, i: int, fg: np.ndarray, ex: np.ndarray, clicks: np.ndarray,
                     g: int) -> np.ndarray:
@@ -220,6 +222,7 @@ class GeodesicPrior(nn.Module):
             region = np.full((g, g, g), self.clip, dtype=np.float32)
         else:
             region = np.clip(solves.distance(i, self.gamma, bg) - d_fg, -self.clip, self.clip)
+        self.last_grown[i] = margin > self.margin
         bound = self.grow.bound(d_fg, level, self.clip) if margin > self.margin else None  # grown: a plateau
         return region if bound is None else np.minimum(region, bound).astype(np.float32)
 
@@ -227,7 +230,7 @@ class GeodesicPrior(nn.Module):
                 cell: float = 4.0, solves: Optional[GeodesicSolves] = None) -> torch.Tensor:
         b, g = intensity.shape[0], intensity.shape[-1]
         out = np.full((b, 1, g, g, g), -self.clip, dtype=np.float32)
-        self.last_flooded = [False] * b
+        self.last_flooded, self.last_grown = [False] * b, [False] * b
         if coords is not None and coords.shape[1] > 0:
             solves = _solves(intensity, solves)
             cells = np.clip(np.floor(coords.detach().float().cpu().numpy() / cell), 0, g - 1).astype(np.int64)

@@ -25,7 +25,8 @@ from .growth import inside_crop, lattice_origin_for, neighbour, seed_point, shif
 from .local_update import LocalUpdate
 from .pasteback import paste_logits
 from .points import Click, diff_clicks, ordered_clicks, parse_points, validate_request
-from .preprocess import crop_origin_for, normalise, resample_crop
+from .plain_region import PlainRegion, answered_plainly
+from .preprocess import crop_origin_for, normalise, resample_crop, tile_origins
 from .refine import GeodesicRefine, refine_image, refine_images, refine_logits
 from .result import SegmentationResult
 from .roi import apply_roi, clamp_roi
@@ -49,6 +50,7 @@ class _Request:
     def __init__(self, image_id: str, volume: LoadedVolume, grid: ModelGrid, ct: bool, timings: Dict[str, float]):
         self.image_id, self.volume, self.grid, self.ct, self.timings = image_id, volume, grid, ct, timings
         self.encoded = 0  # encoder runs for this request
+        self.plain: Optional[bool] = None  # every decode the plain box competition (None: nothing decoded)
 
 
 class SegmentationEngine:
@@ -68,12 +70,15 @@ class SegmentationEngine:
         refine: Optional[GeodesicRefine] = None,
         fine: Optional[FineRegion] = None,
         local: Optional[LocalUpdate] = None,
+        region: Optional[PlainRegion] = None,
     ):
         """volumes: the app's shared VolumeCache (lib.session.volume_cache); its LRU then also holds
         this engine's embeddings and model grids (one bound for all). Default: a cache of its own of
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
-        local: how a later click changes the mask (lib.session.local_update: only adds / only removes)."""
+        local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
+        region: where every decode of a request is the plain box competition, the label's mask is this region
+        on the stored grid instead (lib.session.plain_region)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -85,7 +90,7 @@ class SegmentationEngine:
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
         self.refine = refine
-        self.fine, self.local = fine, local
+        self.fine, self.local, self.region = fine, local, region
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -201,16 +206,8 @@ class SegmentationEngine:
         with self._lock:
             req = self._request(image_id, image_path, modality, dict.fromkeys(("load", "preprocess", "encode"), 0.0))
             crop = self.runner.crop
-            axes = []
-            for n in req.grid.size:
-                count = max(1, -(-int(n) // crop))
-                start = (int(n) - count * crop) // 2
-                axes.append([start + i * crop for i in range(count)])
-            centre = np.array(req.grid.size, dtype=np.float64) / 2.0
-            origins = sorted(((a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]),
-                             key=lambda o: (float(np.sum((np.array(o) + crop / 2.0 - centre) ** 2)), o))
             return [CropEmbedding(o, self._embedding(req, o, features=True), req.grid, crop)
-                    for o in origins[: max(1, int(max_crops))]]
+                    for o in tile_origins(req.grid.size, crop, max_crops)]
 
     def decode_first_clicks(self, embeddings: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Batched first-click decode for scoring: embeddings (T, C, s, s, s), coords (T, N, 3) crop
@@ -343,17 +340,20 @@ class SegmentationEngine:
         if not pts:
             return
         t = time.perf_counter()
-        logits = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
-        if self.fine is not None and clicks and not self._flooded():  # a small walled structure: its 1.5 mm region
+        logits = decoded = self.runner.decode(emb, [p for p, _ in pts], [lab for _, lab in pts], cs.logits)
+        if self.fine is not None and clicks and not self._prior_flag("last_flooded"):  # a small walled structure
             logits = self.fine(self._full_res_image(req, origin), [p for p, _ in clicks],
-                               [lab for _, lab in clicks], logits)
+                               [lab for _, lab in clicks], logits)  # its 1.5 mm region
+        req.plain = req.plain is not False and answered_plainly(self.runner.prior_only, self._prior_flag(
+            "last_flooded"), self._prior_flag("last_grown"), logits is not decoded)
         self.runner.sync()
         req.timings["decode"] += time.perf_counter() - t
         state.crops[origin] = CropState(origin, logits, cs.seeds, True)
 
-    def _flooded(self) -> bool:
-        """Whether the model's prior answered the last decode with its flood (a large walled tissue)."""
-        return bool((getattr(getattr(self.runner.model, "prior", None), "last_flooded", None) or [False])[0])
+    def _prior_flag(self, name: str) -> bool:
+        """The model's prior on the last decode: "last_flooded" (its flood answered: a large walled tissue) or
+        "last_grown" (its box grew to a plateau); False for a model without a prior."""
+        return bool((getattr(getattr(self.runner.model, "prior", None), name, None) or [False])[0])
 
     def _grow(self, req: _Request, state: LabelState, queue: List) -> None:
         """Add 50 %-overlap neighbour crops while a crop's mask reaches its border."""
@@ -399,7 +399,11 @@ class SegmentationEngine:
             region = mask[slices]
             np.maximum(region, box, out=region)
             boxes.append(slices)
-        mask = apply_roi(state.show(mask, boxes, self.local, new), roi)  # the clamped ROI of the request, if any
+        mask = state.show(mask, boxes, self.local, new)  # the model's answer (a click update merges into it)
+        state.plain = state.plain if req.plain is None else req.plain
+        if self.region is not None and state.plain:
+            mask = self.region(req.volume, req.ct, state.fg, state.bg)
+        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(

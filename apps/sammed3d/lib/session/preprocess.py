@@ -7,7 +7,7 @@ grow with the volume.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -89,3 +89,17 @@ def crop_origin_for(center: np.ndarray, crop: int = CROP) -> Tuple[int, int, int
     """Grid index of the first voxel of the crop centred on `center` (continuous grid index)."""
     c = np.floor(np.asarray(center, dtype=np.float64) + 0.5).astype(int)
     return tuple(int(x) - crop // 2 for x in c)
+
+
+def tile_origins(size: Sequence[int], crop: int = CROP, max_crops: int = 4) -> List[Tuple[int, int, int]]:
+    """Origins of crops tiling a model grid of `size` (no overlap, the tiling centred on the grid), the
+    `max_crops` nearest the grid centre first (volume features for active learning)."""
+    axes = []
+    for n in size:
+        count = max(1, -(-int(n) // crop))
+        start = (int(n) - count * crop) // 2
+        axes.append([start + i * crop for i in range(count)])
+    centre = np.array(size, dtype=np.float64) / 2.0
+    origins = sorted(((a, b, c) for a in axes[0] for b in axes[1] for c in axes[2]),
+                     key=lambda o: (float(np.sum((np.array(o) + crop / 2.0 - centre) ** 2)), o))
+    return origins[: max(1, int(max_crops))]

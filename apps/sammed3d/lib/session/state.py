@@ -68,14 +68,16 @@ class LabelState:
     # the mask returned for each click lists (fg, bg) of this label's recent requests: an undo or an edited
     # click restarts the label, and a request whose clicks were shown before gets that mask back
     shown_for: Dict[tuple, "ShownMask"] = field(default_factory=dict)
+    # whether the model's last decodes were all its plain box competition (lib.session.plain_region)
+    plain: bool = False
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
         return (list(self.fg), list(self.bg), list(self.applied), dict(self.crops), self.anchor, self.shown,
-                dict(self.shown_for))
+                dict(self.shown_for), self.plain)
 
     def restore(self, saved: tuple) -> None:
-        self.fg, self.bg, self.applied, self.crops, self.anchor, self.shown, self.shown_for = saved
+        self.fg, self.bg, self.applied, self.crops, self.anchor, self.shown, self.shown_for, self.plain = saved
 
     def carry_shown(self, old: Optional["LabelState"], fg: List[Point], bg: List[Point]) -> None:
         """On a restart from `old` (same volume and model) to the clicks (fg, bg): keep the masks shown for

@@ -38,6 +38,7 @@ from torch import nn
 from lib.evaluation.loop import evaluate_target
 from lib.model import model_click_mode, model_refine
 from lib.session.fine_region import resolve_fine
+from lib.session.plain_region import resolve_region
 from lib.session.local_update import resolve_local
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.refine import resolve_refine
@@ -185,7 +186,9 @@ def _train(rank, world, device, model, train_targets, val_targets, opts, callbac
                                         # validated as served: the model config's refinement (default-v3's)
                                         refine=resolve_refine("auto", model_refine(model)),
                                         fine=resolve_fine("auto", getattr(model, "config", None)),
-                                        local=resolve_local("auto", getattr(model, "config", None)))
+                                        local=resolve_local("auto", getattr(model, "config", None)),
+                                        region=resolve_region("auto", getattr(model, "config", None),
+                                                              getattr(model, "prior", None) is not None))
             t = time.perf_counter()
             baseline = validate(engine, model, f"{run_id}-e0", False, val_targets, source)
             logger.info(f"epoch 0 (live model): validation dice@1 {baseline['dice@1']:.4f} dice@5 {baseline['dice@5']:.4f} "

@@ -1,0 +1,73 @@
+"""Where the model answers a click with its plain box competition, the same competition on the volume's own grid.
+
+Why: the offline default's prior is the classical geodesic region (box faces around the clicks against the
+include clicks) solved on 6 mm cells and refined in a band at 3 or 1.5 mm. Where it recognises nothing more
+(no flood of a walled tissue, no growth of its box to a plateau, no small walled structure's fine region), its
+answer is that coarse competition, and the classical row of the evaluation (lib.evaluation.classical, the same
+competition at the volume's stored resolution, in mm: lib.session.classical_region) measured better on the development cases: Dice@1/3/5
+0.505/0.617/0.717 -> 0.519/0.643/0.730 over the 40 development targets (docs/default_model.md, "Thirteenth
+run"). The compiled shortest paths (lib.model.dijkstra_kernel) made it cheap enough to serve.
+
+What: per request, the engine records whether any crop it decoded was answered by something beyond the box
+competition (`answered_plainly`: a learned residual, as after fine-tuning, counts too); when none was,
+the label's mask is `PlainRegion(volume, ct, fg, bg)`: the classical geodesic region of all the label's clicks (lib.session.classical_region.segment_array with its tuned
+parameters) instead of the model's. A request that decodes nothing (the same clicks again) keeps the label's
+last choice. The model's own state (crops, the mask a click update merges into) is kept as before, so a later
+click the model recognises (a lung's flood at the second click) answers as the model would have.
+
+    PlainRegion()(volume LoadedVolume, ct bool, fg [(i, j, k)], bg [(i, j, k)]) -> (ni, nj, nk) uint8 mask
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .classical_region import TUNED, segment_array
+
+REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
+METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
+
+
+def answered_plainly(prior_only: bool, flooded: bool, grown: bool, fine: bool) -> bool:
+    """Whether one decode was the model's plain box competition: its prior alone (no learned residual:
+    ClickUNet3D.serves_prior_only, so a fine-tuned default answers with what it learnt), not flooded
+    (lib.model.flood_region), its box not grown to a plateau (lib.model.geodesic_maps.PriorGrowth) and no
+    fine region (lib.session.fine_region)."""
+    return prior_only and not (flooded or grown or fine)
+
+
+class PlainRegion:
+    """The classical geodesic region on the stored grid (see the module doc)."""
+
+    def __init__(self, params=None):
+        self.params = params or TUNED[METHOD]
+
+    def __call__(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> np.ndarray:
+        import SimpleITK as sitk
+
+        image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
+        spacing = tuple(float(s) for s in volume.image.GetSpacing())
+        points = lambda pts: [[int(np.floor(float(c) + 0.5)) for c in p] for p in pts]  # noqa: E731
+        mask = segment_array(METHOD, image, ct, spacing, points(fg), points(bg), self.params)
+        return mask.view(np.uint8)
+
+    def describe(self) -> str:
+        p = self.params
+        return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
+                f"{p.margin_mm:g} mm, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm)")
+
+
+def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True) -> Optional[PlainRegion]:
+    """--conf plain_region / --plain-region `mode` for a model whose config is `config`: "auto" (or None) what the
+    config's plain_region asks for (absent or None: none, so the released SAM-Med3D answers as its public code),
+    "on" the geodesic region, "off" none. "on" needs a model with a geodesic prior (`has_prior`): without one no
+    decode says whether it was the plain box competition."""
+    mode = str(mode or "auto").strip().lower()
+    if mode not in REGION_SWITCH:
+        raise ValueError(f"plain_region must be one of {', '.join(REGION_SWITCH)}, got {mode!r}")
+    if mode == "auto":
+        mode = "on" if (config or {}).get("plain_region") == METHOD else "off"
+    if mode == "on" and not has_prior:
+        raise ValueError("plain_region on needs a model with a geodesic prior (the offline default)")
+    return PlainRegion() if mode == "on" else None

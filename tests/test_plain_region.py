@@ -1,0 +1,120 @@
+"""lib.session.plain_region: where the prior answers with its plain box competition, the stored-grid region."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.session.plain_region import PlainRegion, answered_plainly, resolve_region
+
+
+def test_resolve_region_modes():
+    assert resolve_region("auto", None) is None and resolve_region(None, {"plain_region": None}) is None
+    assert isinstance(resolve_region("auto", {"plain_region": "geodesic"}), PlainRegion)
+    assert isinstance(resolve_region("on", {}), PlainRegion)
+    assert resolve_region("off", {"plain_region": "geodesic"}) is None
+    with pytest.raises(ValueError, match="plain_region must be one of"):
+        resolve_region("yes", {})
+    with pytest.raises(ValueError, match="geodesic prior"):
+        resolve_region("on", {}, has_prior=False)  # the released SAM-Med3D: no decode is a box competition
+    from lib.model import CLICK_UNET_CONFIG, build_model
+
+    with pytest.raises(ValueError, match="plain_region"):
+        build_model({**CLICK_UNET_CONFIG, "plain_region": "random_walker"})
+
+
+def test_a_decode_is_plain_only_when_nothing_beyond_the_box_answered():
+    assert answered_plainly(True, False, False, False)
+    assert not answered_plainly(False, False, False, False)  # a learned residual (a fine-tuned default)
+    for flags in ((True, False, False), (False, True, False), (False, False, True)):
+        assert not answered_plainly(True, *flags)
+
+
+def _scene(tmp_path):
+    """A CT: a faint 1.4 ml lesion in a large homogeneous tissue (the prior's box competition answers a click
+    there), and a large walled block of air-like density (a click there floods)."""
+    from test_session_fakes import ras_affine, write_nifti
+
+    rng = np.random.default_rng(0)
+    img = (400.0 + rng.normal(0, 2.0, (96, 96, 96))).astype(np.float32)
+    img[:, :, 84:] = 2000.0
+    z, y, x = np.ogrid[:96, :96, :96]
+    img[(z - 48) ** 2 + (y - 48) ** 2 + (x - 40) ** 2 <= 6 ** 2] += 10.0
+    img[10:40, 10:40, 50:80] = -800.0
+    return write_nifti(tmp_path / "scene.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+
+
+def test_the_region_is_the_classical_geodesic_row_on_the_stored_grid(tmp_path):
+    from lib.evaluation.classical import ClassicalSegmenter
+    from lib.session.volume import load_volume
+
+    path = _scene(tmp_path)
+    fg, bg = [[48, 48, 40], [50, 47, 42]], [[48, 30, 40]]
+    got = PlainRegion()(load_volume(path), True, fg, bg)
+    expected = ClassicalSegmenter("geodesic").segment(path, fg, bg)
+    assert got.dtype == np.uint8 and got.sum() > 100
+    np.testing.assert_array_equal(got.astype(bool), expected)
+
+
+def test_the_engine_answers_plain_clicks_with_the_region_and_the_rest_with_the_model(tmp_path):
+    from lib.session import SegmentationEngine
+    from lib.session.volume import load_volume
+    from test_flood_region import _prior_only_model
+
+    path = _scene(tmp_path)
+    volume = load_volume(path)
+    model = _prior_only_model(margin=7)
+    served = SegmentationEngine(model, "v", click_mode="all", max_crops=2, region=PlainRegion())
+    without = SegmentationEngine(model, "v", click_mode="all", max_crops=2)
+    lesion = [[48, 48, 40]]
+    got = served.segment("s", path, "lesion", lesion, [], modality="CT").mask
+    np.testing.assert_array_equal(got, PlainRegion()(volume, True, lesion, []))
+    assert not np.array_equal(got, without.segment("s", path, "lesion", lesion, [], modality="CT").mask)
+    # the same clicks again decode nothing: the label keeps its answer
+    np.testing.assert_array_equal(served.segment("s", path, "lesion", lesion, [], modality="CT").mask, got)
+    # a second click the prior also answers plainly: the region of both clicks
+    two = lesion + [[46, 50, 38]]
+    np.testing.assert_array_equal(served.segment("s", path, "lesion", two, [], modality="CT").mask,
+                                  PlainRegion()(volume, True, two, []))
+    # a click the prior floods (a walled tissue): the model's answer, as without the region
+    air = [[25, 25, 65]]
+    flooded = served.segment("s", path, "air", air, [], modality="CT", prior_flood="on").mask
+    assert model.prior.last_flooded == [True]
+    np.testing.assert_array_equal(flooded, without.segment("s", path, "air", air, [], modality="CT",
+                                                           prior_flood="on").mask)
+    # an ROI clips the region's answer too
+    roi_mask = served.segment("s", path, "roi", lesion, [], modality="CT", roi=(0, 95, 0, 95, 0, 39)).mask
+    assert roi_mask[:, :, 40:].sum() == 0 and roi_mask.sum() > 0
+
+
+def test_a_model_with_a_learned_residual_answers_itself(tmp_path):
+    """A fine-tuned default (non-zero output layer) is not its prior alone: what it learnt is served."""
+    from lib.session import SegmentationEngine
+    from test_flood_region import _prior_only_model
+
+    path = _scene(tmp_path)
+    model = _prior_only_model(margin=7)
+    with torch.no_grad():
+        model.mask_decoder.head.bias.fill_(0.5)
+    served = SegmentationEngine(model, "v", click_mode="all", max_crops=2, region=PlainRegion())
+    without = SegmentationEngine(model, "v", click_mode="all", max_crops=2)
+    np.testing.assert_array_equal(served.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask,
+                                  without.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask)
+
+
+def test_a_failed_request_leaves_the_labels_choice_as_it_was(tmp_path, monkeypatch):
+    from lib.session import SegmentationEngine
+    from test_flood_region import _prior_only_model
+
+    path = _scene(tmp_path)
+    served = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                region=PlainRegion())
+    first = served.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask
+    state = served._states[("s", "l")]
+    assert state.plain
+    monkeypatch.setattr(PlainRegion, "__call__", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        served.segment("s", path, "l", [[48, 48, 40], [46, 50, 38]], [], modality="CT")
+    assert state.plain and len(state.fg) == 1
+    monkeypatch.undo()
+    np.testing.assert_array_equal(served.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask, first)
