@@ -118,3 +118,20 @@ def test_a_failed_request_leaves_the_labels_choice_as_it_was(tmp_path, monkeypat
     assert state.plain and len(state.fg) == 1
     monkeypatch.undo()
     np.testing.assert_array_equal(served.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask, first)
+
+
+def test_an_undo_answers_as_the_click_it_goes_back_to(tmp_path):
+    """An undo restarts the label and replays its clicks; the last replayed click decides, as it did."""
+    from lib.session import SegmentationEngine
+    from lib.session.volume import load_volume
+    from test_flood_region import _prior_only_model
+
+    path = _scene(tmp_path)
+    served = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                region=PlainRegion())
+    one, two = [[48, 48, 40]], [[48, 48, 40], [46, 50, 38]]
+    first = served.segment("s", path, "l", one, [], modality="CT").mask
+    served.segment("s", path, "l", two, [], modality="CT")
+    undone = served.segment("s", path, "l", one, [], modality="CT").mask
+    np.testing.assert_array_equal(undone, first)
+    np.testing.assert_array_equal(undone, PlainRegion()(load_volume(path), True, one, []))

@@ -50,7 +50,7 @@ class _Request:
     def __init__(self, image_id: str, volume: LoadedVolume, grid: ModelGrid, ct: bool, timings: Dict[str, float]):
         self.image_id, self.volume, self.grid, self.ct, self.timings = image_id, volume, grid, ct, timings
         self.encoded = 0  # encoder runs for this request
-        self.plain: Optional[bool] = None  # every decode the plain box competition (None: nothing decoded)
+        self.plain: Optional[bool] = None  # the click's decodes all the plain box competition (None: none yet)
 
 
 class SegmentationEngine:
@@ -292,7 +292,7 @@ class SegmentationEngine:
 
     # ------------------------------------------------------------------ clicks
     def _apply_click(self, req: _Request, state: LabelState, click: Click) -> None:
-        crop = self.runner.crop
+        crop, req.plain = self.runner.crop, None  # plain or not: the last click's decodes say (an undo's replay too)
         point, lab = click
         u = req.grid.stored_to_grid(np.array(point))[0]
         if not state.crops:

@@ -8,10 +8,11 @@ competition at the volume's stored resolution, in mm: lib.session.classical_regi
 0.505/0.617/0.717 -> 0.519/0.643/0.730 over the 40 development targets (docs/default_model.md, "Thirteenth
 run"). The compiled shortest paths (lib.model.dijkstra_kernel) made it cheap enough to serve.
 
-What: per request, the engine records whether any crop it decoded was answered by something beyond the box
+What: per click (a request's last click decides; an undo replays the clicks, so it answers as that click did),
+the engine records whether any crop it decoded was answered by something beyond the box
 competition (`answered_plainly`: a learned residual, as after fine-tuning, counts too); when none was,
-the label's mask is `PlainRegion(volume, ct, fg, bg)`: the classical geodesic region of all the label's clicks (lib.session.classical_region.segment_array with its tuned
-parameters) instead of the model's. A request that decodes nothing (the same clicks again) keeps the label's
+the label's mask is `PlainRegion(volume, ct, fg, bg)`: the classical geodesic region of all the label's clicks
+(lib.session.classical_region.segment_array with its tuned parameters) instead of the model's. A request that decodes nothing (the same clicks again) keeps the label's
 last choice. The model's own state (crops, the mask a click update merges into) is kept as before, so a later
 click the model recognises (a lung's flood at the second click) answers as the model would have.
 
