@@ -135,3 +135,23 @@ def test_an_undo_answers_as_the_click_it_goes_back_to(tmp_path):
     undone = served.segment("s", path, "l", one, [], modality="CT").mask
     np.testing.assert_array_equal(undone, first)
     np.testing.assert_array_equal(undone, PlainRegion()(load_volume(path), True, one, []))
+
+
+def test_nothing_bounds_the_region_in_a_volume_smaller_than_its_box(tmp_path):
+    """No exclude click and a box (clicks + 40 mm) that fills the volume on every side: the classical rule would
+    make the whole volume foreground, so the region gives way to the model's answer."""
+    from lib.session import SegmentationEngine
+    from lib.session.volume import load_volume
+    from test_flood_region import _prior_only_model
+    from test_session_fakes import ras_affine, write_nifti
+
+    img = (100 + np.random.default_rng(0).normal(0, 5, (40, 40, 40))).astype(np.float32)
+    path = write_nifti(tmp_path / "small.nii.gz", img, ras_affine((1.0, 1.0, 1.0), np.eye(3)))
+    assert PlainRegion()(load_volume(path), False, [[0, 0, 0]], []) is None
+    assert PlainRegion()(load_volume(path), False, [[0, 0, 0]], [[10, 10, 10]]) is not None  # an exclude bounds it
+    model = _prior_only_model(margin=7)
+    served = SegmentationEngine(model, "v", click_mode="all", max_crops=1, region=PlainRegion())
+    without = SegmentationEngine(model, "v", click_mode="all", max_crops=1)
+    got = served.segment("s", path, "l", [[0, 0, 0]], []).mask
+    np.testing.assert_array_equal(got, without.segment("s", path, "l", [[0, 0, 0]], []).mask)
+    assert got.sum() < got.size

@@ -401,9 +401,8 @@ class SegmentationEngine:
             boxes.append(slices)
         mask = state.show(mask, boxes, self.local, new)  # the model's answer (a click update merges into it)
         state.plain = state.plain if req.plain is None else req.plain
-        if self.region is not None and state.plain:
-            mask = self.region(req.volume, req.ct, state.fg, state.bg)
-        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
+        region = self.region(req.volume, req.ct, state.fg, state.bg) if self.region is not None and state.plain else None
+        mask = apply_roi(mask if region is None else region, roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(

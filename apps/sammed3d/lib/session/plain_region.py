@@ -3,20 +3,22 @@
 Why: the offline default's prior is the classical geodesic region (box faces around the clicks against the
 include clicks) solved on 6 mm cells and refined in a band at 3 or 1.5 mm. Where it recognises nothing more
 (no flood of a walled tissue, no growth of its box to a plateau, no small walled structure's fine region), its
-answer is that coarse competition, and the classical row of the evaluation (lib.evaluation.classical, the same
-competition at the volume's stored resolution, in mm: lib.session.classical_region) measured better on the development cases: Dice@1/3/5
-0.505/0.617/0.717 -> 0.519/0.643/0.730 over the 40 development targets (docs/default_model.md, "Thirteenth
-run"). The compiled shortest paths (lib.model.dijkstra_kernel) made it cheap enough to serve.
+answer is that coarse competition, and the classical row of the evaluation (the same competition at the
+volume's stored resolution, in mm: lib.session.classical_region) measured better on the development cases:
+Dice@1/3/5 0.505/0.617/0.717 -> 0.519/0.643/0.730 over the 40 development targets (docs/default_model.md,
+"Thirteenth run"). The compiled shortest paths (lib.model.dijkstra_kernel) made it cheap enough to serve.
 
 What: per click (a request's last click decides; an undo replays the clicks, so it answers as that click did),
-the engine records whether any crop it decoded was answered by something beyond the box
-competition (`answered_plainly`: a learned residual, as after fine-tuning, counts too); when none was,
-the label's mask is `PlainRegion(volume, ct, fg, bg)`: the classical geodesic region of all the label's clicks
-(lib.session.classical_region.segment_array with its tuned parameters) instead of the model's. A request that decodes nothing (the same clicks again) keeps the label's
-last choice. The model's own state (crops, the mask a click update merges into) is kept as before, so a later
-click the model recognises (a lung's flood at the second click) answers as the model would have.
+the engine records whether any crop it decoded was answered by something beyond the box competition
+(`answered_plainly`: a learned residual, as after fine-tuning, counts too); when none was, the label's mask is
+`PlainRegion(volume, ct, fg, bg)`: the classical geodesic region of all the label's clicks
+(lib.session.classical_region.segment_array with its tuned parameters) instead of the model's. A request that
+decodes nothing (the same clicks again) keeps the label's last choice. The model's own state (crops, the mask a
+click update merges into) is kept as before, so a later click the model recognises (a lung's flood at the
+second click) answers as the model would have.
 
     PlainRegion()(volume LoadedVolume, ct bool, fg [(i, j, k)], bg [(i, j, k)]) -> (ni, nj, nk) uint8 mask
+        or None (nothing bounds the region: the model's answer stands)
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .classical_region import TUNED, segment_array
+from .classical_region import TUNED, roi_box, segment_array
 
 REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
 METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
@@ -44,19 +46,30 @@ class PlainRegion:
     def __init__(self, params=None):
         self.params = params or TUNED[METHOD]
 
-    def __call__(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> np.ndarray:
+    def __call__(self, volume, ct: bool, fg: Sequence[Sequence[float]],
+                 bg: Sequence[Sequence[float]]) -> Optional[np.ndarray]:
+        """The region as a uint8 mask on the stored grid, or None where nothing would bound it: no exclude click
+        and a box (clicks + margin) that fills the volume on every side, where the classical rule makes the whole
+        box foreground (a click in a volume under 80 mm): the model's answer stands there."""
         import SimpleITK as sitk
 
         image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
         spacing = tuple(float(s) for s in volume.image.GetSpacing())
-        points = lambda pts: [[int(np.floor(float(c) + 0.5)) for c in p] for p in pts]  # noqa: E731
-        mask = segment_array(METHOD, image, ct, spacing, points(fg), points(bg), self.params)
-        return mask.view(np.uint8)
+        fg, bg = _voxels(fg), _voxels(bg)
+        _, faces = roi_box(fg + bg, image.shape, spacing, self.params.margin_mm)
+        if not bg and not any(lo or hi for lo, hi in faces):
+            return None
+        return segment_array(METHOD, image, ct, spacing, fg, bg, self.params).view(np.uint8)
 
     def describe(self) -> str:
         p = self.params
         return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
                 f"{p.margin_mm:g} mm, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm)")
+
+
+def _voxels(points: Sequence[Sequence[float]]) -> list:
+    """Click positions -> the voxel indices they round to (as the click update reads them)."""
+    return [[int(np.floor(float(c) + 0.5)) for c in p] for p in points]
 
 
 def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True) -> Optional[PlainRegion]:
