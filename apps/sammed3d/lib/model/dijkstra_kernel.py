@@ -10,12 +10,23 @@ cores at once.
 What: MCP_Geometric's metric exactly (fully connected, `sampling` = spacing): a step from voxel a to
 its neighbour b costs |offset * spacing| * (cost[a] + cost[b]) / 2; a voxel whose cost is not
 finite and >= 0 is impassable; seeds start at 0, and a seed on an impassable voxel is 0 there and
-reaches nothing. A binary heap with decrease-key (one entry per voxel: with 26 neighbours a lazy
-heap pushes several entries per voxel and measured 2x slower). The same candidate sums as any
-Dijkstra, so the same numbers (tests/test_geodesic_graph.py: equal to MCP_Geometric).
+reaches nothing. The same candidate sums as any Dijkstra, so the same numbers
+(tests/test_geodesic_graph.py: equal to MCP_Geometric).
+
+Two queues:
+- `solve_buckets` (used first): Dial's bucket queue. Every step costs at least w = min length x min cost
+  (> 0: geodesic_cost is >= 1), so voxels whose distances lie in the same bucket [b w, (b + 1) w) cannot
+  improve one another and settle in any order: O(1) per queue operation instead of a heap's O(log n),
+  half the binary heap's time on a 1 mm MR box (0.24 -> 0.12 s for 634,000 voxels: scripts/bench_geodesic.py)
+  and bit for bit its distances. The buckets are doubly linked lists through the voxels (a decrease-key moves
+  a voxel between lists), on a ring of max step / w + 3 buckets. It declines (returns False, `out` untouched)
+  where a cost of 0 or a ring too large for the grid (a cost range over ~10^6) makes buckets pointless.
+- `solve`: a binary heap with decrease-key (one entry per voxel: with 26 neighbours a lazy heap pushes several
+  entries per voxel and measured 2x slower), for every field.
 
     solve(cost (Z, Y, X) float64 C-contiguous, seeds (K, 3) int64, lengths (26,) float64,
           offsets (26, 3) int64, out (Z, Y, X) float64 filled with inf) -> None (fills `out`)
+    solve_buckets(the same) -> bool (True: `out` filled; False: not applicable, use solve)
 """
 from __future__ import annotations
 
@@ -109,3 +120,102 @@ def solve(cost, seeds, lengths, offsets, out):
                     _sift_up(heap, keys, where, n - 1, j, nd)
                 else:
                     _sift_up(heap, keys, where, slot, j, nd)
+
+
+@njit(cache=True, nogil=True)
+def solve_buckets(cost, seeds, lengths, offsets, out):
+    nz, ny, nx = cost.shape
+    py, px = ny + 2, nx + 2
+    size = (nz + 2) * py * px
+    flat = cost.ravel()
+    # one-voxel padded copies (a neighbour needs no bounds test): state 0 impassable or padding, 1 open, 2 settled
+    state, padded = np.zeros(size, np.uint8), np.zeros(size, np.float64)
+    low, high = np.inf, 0.0
+    for z in range(nz):
+        for y in range(ny):
+            row, src = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
+            for x in range(nx):
+                c = flat[src + x]
+                padded[row + x] = c
+                if c >= 0.0 and c < np.inf:
+                    state[row + x] = 1
+                    low, high = min(low, c), max(high, c)
+    step, half = np.empty(26, np.int64), np.empty(26, np.float64)
+    for k in range(26):
+        step[k] = (offsets[k, 0] * py + offsets[k, 1]) * px + offsets[k, 2]
+        half[k] = 0.5 * lengths[k]
+    if high == 0.0 or not low > 0.0:
+        return low == np.inf and _seeds_only(seeds, nz, ny, nx, out)  # no passable voxel: the seeds alone
+    width = lengths.min() * low * (1.0 - 1e-9)  # below the least step, also after rounding
+    ring = lengths.max() * high / width + 3.0
+    if ring > 4.0 * size + 1e6 or size >= 2 ** 31 - 1:  # the lists hold int32 voxel numbers
+        return False
+    ring_size, inverse = int(ring), 1.0 / width
+    head = np.full(ring_size, -1, np.int32)
+    nxt, prv = np.empty(size, np.int32), np.empty(size, np.int32)
+    dist, queued, count = np.full(size, np.inf), np.zeros(size, np.bool_), 0
+    for s in range(seeds.shape[0]):
+        i = ((seeds[s, 0] + 1) * py + seeds[s, 1] + 1) * px + seeds[s, 2] + 1
+        dist[i] = 0.0
+        if state[i] == 1 and not queued[i]:
+            queued[i] = True
+            count += 1
+            nxt[i], prv[i] = head[0], -1
+            if head[0] >= 0:
+                prv[head[0]] = i
+            head[0] = i
+    current = 0
+    while count > 0:
+        bucket = current % ring_size
+        i = head[bucket]
+        if i < 0:
+            current += 1
+            continue
+        after = nxt[i]  # i is its list's first voxel: the list now starts at the next
+        head[bucket] = after
+        if after >= 0:
+            prv[after] = -1
+        queued[i], state[i] = False, 2
+        count -= 1
+        d, ca = dist[i], padded[i]
+        for k in range(26):
+            j = i + step[k]
+            if state[j] != 1:
+                continue
+            nd = d + half[k] * (ca + padded[j])
+            old = dist[j]
+            if nd < old:
+                dist[j] = nd
+                if queued[j]:  # a decrease-key: out of its old bucket's list (inlined: the hot path)
+                    before, after = prv[j], nxt[j]
+                    if before >= 0:
+                        nxt[before] = after
+                    else:
+                        head[int(old * inverse) % ring_size] = after
+                    if after >= 0:
+                        prv[after] = before
+                else:
+                    queued[j] = True
+                    count += 1
+                b = int(nd * inverse) % ring_size
+                first = head[b]
+                nxt[j], prv[j] = first, -1
+                if first >= 0:
+                    prv[first] = j
+                head[b] = j
+    o = out.ravel()
+    for z in range(nz):
+        for y in range(ny):
+            row, dst = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
+            for x in range(nx):
+                o[dst + x] = dist[row + x]
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _seeds_only(seeds, nz, ny, nx, out):
+    """Every voxel impassable: each seed is 0 at itself and reaches nothing."""
+    o = out.ravel()
+    for s in range(seeds.shape[0]):
+        o[(seeds[s, 0] * ny + seeds[s, 1]) * nx + seeds[s, 2]] = 0.0
+    return True

@@ -5,9 +5,10 @@ band, the classical geodesic row) is a minimal path length over a local cost (`g
 26-connected, with skimage.graph.MCP_Geometric's metric: a step from voxel a to its neighbour b
 costs |offset * spacing| * (cost[a] + cost[b]) / 2, and the seeds start at 0.
 
-The solve is lib.model.dijkstra_kernel (numba): no edge list, about half MCP_Geometric's time on a
-dense 32^3 field and half the CSR graph + scipy dijkstra's on a refinement band (which the
-refinement used before; scripts/bench_geodesic.py), and it releases the GIL, so `geodesic_from_each`
+The solve is lib.model.dijkstra_kernel (numba; a bucket queue, a binary heap where buckets do not apply):
+no edge list, a quarter of MCP_Geometric's time on a dense 32^3 field and a quarter of the CSR graph + scipy
+dijkstra's on a refinement band (which the refinement used before; scripts/bench_geodesic.py), and it releases
+the GIL, so `geodesic_from_each`
 solves two seed sets on two cores at once. Without numba (a machine that did not install
 requirements.txt, e.g. a bare GPU box) MCP_Geometric solves instead: the same distances
 (tests/test_geodesic_graph.py), slower.
@@ -60,7 +61,9 @@ def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] 
     if dijkstra_kernel is None:
         return _mcp_geometric(cost, seeds, spacing)
     out = np.full(cost.shape, np.inf)
-    dijkstra_kernel.solve(cost, seeds, np.sqrt(((_OFFSETS * np.asarray(spacing)) ** 2).sum(1)), _OFFSETS, out)
+    lengths = np.sqrt(((_OFFSETS * np.asarray(spacing)) ** 2).sum(1))
+    if not dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS, out):  # a cost of 0, or a huge cost range
+        dijkstra_kernel.solve(cost, seeds, lengths, _OFFSETS, out)
     return out
 
 
