@@ -81,8 +81,10 @@ def geodesic_from_each(cost: np.ndarray, seed_sets: Sequence[np.ndarray],
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernel now, so that a server's first click does not."""
+    """Compile (or load from numba's cache) the kernel now, so that a server's first click does not: the bucket
+    queue, and the heap it falls back to (a field with a cost of 0)."""
     geodesic_from_each(np.ones((2, 2, 2)), [np.zeros((1, 3), np.int64)] * 2)
+    geodesic_from(np.zeros((2, 2, 2)), np.zeros((1, 3), np.int64))
 
 
 def _mcp_geometric(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
