@@ -119,7 +119,7 @@ def run(args) -> dict:
         for r in range(1, args.reps):
             shutil.copyfile(os.path.join(studies, "ct_0" + ext), os.path.join(studies, f"ct_{r}{ext}"))
         ckpt = os.path.abspath(args.checkpoint) if args.checkpoint else released_random_checkpoint(os.path.join(work, "random_released.pt"))
-        conf = {"checkpoint": ckpt, "device": args.device, "max_crops": str(args.max_crops), "modality": "CT"}
+        conf = {"checkpoint": ckpt, "device": args.device, "max_crops": str(args.max_crops), "modality": args.modality}
         extra = {"prior_flood": args.prior_flood} if args.prior_flood else {}  # the per-click request option
         out = {w: {"first": [], "server_first": [], "repeat": {f: [] for f in formats},
                    "server_repeat": {f: [] for f in formats}, "bytes": {f: [] for f in formats}} for w in writers}
@@ -271,6 +271,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-crops", type=int, default=1, help="--conf max_crops of the servers (default 1: one crop)")
     p.add_argument("--image", default=None, help="a real volume to click instead of the synthetic CT (with --click)")
     p.add_argument("--click", default=None, help="i,j,k stored voxel index of the first click (with --image)")
+    p.add_argument("--modality", default="CT", choices=("CT", "MR"),
+                   help="--conf modality of the servers (MR for an MR --image: as CT it is clamped as HU)")
     p.add_argument("--prior-flood", choices=("auto", "on", "off"), default=None,
                    help="send the infer request option prior_flood with every click (the embedded default's flood "
                         "for large organs; the clicks land in the synthetic CT's liver-like blob)")
