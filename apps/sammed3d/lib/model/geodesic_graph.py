@@ -8,8 +8,7 @@ costs |offset * spacing| * (cost[a] + cost[b]) / 2, and the seeds start at 0.
 The solve is lib.model.dijkstra_kernel (numba; a bucket queue, a binary heap where buckets do not apply):
 no edge list, a quarter of MCP_Geometric's time on a dense 32^3 field and a quarter of the CSR graph + scipy
 dijkstra's on a refinement band (which the refinement used before; scripts/bench_geodesic.py), and it releases
-the GIL, so `geodesic_from_each`
-solves two seed sets on two cores at once. Without numba (a machine that did not install
+the GIL, so `geodesic_from_each` solves two seed sets on two cores at once. Without numba (a machine that did not install
 requirements.txt, e.g. a bare GPU box) MCP_Geometric solves instead: the same distances
 (tests/test_geodesic_graph.py), slower.
 
