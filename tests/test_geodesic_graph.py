@@ -107,6 +107,31 @@ def test_the_bucket_queue_gives_the_binary_heaps_distances_bit_for_bit(trial):
     assert np.isfinite(heap).sum() > 100
 
 
+def test_the_bucket_queue_matches_the_heap_on_ties_wide_cost_ranges_and_every_kind_of_wall():
+    """Small random fields the app never makes but a ring could alias on: exact ties (costs on a 0.1 grid), cost
+    ranges up to e^12 (a ring far larger than the grid), spacings 0.1-10 mm, walls of inf, negative and NaN cost."""
+    from lib.model import dijkstra_kernel
+
+    rng = np.random.default_rng(7)
+    solved = 0
+    for trial in range(60):
+        shape = tuple(int(n) for n in rng.integers(2, 16, 3))
+        spacing = tuple(float(s) for s in rng.choice([0.1, 0.5, 1.0, 3.0, 10.0], 3))
+        kinds = (lambda: rng.uniform(1, 2, shape).round(1), lambda: np.exp(rng.uniform(-6, 6, shape)),
+                 lambda: geodesic_cost(rng.normal(size=shape), 300.0, spacing))
+        cost = kinds[trial % 3]()
+        cost[rng.random(shape) < 0.3] = rng.choice([np.inf, -1.0, np.nan])
+        k = int(rng.integers(1, 12))
+        seeds = np.ascontiguousarray(np.stack([rng.integers(0, n, k) for n in shape], axis=1))
+        lengths = np.sqrt(((geodesic_graph._OFFSETS * np.asarray(spacing)) ** 2).sum(1))
+        heap, buckets = np.full(shape, np.inf), np.full(shape, np.inf)
+        dijkstra_kernel.solve(cost, seeds, lengths, geodesic_graph._OFFSETS, heap)
+        if dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, buckets):
+            np.testing.assert_array_equal(buckets, heap)
+            solved += 1
+    assert solved >= 40  # the rest declined (a ring over the cap): the heap answers them
+
+
 def test_the_bucket_queue_declines_where_buckets_do_not_apply():
     """A cost of 0 (no least step) or a cost range too wide for the ring: the heap solves (same answers as MCP)."""
     from lib.model import dijkstra_kernel
