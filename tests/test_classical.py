@@ -160,3 +160,19 @@ def test_large_box_solved_coarse_stays_on_the_stored_grid(method):
     assert coarse.shape == shape and coarse[35, 35, 17]
     assert dice(full, gt) > 0.9 and dice(coarse, gt) > 0.85 and dice(coarse, full) > 0.85
     assert not np.array_equal(coarse, full)  # the coarse path really ran
+
+
+def test_the_geodesic_sign_is_the_geodesic_scores_sign():
+    """The stored-grid region decides by one labelling solve (geodesic_sign): the mask of geodesic_score > 0, ties
+    (d_bg == d_fg, on a flat image) included, walls of the box and all."""
+    from lib.session.classical_region import geodesic_score, geodesic_sign
+
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        shape = tuple(int(n) for n in rng.integers(8, 30, 3))
+        data = np.zeros(shape) if trial == 0 else rng.normal(size=shape).round(1)  # a flat image: many ties
+        labels = seed_labels(shape, [tuple(int(v) for v in rng.integers(0, shape))], [tuple(int(v) for v in
+                             rng.integers(0, shape))], [(True, True)] * 3, (1.0, 1.0, 2.0), 2.0)
+        sign, score = geodesic_sign(data, labels, (1.0, 1.0, 2.0), 30.0), geodesic_score(data, labels, (1.0, 1.0, 2.0), 30.0)
+        np.testing.assert_array_equal(sign > 0, score > 0)
+        assert (score == 0).any() or trial > 0  # the flat image does tie

@@ -9,6 +9,9 @@ import lib.model.geodesic_graph as geodesic_graph
 from lib.model.geodesic_graph import geodesic_cost, geodesic_from, geodesic_from_each
 
 
+_NONE = (geodesic_graph._NO_SETS, geodesic_graph._NO_LABELS)  # solve_buckets without labels
+
+
 def _mcp(cost, seeds, spacing=(1.0, 1.0, 1.0)):
     return MCP_Geometric(cost, fully_connected=True, sampling=spacing).find_costs(seeds)[0]
 
@@ -102,7 +105,7 @@ def test_the_bucket_queue_gives_the_binary_heaps_distances_bit_for_bit(trial):
     lengths = np.sqrt(((geodesic_graph._OFFSETS * np.asarray(spacing)) ** 2).sum(1))
     heap, buckets = np.full(shape, np.inf), np.full(shape, np.inf)
     dijkstra_kernel.solve(cost, seeds, lengths, geodesic_graph._OFFSETS, heap)
-    assert dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, buckets)
+    assert dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, buckets, *_NONE)
     np.testing.assert_array_equal(buckets, heap)
     assert np.isfinite(heap).sum() > 100
 
@@ -126,7 +129,7 @@ def test_the_bucket_queue_matches_the_heap_on_ties_wide_cost_ranges_and_every_ki
         lengths = np.sqrt(((geodesic_graph._OFFSETS * np.asarray(spacing)) ** 2).sum(1))
         heap, buckets = np.full(shape, np.inf), np.full(shape, np.inf)
         dijkstra_kernel.solve(cost, seeds, lengths, geodesic_graph._OFFSETS, heap)
-        if dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, buckets):
+        if dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, buckets, *_NONE):
             np.testing.assert_array_equal(buckets, heap)
             solved += 1
     assert solved >= 40  # the rest declined (a ring over the cap): the heap answers them
@@ -140,9 +143,32 @@ def test_the_bucket_queue_declines_where_buckets_do_not_apply():
     seeds = np.array([[0, 0, 0]])
     for cost in (np.zeros((5, 5, 5)), np.where(np.indices((6, 6, 6)).sum(0) % 2 == 0, 1e-3, 1e7)):
         out = np.full(cost.shape, np.inf)
-        assert not dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, out)
+        assert not dijkstra_kernel.solve_buckets(cost, seeds, lengths, geodesic_graph._OFFSETS, out, *_NONE)
         assert np.isinf(out).all()  # untouched
         np.testing.assert_allclose(geodesic_from(cost, seeds), _mcp(cost, seeds), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_nearest_seed_set_is_the_argmin_of_each_sets_distance(compiled, monkeypatch):
+    """nearest_seed_set (one labelling solve) against np.argmin over geodesic_from of each set, ties to the first
+    set, -1 where none reaches: on exact ties (costs on a 0.1 grid), walls and anisotropic spacing; and with the
+    MCP fallback."""
+    from lib.model.geodesic_graph import nearest_seed_set
+
+    if not compiled:
+        monkeypatch.setattr(geodesic_graph, "dijkstra_kernel", None)
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        shape = tuple(int(n) for n in rng.integers(3, 18, 3))
+        spacing = tuple(float(s) for s in rng.choice([0.5, 1.0, 3.0], 3))
+        cost = rng.uniform(1, 2, shape).round(1) if trial % 2 else geodesic_cost(rng.normal(size=shape), 30.0, spacing)
+        cost[rng.random(shape) < 0.2] = np.inf
+        sets = [np.stack([rng.integers(0, n, k) for n in shape], axis=1) for k in rng.integers(1, 6, 3)]
+        dist = np.stack([geodesic_from(cost, s, spacing) for s in sets])
+        expected = np.where(np.isfinite(dist).any(axis=0), np.argmin(dist, axis=0), -1)
+        np.testing.assert_array_equal(nearest_seed_set(cost, sets, spacing), expected)
+    with pytest.raises(ValueError, match="at least one seed"):
+        nearest_seed_set(np.ones((4, 4, 4)), [np.array([[0, 0, 0]]), np.zeros((0, 3), np.int64)])
 
 
 def test_bad_input_is_refused():

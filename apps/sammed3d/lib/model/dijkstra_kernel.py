@@ -27,7 +27,9 @@ Two queues:
 
     solve(cost (Z, Y, X) float64 C-contiguous, seeds (K, 3) int64, lengths (26,) float64,
           offsets (26, 3) int64, out (Z, Y, X) float64 filled with inf) -> None (fills `out`)
-    solve_buckets(the same) -> bool (True: `out` filled; False: not applicable, use solve)
+    solve_buckets(the same, seed_set (K,) int32, nearest (Z, Y, X) int32 filled with -1, or size 0) -> bool
+        (True: `out` filled, and with a full-size `nearest` each voxel's nearest seed set, the lower on a tie,
+        -1 where none reaches; False: not applicable, use solve)
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def solve(cost, seeds, lengths, offsets, out):
 
 
 @njit(cache=True, nogil=True)
-def solve_buckets(cost, seeds, lengths, offsets, out):
+def solve_buckets(cost, seeds, lengths, offsets, out, seed_set, nearest):
     nz, ny, nx = cost.shape
     py, px = ny + 2, nx + 2
     size = (nz + 2) * py * px
@@ -146,7 +148,7 @@ def solve_buckets(cost, seeds, lengths, offsets, out):
         step[k] = (offsets[k, 0] * py + offsets[k, 1]) * px + offsets[k, 2]
         half[k] = 0.5 * lengths[k]
     if high == 0.0 or not low > 0.0:
-        return low == np.inf and _seeds_only(seeds, nz, ny, nx, out)  # no passable voxel: the seeds alone
+        return low == np.inf and _seeds_only(seeds, seed_set, nz, ny, nx, out, nearest)  # every voxel a wall
     width = lengths.min() * low * (1.0 - 1e-9)  # below the least step, also after rounding
     ring = lengths.max() * high / width + 3.0
     if ring > 4.0 * size + 1e6 or size >= 2 ** 31 - 1:  # the lists hold int32 voxel numbers
@@ -155,8 +157,12 @@ def solve_buckets(cost, seeds, lengths, offsets, out):
     head = np.full(ring_size, -1, np.int32)
     nxt, prv = np.empty(size, np.int32), np.empty(size, np.int32)
     dist, queued, count = np.full(size, np.inf), np.zeros(size, np.bool_), 0
+    track = nearest.size > 0  # label each voxel with the seed set that reaches it first (ties: the lower set)
+    label = np.full(size if track else 1, -1, np.int32)
     for s in range(seeds.shape[0]):
         i = ((seeds[s, 0] + 1) * py + seeds[s, 1] + 1) * px + seeds[s, 2] + 1
+        if track and (label[i] < 0 or seed_set[s] < label[i]):
+            label[i] = seed_set[s]
         dist[i] = 0.0
         if state[i] == 1 and not queued[i]:
             queued[i] = True
@@ -185,6 +191,8 @@ def solve_buckets(cost, seeds, lengths, offsets, out):
                 continue
             nd = d + half[k] * (ca + padded[j])
             old = dist[j]
+            if track and nd <= old and (nd < old or label[i] < label[j]):
+                label[j] = label[i]  # settled voxels' labels are final: their equal-distance paths came first
             if nd < old:
                 dist[j] = nd
                 if queued[j]:  # a decrease-key: out of its old bucket's list (inlined: the hot path)
@@ -210,13 +218,23 @@ def solve_buckets(cost, seeds, lengths, offsets, out):
             row, dst = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
             for x in range(nx):
                 o[dst + x] = dist[row + x]
+    if track:
+        n = nearest.ravel()
+        for z in range(nz):
+            for y in range(ny):
+                row, dst = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
+                for x in range(nx):
+                    n[dst + x] = label[row + x]
     return True
 
 
 @njit(cache=True, nogil=True)
-def _seeds_only(seeds, nz, ny, nx, out):
-    """Every voxel impassable: each seed is 0 at itself and reaches nothing."""
-    o = out.ravel()
+def _seeds_only(seeds, seed_set, nz, ny, nx, out, nearest):
+    """Every voxel impassable: each seed is 0 at itself (and labelled with its set) and reaches nothing."""
+    o, n = out.ravel(), nearest.ravel()
     for s in range(seeds.shape[0]):
-        o[(seeds[s, 0] * ny + seeds[s, 1]) * nx + seeds[s, 2]] = 0.0
+        i = (seeds[s, 0] * ny + seeds[s, 1]) * nx + seeds[s, 2]
+        o[i] = 0.0
+        if n.size > 0 and (n[i] < 0 or seed_set[s] < n[i]):
+            n[i] = seed_set[s]
     return True

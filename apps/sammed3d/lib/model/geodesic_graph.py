@@ -15,6 +15,8 @@ requirements.txt, e.g. a bare GPU box) MCP_Geometric solves instead: the same di
     geodesic_from(cost (Z, Y, X) float, inf or negative = impassable, seeds (K, 3) int, K >= 1,
                   spacing=(1, 1, 1)) -> (Z, Y, X) float64, inf where no seed reaches
     geodesic_from_each(cost, [seeds, ...], spacing) -> [distance, ...]   (concurrently)
+    nearest_seed_set(cost, [seeds, ...], spacing) -> (Z, Y, X) int32: the nearest set's index (first on a tie),
+        -1 where none reaches, in one solve
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ except ImportError:  # pragma: no cover - exercised by the fallback test through
 
 # the 26 neighbour offsets, in a fixed order (the kernel's step lengths follow it)
 _OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)], dtype=np.int64)
+_NO_SETS, _NO_LABELS = np.zeros(0, np.int32), np.zeros((0, 0, 0), np.int32)  # solve_buckets without labels
 _POOL = None  # (pid, two worker threads), made on first use in each process (the kernel releases the GIL)
 
 
@@ -61,9 +64,34 @@ def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] 
         return _mcp_geometric(cost, seeds, spacing)
     out = np.full(cost.shape, np.inf)
     lengths = np.sqrt(((_OFFSETS * np.asarray(spacing)) ** 2).sum(1))
-    if not dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS, out):  # a cost of 0, or a huge cost range
-        dijkstra_kernel.solve(cost, seeds, lengths, _OFFSETS, out)
+    if not dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS, out, _NO_SETS, _NO_LABELS):
+        dijkstra_kernel.solve(cost, seeds, lengths, _OFFSETS, out)  # a cost of 0, or a huge cost range
     return out
+
+
+def nearest_seed_set(cost: np.ndarray, seed_sets: Sequence[np.ndarray],
+                     spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Per voxel, the index of the seed set at the least geodesic distance (the first listed on a tie), -1 where
+    none reaches: what comparing geodesic_from of each set gives (np.argmin), in ONE solve that settles each
+    voxel once (lib.model.dijkstra_kernel.solve_buckets, labelling as it goes) instead of one solve per set. Why:
+    the plain region only needs which side is nearer; one thread does what two did, the other stays free."""
+    cost = np.ascontiguousarray(cost, dtype=np.float64)
+    sets = [np.asarray(s, dtype=np.int64).reshape(-1, 3) for s in seed_sets]
+    if cost.ndim != 3 or not sets or any(len(s) == 0 for s in sets):
+        raise ValueError("a nearest seed set needs a 3-D cost field and seed sets of at least one seed each")
+    seeds = np.ascontiguousarray(np.concatenate(sets))
+    if (seeds < 0).any() or (seeds >= np.array(cost.shape)).any():
+        raise ValueError(f"seeds outside the cost field of shape {cost.shape}")
+    which = np.concatenate([np.full(len(s), k, np.int32) for k, s in enumerate(sets)])
+    nearest = np.full(cost.shape, -1, np.int32)
+    lengths = np.sqrt(((_OFFSETS * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1))
+    if dijkstra_kernel is not None and dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS,
+                                                                    np.full(cost.shape, np.inf), which, nearest):
+        return nearest
+    dist = np.stack(geodesic_from_each(cost, sets, spacing))  # without numba, or where buckets do not apply
+    nearest = np.argmin(dist, axis=0).astype(np.int32)
+    nearest[~np.isfinite(dist).any(axis=0)] = -1
+    return nearest
 
 
 def geodesic_from_each(cost: np.ndarray, seed_sets: Sequence[np.ndarray],

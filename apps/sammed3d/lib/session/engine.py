@@ -389,7 +389,9 @@ class SegmentationEngine:
 
     # ------------------------------------------------------------------ output
     def _result(self, req: _Request, key, state: LabelState, t0: float, roi=None, new=None) -> SegmentationResult:
-        t = time.perf_counter()
+        t, plain = time.perf_counter(), state.plain if req.plain is None else req.plain
+        # the region solves on its own thread while the model's mask (kept for later clicks) is pasted here
+        pending = self.region.start(req.volume, req.ct, state.fg, state.bg) if self.region is not None and plain else None
         mask, boxes = np.zeros(req.volume.shape, dtype=np.uint8), []
         for cs in state.crops.values():
             piece = self._crop_mask(req, key, state, cs) if cs.decoded else None
@@ -400,8 +402,7 @@ class SegmentationEngine:
             np.maximum(region, box, out=region)
             boxes.append(slices)
         mask = state.show(mask, boxes, self.local, new)  # the model's answer (a click update merges into it)
-        state.plain = state.plain if req.plain is None else req.plain
-        region = self.region(req.volume, req.ct, state.fg, state.bg) if self.region is not None and state.plain else None
+        state.plain, region = plain, pending.result() if pending is not None else None
         mask = apply_roi(mask if region is None else region, roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
