@@ -212,18 +212,13 @@ def solve_buckets(cost, seeds, lengths, offsets, out, seed_set, nearest):
                 if first >= 0:
                     prv[first] = j
                 head[b] = j
-    o = out.ravel()
+    o, n = out.ravel(), nearest.ravel()
     for z in range(nz):
         for y in range(ny):
             row, dst = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
             for x in range(nx):
                 o[dst + x] = dist[row + x]
-    if track:
-        n = nearest.ravel()
-        for z in range(nz):
-            for y in range(ny):
-                row, dst = ((z + 1) * py + y + 1) * px + 1, (z * ny + y) * nx
-                for x in range(nx):
+                if track:
                     n[dst + x] = label[row + x]
     return True
 
