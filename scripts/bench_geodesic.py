@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps", "sammed3d"))
 from lib.model import dijkstra_kernel  # noqa: E402
-from lib.model.geodesic_graph import (_OFFSETS, _mcp_geometric, geodesic_cost, geodesic_from,  # noqa: E402
+from lib.model.geodesic_graph import (_OFFSETS, _lengths, _mcp_geometric, geodesic_cost, geodesic_from,  # noqa: E402
                                       geodesic_from_each, warm_up)
 
 
@@ -92,7 +92,7 @@ def _heap(cost: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The binary-heap kernel alone (what geodesic_from falls back to where buckets do not apply)."""
     out = np.full(cost.shape, np.inf)
     dijkstra_kernel.solve(np.ascontiguousarray(cost, dtype=np.float64), np.ascontiguousarray(seeds, dtype=np.int64),
-                          np.sqrt((_OFFSETS ** 2).sum(1)), _OFFSETS, out)
+                          _lengths((1.0, 1.0, 1.0)), _OFFSETS, out)
     return out
 
 

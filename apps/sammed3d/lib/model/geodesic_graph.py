@@ -49,24 +49,35 @@ def geodesic_from(cost: np.ndarray, seeds: np.ndarray, spacing: Sequence[float] 
     """Minimal path length over `cost` (geodesic_cost; inf or negative = impassable) from any of `seeds`
     ((K, 3) voxel indices, K >= 1) to every voxel, 26-connected with MCP_Geometric's metric (module doc);
     inf where no seed reaches, and a seed on an impassable voxel is 0 there and reaches nothing."""
+    cost, seeds = _checked(cost, seeds)
+    spacing = tuple(float(s) for s in spacing)
+    if dijkstra_kernel is None:
+        return _mcp_geometric(cost, seeds, spacing)
+    out, lengths = np.full(cost.shape, np.inf), _lengths(spacing)
+    if not dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS, out, _NO_SETS, _NO_LABELS):
+        dijkstra_kernel.solve(cost, seeds, lengths, _OFFSETS, out)  # a cost of 0, or a huge cost range
+    return out
+
+
+def _checked(cost: np.ndarray, seeds: np.ndarray):
+    """(cost float64 C-contiguous, seeds (K, 3) int64 C-contiguous) as the kernels take them; ValueError naming
+    what is wrong: not 3-D, too many voxels for the kernels' int32 voxel numbers, no seed, a seed outside."""
     cost = np.ascontiguousarray(cost, dtype=np.float64)
     if cost.ndim != 3:
         raise ValueError(f"a geodesic distance needs a 3-D cost field, got shape {cost.shape}")
-    if cost.size >= np.iinfo(np.int32).max:  # the kernel's heap holds int32 voxel numbers
+    if cost.size >= np.iinfo(np.int32).max:  # the kernels hold int32 voxel numbers
         raise ValueError(f"a geodesic distance holds at most {np.iinfo(np.int32).max - 1} voxels, got {cost.size}")
     seeds = np.ascontiguousarray(np.asarray(seeds, dtype=np.int64).reshape(-1, 3))
     if len(seeds) == 0:
         raise ValueError("a geodesic distance needs at least one seed")
     if (seeds < 0).any() or (seeds >= np.array(cost.shape)).any():
         raise ValueError(f"seeds outside the cost field of shape {cost.shape}")
-    spacing = tuple(float(s) for s in spacing)
-    if dijkstra_kernel is None:
-        return _mcp_geometric(cost, seeds, spacing)
-    out = np.full(cost.shape, np.inf)
-    lengths = np.sqrt(((_OFFSETS * np.asarray(spacing)) ** 2).sum(1))
-    if not dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS, out, _NO_SETS, _NO_LABELS):
-        dijkstra_kernel.solve(cost, seeds, lengths, _OFFSETS, out)  # a cost of 0, or a huge cost range
-    return out
+    return cost, seeds
+
+
+def _lengths(spacing: Sequence[float]) -> np.ndarray:
+    """The 26 steps' lengths in mm, in _OFFSETS' order."""
+    return np.sqrt(((_OFFSETS * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1))
 
 
 def nearest_seed_set(cost: np.ndarray, seed_sets: Sequence[np.ndarray],
@@ -75,17 +86,13 @@ def nearest_seed_set(cost: np.ndarray, seed_sets: Sequence[np.ndarray],
     none reaches: what comparing geodesic_from of each set gives (np.argmin), in ONE solve that settles each
     voxel once (lib.model.dijkstra_kernel.solve_buckets, labelling as it goes) instead of one solve per set. Why:
     the plain region only needs which side is nearer; one thread does what two did, the other stays free."""
-    cost = np.ascontiguousarray(cost, dtype=np.float64)
     sets = [np.asarray(s, dtype=np.int64).reshape(-1, 3) for s in seed_sets]
-    if cost.ndim != 3 or not sets or any(len(s) == 0 for s in sets):
-        raise ValueError("a nearest seed set needs a 3-D cost field and seed sets of at least one seed each")
-    seeds = np.ascontiguousarray(np.concatenate(sets))
-    if (seeds < 0).any() or (seeds >= np.array(cost.shape)).any():
-        raise ValueError(f"seeds outside the cost field of shape {cost.shape}")
+    if not sets or any(len(s) == 0 for s in sets):
+        raise ValueError("a nearest seed set needs seed sets of at least one seed each")
+    cost, seeds = _checked(cost, np.concatenate(sets))
     which = np.concatenate([np.full(len(s), k, np.int32) for k, s in enumerate(sets)])
     nearest = np.full(cost.shape, -1, np.int32)
-    lengths = np.sqrt(((_OFFSETS * np.asarray(spacing, dtype=np.float64)) ** 2).sum(1))
-    if dijkstra_kernel is not None and dijkstra_kernel.solve_buckets(cost, seeds, lengths, _OFFSETS,
+    if dijkstra_kernel is not None and dijkstra_kernel.solve_buckets(cost, seeds, _lengths(spacing), _OFFSETS,
                                                                     np.full(cost.shape, np.inf), which, nearest):
         return nearest
     dist = np.stack(geodesic_from_each(cost, sets, spacing))  # without numba, or where buckets do not apply
