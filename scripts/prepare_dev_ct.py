@@ -127,7 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chests", type=int, default=3, help="synthetic chest phantoms (seeds 0..N-1)")
     ap.add_argument("--lesions", action="store_true",
                     help="also write dev_head_ct_lesions (kept apart from the 12 targets measured so far: "
-                         "scripts/prepare_dev_ct.py --lesions --chests 0 --out work_data/dev_lesions)")
+                         "scripts/prepare_dev_ct.py --lesions --chests 0 --no-head --out work_data/dev_lesions)")
+    ap.add_argument("--no-head", action="store_true",
+                    help="leave out dev_invesalius_head_ct itself (the lesion set holds only the lesion case: the head "
+                         "case is in dev_ct already)")
     args = ap.parse_args(argv)
     import SimpleITK as sitk
 
@@ -149,9 +152,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ct, spacing = read_inv3(fetch_deb(args.cache), tmp)
     head = head_labels(ct)
-    save("dev_invesalius_head_ct", ct, head, spacing, NAMES,
-         source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
-         ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_ct.py")
+    if not args.no_head:
+        save("dev_invesalius_head_ct", ct, head, spacing, NAMES,
+             source=f"Debian {PACKAGE} (Cranium.inv3), GPL-2: development only, never trained on",
+             ground_truth="HU thresholds + morphology (weak), scripts/prepare_dev_ct.py")
     for seed in range(args.chests):
         image, labels, spacing_zyx = chest_case(seed)
         save(f"dev_chest_phantom_{seed}", image, labels, spacing_zyx[::-1], CHEST_LABELS,

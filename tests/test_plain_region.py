@@ -112,7 +112,7 @@ def test_a_failed_request_leaves_the_labels_choice_as_it_was(tmp_path, monkeypat
     first = served.segment("s", path, "l", [[48, 48, 40]], [], modality="CT").mask
     state = served._states[("s", "l")]
     assert state.plain
-    monkeypatch.setattr(PlainRegion, "__call__", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(PlainRegion, "answer", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         served.segment("s", path, "l", [[48, 48, 40], [46, 50, 38]], [], modality="CT")
     assert state.plain and len(state.fg) == 1
@@ -155,3 +155,87 @@ def test_nothing_bounds_the_region_in_a_volume_smaller_than_its_box(tmp_path):
     got = served.segment("s", path, "l", [[0, 0, 0]], []).mask
     np.testing.assert_array_equal(got, without.segment("s", path, "l", [[0, 0, 0]], []).mask)
     assert got.sum() < got.size
+
+
+def _ball_scene(tmp_path, radius=10):
+    """An MR-like volume at 1.5 mm: a bright ball (radius in voxels) in a noisy darker tissue."""
+    from test_session_fakes import ras_affine, write_nifti
+
+    rng = np.random.default_rng(1)
+    img = (100.0 + rng.normal(0, 3.0, (96, 96, 96))).astype(np.float32)
+    z, y, x = np.ogrid[:96, :96, :96]
+    img[(z - 48) ** 2 + (y - 48) ** 2 + (x - 48) ** 2 <= radius ** 2] = 160.0
+    return write_nifti(tmp_path / "ball.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
+
+
+def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
+    """A 30 mm ball clicked at its centre: a 10 mm box cuts it (its region touches the ball's own tissue all round),
+    a 40 mm box holds it whole (the region ends at the ball's edge): the 40 mm margin is chosen, and only for the
+    first click; later clicks use the tuned margin."""
+    from dataclasses import replace
+
+    from lib.session.classical_region import TUNED, segment_array
+    from lib.session.plain_region import first_click_margin
+    from lib.session.volume import load_volume
+
+    volume = load_volume(_ball_scene(tmp_path, radius=10))
+    import SimpleITK as sitk
+
+    image = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
+    params, spacing, click = TUNED["geodesic"], (1.5, 1.5, 1.5), [[48, 48, 48]]
+    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0)) == 40.0
+    assert first_click_margin(image, False, spacing, click, params, (40.0, 10.0)) == 40.0
+    region = PlainRegion(margins=(10.0, 40.0))
+    got = region(volume, False, click, [])
+    ball = segment_array("geodesic", image, False, spacing, click, [], replace(params, margin_mm=40.0))
+    np.testing.assert_array_equal(got.astype(bool), ball)
+    assert abs(int(ball.sum()) - 4189) < 600  # the ball's 4,189 voxels
+    narrow = PlainRegion(replace(params, margin_mm=10.0), margins=(10.0, 40.0))
+    np.testing.assert_array_equal(narrow(volume, False, click, []), got)  # the first click: chosen
+    two = click + [[50, 48, 48]]
+    np.testing.assert_array_equal(narrow(volume, False, two, []), PlainRegion(replace(params, margin_mm=10.0))(
+        volume, False, two, []))  # later clicks: the tuned margin
+
+
+def test_resolve_region_reads_the_configs_margins():
+    assert resolve_region("auto", {"plain_region": "geodesic"}).margins is None
+    assert resolve_region("auto", {"plain_region": "geodesic", "plain_region_margins": [20, 40]}).margins == (20.0, 40.0)
+    from lib.model import CLICK_UNET_CONFIG, build_model
+
+    for bad in ([], [0], [20, "40"], 40, [True]):
+        with pytest.raises(ValueError, match="plain_region_margins"):
+            build_model({**CLICK_UNET_CONFIG, "plain_region_margins": bad})
+
+
+def test_with_a_click_update_the_region_is_merged_into_what_the_label_showed(tmp_path):
+    """An include click only adds to the shown mask, an exclude click only removes, where the region answers as
+    where the model does (lib.session.local_update); an undo gets back what those clicks showed. The region's
+    first click takes a 40 mm box (chosen), the second its 6 mm one: alone it would take back most of the lesion."""
+    from dataclasses import replace
+
+    from lib.session import SegmentationEngine
+    from lib.session.classical_region import TUNED
+    from lib.session.local_update import LocalUpdate
+    from lib.session.volume import load_volume
+    from test_flood_region import _prior_only_model
+
+    path = _scene(tmp_path)
+    volume = load_volume(path)
+    region = PlainRegion(replace(TUNED["geodesic"], margin_mm=6.0), margins=(6.0, 40.0))
+    served = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                region=region, local=LocalUpdate("monotone"))
+    one = [[48, 48, 40]]
+    first = served.segment("s", path, "l", one, [], modality="CT").mask
+    np.testing.assert_array_equal(first, region(volume, True, one, []))  # a first click: the region whole
+    two = one + [[46, 50, 38]]
+    second = served.segment("s", path, "l", two, [], modality="CT").mask
+    proposed = region(volume, True, two, []).astype(bool)
+    assert (first.astype(bool) & ~proposed).sum() > 500  # what the region alone would take back
+    np.testing.assert_array_equal(second.astype(bool), first.astype(bool) | proposed)
+    exclude = [[48, 53, 40]]
+    assert second[tuple(exclude[0])]
+    third = served.segment("s", path, "l", two, exclude, modality="CT").mask
+    np.testing.assert_array_equal(third.astype(bool), second.astype(bool) & region(volume, True, two, exclude)
+                                  .astype(bool))
+    assert not third[tuple(exclude[0])] and third.sum() > 0
+    np.testing.assert_array_equal(served.segment("s", path, "l", two, [], modality="CT").mask, second)  # an undo

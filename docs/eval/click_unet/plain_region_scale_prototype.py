@@ -61,5 +61,6 @@ def call(self, volume, ct, fg, bg):
 
 
 PR.PlainRegion.__call__ = call
-from lib.evaluation.command import main
-sys.exit(main())
+if __name__ == "__main__":  # plain_region_merge_prototype.py imports the rule
+    from lib.evaluation.command import main
+    sys.exit(main())

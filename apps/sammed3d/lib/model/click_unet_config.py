@@ -65,6 +65,9 @@ CLICK_UNET_CONFIG = {
     # where a click's decodes are all the prior's plain box competition, the server answers with this region
     # on the stored grid (lib.session.plain_region; --conf plain_region wins): None or "geodesic"
     "plain_region": None,
+    # the plain region's first-click box margins (mm) to choose from by contrast (plain_region.first_click_margin);
+    # None: its tuned margin for every click
+    "plain_region_margins": None,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -121,6 +124,10 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"prior_flood_air_hu must be None or a number of HU in (-1024, 3000), got {air!r}")
     if cfg["plain_region"] not in (None, "geodesic"):
         raise ValueError(f"plain_region must be None or 'geodesic', got {cfg['plain_region']!r}")
+    margins = cfg["plain_region_margins"]
+    if margins is not None and (not isinstance(margins, (list, tuple)) or not margins or any(
+            isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 500 for m in margins)):
+        raise ValueError(f"plain_region_margins must be None or a list of margins in (0, 500] mm, got {margins!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):
         raise ValueError(f"local_update must be None, 'monotone' or 'piece', got {cfg['local_update']!r}")
     margin = cfg["prior_margin_cells"]

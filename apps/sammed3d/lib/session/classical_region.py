@@ -241,10 +241,21 @@ def region_score(method: str, data: np.ndarray, labels: np.ndarray, spacing: Seq
 def segment_array(method: str, image: np.ndarray, ct: bool, spacing: Sequence[float], fg: Sequence[Sequence[int]],
                   bg: Sequence[Sequence[int]], params: ClassicalParams) -> np.ndarray:
     """Boolean mask on the stored grid of `image` ((i, j, k) array) from include/exclude clicks."""
+    mask = np.zeros(image.shape, dtype=bool)
+    if fg:
+        box, region, _ = segment_box(method, image, ct, spacing, fg, bg, params)
+        mask[box] = region
+    elif method not in METHODS:
+        raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
+    return mask
+
+
+def segment_box(method: str, image: np.ndarray, ct: bool, spacing: Sequence[float], fg: Sequence[Sequence[int]],
+                bg: Sequence[Sequence[int]], params: ClassicalParams) -> Tuple[Tuple[slice, ...], np.ndarray, np.ndarray]:
+    """segment_array inside its box (at least one include click): (the box as slices, the region in it (bool),
+    the box's normalised intensities the method solved on)."""
     if method not in METHODS:
         raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
-    if not fg:
-        return np.zeros(image.shape, dtype=bool)
     if params.border not in ("always", "until_exclude"):
         raise ValueError(f"border must be 'always' or 'until_exclude', not {params.border!r}")
     box, inner = roi_box(list(fg) + list(bg), image.shape, spacing, params.margin_mm)
@@ -257,6 +268,4 @@ def segment_array(method: str, image: np.ndarray, ct: bool, spacing: Sequence[fl
     region = region_score(method, data, labels, spacing, params) > 0
     region[labels == 1] = True  # the seeds themselves (they may be lost when solved on a coarser grid)
     region[labels == 2] = False
-    mask = np.zeros(image.shape, dtype=bool)
-    mask[box] = region
-    return mask
+    return box, region, data

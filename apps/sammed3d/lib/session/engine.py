@@ -77,8 +77,8 @@ class SegmentationEngine:
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
         local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
-        region: where every decode of a request is the plain box competition, the label's mask is this region
-        on the stored grid instead (lib.session.plain_region)."""
+        region: where every decode of a request is the plain box competition, this region on the stored grid
+        answers instead (lib.session.plain_region), merged by `local` as the model's mask would be."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -390,7 +390,7 @@ class SegmentationEngine:
     # ------------------------------------------------------------------ output
     def _result(self, req: _Request, key, state: LabelState, t0: float, roi=None, new=None) -> SegmentationResult:
         t, plain = time.perf_counter(), state.plain if req.plain is None else req.plain
-        # the region solves on its own thread while the model's mask (kept for later clicks) is pasted here
+        # the region solves on its own thread while the model's mask (the answer where it gives way) is pasted here
         pending = self.region.start(req.volume, req.ct, state.fg, state.bg) if self.region is not None and plain else None
         mask, boxes = np.zeros(req.volume.shape, dtype=np.uint8), []
         for cs in state.crops.values():
@@ -401,9 +401,10 @@ class SegmentationEngine:
             region = mask[slices]
             np.maximum(region, box, out=region)
             boxes.append(slices)
-        mask = state.show(mask, boxes, self.local, new)  # the model's answer (a click update merges into it)
-        state.plain, region = plain, pending.result() if pending is not None else None
-        mask = apply_roi(mask if region is None else region, roi)  # the clamped ROI of the request, if any
+        answer = pending.result() if pending is not None else None  # (region, its box); None: the model's mask
+        mask, boxes = (answer[0], [answer[1]]) if answer is not None else (mask, boxes)
+        state.plain, mask = plain, state.show(mask, boxes, self.local, new)  # merged into what the label showed
+        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(
