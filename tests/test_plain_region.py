@@ -200,11 +200,15 @@ def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
 def test_resolve_region_reads_the_configs_margins():
     assert resolve_region("auto", {"plain_region": "geodesic"}).margins is None
     assert resolve_region("auto", {"plain_region": "geodesic", "plain_region_margins": [20, 40]}).margins == (20.0, 40.0)
+    assert not resolve_region("auto", {"plain_region": "geodesic"}).merge
+    assert resolve_region("on", {"plain_region_merge": True}).merge
     from lib.model import CLICK_UNET_CONFIG, build_model
 
     for bad in ([], [0], [20, "40"], 40, [True]):
         with pytest.raises(ValueError, match="plain_region_margins"):
             build_model({**CLICK_UNET_CONFIG, "plain_region_margins": bad})
+    with pytest.raises(ValueError, match="plain_region_merge"):
+        build_model({**CLICK_UNET_CONFIG, "plain_region_merge": "yes"})
 
 
 def test_with_a_click_update_the_region_is_merged_into_what_the_label_showed(tmp_path):
@@ -221,9 +225,11 @@ def test_with_a_click_update_the_region_is_merged_into_what_the_label_showed(tmp
 
     path = _scene(tmp_path)
     volume = load_volume(path)
-    region = PlainRegion(replace(TUNED["geodesic"], margin_mm=6.0), margins=(6.0, 40.0))
+    region = PlainRegion(replace(TUNED["geodesic"], margin_mm=6.0), margins=(6.0, 40.0), merge=True)
     served = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
                                 region=region, local=LocalUpdate("monotone"))
+    replaced = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                  region=PlainRegion(region.params, region.margins), local=LocalUpdate("monotone"))
     one = [[48, 48, 40]]
     first = served.segment("s", path, "l", one, [], modality="CT").mask
     np.testing.assert_array_equal(first, region(volume, True, one, []))  # a first click: the region whole
@@ -232,6 +238,8 @@ def test_with_a_click_update_the_region_is_merged_into_what_the_label_showed(tmp
     proposed = region(volume, True, two, []).astype(bool)
     assert (first.astype(bool) & ~proposed).sum() > 500  # what the region alone would take back
     np.testing.assert_array_equal(second.astype(bool), first.astype(bool) | proposed)
+    replaced.segment("s", path, "l", one, [], modality="CT")  # without merge (default-v9): the region as it is
+    np.testing.assert_array_equal(replaced.segment("s", path, "l", two, [], modality="CT").mask, proposed)
     exclude = [[48, 53, 40]]
     assert second[tuple(exclude[0])]
     third = served.segment("s", path, "l", two, exclude, modality="CT").mask

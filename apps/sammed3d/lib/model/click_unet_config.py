@@ -68,6 +68,8 @@ CLICK_UNET_CONFIG = {
     # the plain region's first-click box margins (mm) to choose from by contrast (plain_region.first_click_margin);
     # None: its tuned margin for every click
     "plain_region_margins": None,
+    # the plain region merged into the label's shown mask by the click update (local_update) instead of replacing it
+    "plain_region_merge": False,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -128,6 +130,8 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     if margins is not None and (not isinstance(margins, (list, tuple)) or not margins or any(
             isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 500 for m in margins)):
         raise ValueError(f"plain_region_margins must be None or a list of margins in (0, 500] mm, got {margins!r}")
+    if not isinstance(cfg["plain_region_merge"], bool):
+        raise ValueError(f"plain_region_merge must be true or false, got {cfg['plain_region_merge']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):
         raise ValueError(f"local_update must be None, 'monotone' or 'piece', got {cfg['local_update']!r}")
     margin = cfg["prior_margin_cells"]

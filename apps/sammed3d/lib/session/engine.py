@@ -78,7 +78,7 @@ class SegmentationEngine:
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
         local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
         region: where every decode of a request is the plain box competition, this region on the stored grid
-        answers instead (lib.session.plain_region), merged by `local` as the model's mask would be."""
+        answers instead (lib.session.plain_region; with its `merge`, merged by `local` as the model's mask is)."""
         if click_mode not in CLICK_MODES:
             raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
         if max_crops < 1:
@@ -402,9 +402,9 @@ class SegmentationEngine:
             np.maximum(region, box, out=region)
             boxes.append(slices)
         answer = pending.result() if pending is not None else None  # (region, its box); None: the model's mask
-        mask, boxes = (answer[0], [answer[1]]) if answer is not None else (mask, boxes)
-        state.plain, mask = plain, state.show(mask, boxes, self.local, new)  # merged into what the label showed
-        mask = apply_roi(mask, roi)  # the clamped ROI of the request, if any
+        merged = answer is not None and self.region.merge  # else the region replaces the model's shown mask
+        state.plain, mask = plain, state.show(*((answer[0], [answer[1]]) if merged else (mask, boxes)), self.local, new)
+        mask = apply_roi(answer[0] if answer is not None and not merged else mask, roi)  # clamped to an ROI
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(

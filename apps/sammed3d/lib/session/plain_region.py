@@ -49,11 +49,14 @@ def answered_plainly(prior_only: bool, flooded: bool, grown: bool, fine: bool) -
 
 class PlainRegion:
     """The classical geodesic region on the stored grid (see the module doc). `margins` (mm): the first click's
-    box margin is chosen among them by the region's contrast (`first_click_margin`); None: params.margin_mm."""
+    box margin is chosen among them by the region's contrast (`first_click_margin`); None: params.margin_mm.
+    `merge`: the engine merges the region into the mask the label showed, as its click update does the model's
+    (an include click only adds, an exclude only removes); False (default-v9): the region replaces it."""
 
-    def __init__(self, params=None, margins: Optional[Sequence[float]] = None):
+    def __init__(self, params=None, margins: Optional[Sequence[float]] = None, merge: bool = False):
         self.params = params or TUNED[METHOD]
         self.margins = tuple(float(m) for m in margins) if margins else None
+        self.merge = bool(merge)
 
     def __call__(self, volume, ct: bool, fg: Sequence[Sequence[float]],
                  bg: Sequence[Sequence[float]]) -> Optional[np.ndarray]:
@@ -95,7 +98,8 @@ class PlainRegion:
         margin = f"{p.margin_mm:g} mm" + (f", the first click's chosen among {'/'.join(f'{m:g}' for m in self.margins)} "
                                           "mm by contrast" if self.margins else "")
         return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
-                f"{margin}, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm)")
+                f"{margin}, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm"
+                + (", merged into the shown mask)" if self.merge else ")"))
 
 
 def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float]) -> float:
@@ -140,4 +144,6 @@ def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool 
         mode = "on" if (config or {}).get("plain_region") == METHOD else "off"
     if mode == "on" and not has_prior:
         raise ValueError("plain_region on needs a model with a geodesic prior (the offline default)")
-    return PlainRegion(margins=(config or {}).get("plain_region_margins")) if mode == "on" else None
+    config = config or {}
+    return PlainRegion(margins=config.get("plain_region_margins"), merge=bool(config.get("plain_region_merge"))) \
+        if mode == "on" else None
