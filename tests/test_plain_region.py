@@ -183,8 +183,8 @@ def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
 
     image = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
     params, spacing, click = TUNED["geodesic"], (1.5, 1.5, 1.5), [[48, 48, 48]]
-    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0)) == 40.0
-    assert first_click_margin(image, False, spacing, click, params, (40.0, 10.0)) == 40.0
+    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0))[0] == 40.0
+    assert first_click_margin(image, False, spacing, click, params, (40.0, 10.0))[0] == 40.0
     region = PlainRegion(margins=(10.0, 40.0))
     got = region(volume, False, click, [])
     ball = segment_array("geodesic", image, False, spacing, click, [], replace(params, margin_mm=40.0))

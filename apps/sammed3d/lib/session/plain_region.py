@@ -74,15 +74,16 @@ class PlainRegion:
         image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
         spacing = tuple(float(s) for s in volume.image.GetSpacing())
         fg, bg = _voxels(fg), _voxels(bg)
-        params = self.params
+        params, chosen = self.params, None
         if self.margins and len(fg) == 1 and not bg:
-            params = replace(params, margin_mm=first_click_margin(image, ct, spacing, fg, params, self.margins))
+            chosen = first_click_margin(image, ct, spacing, fg, params, self.margins)
+            params = replace(params, margin_mm=chosen[0])
         box, faces = roi_box(fg + bg, image.shape, spacing, params.margin_mm)
         if not bg and not any(lo or hi for lo, hi in faces):
             return None
         mask = np.zeros(image.shape, dtype=np.uint8)
         if fg:
-            mask[box] = segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
+            mask[box] = chosen[1] if chosen else segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
         return mask, box
 
     def start(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> Future:
@@ -102,9 +103,11 @@ class PlainRegion:
                 + (", merged into the shown mask)" if self.merge else ")"))
 
 
-def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float]) -> float:
-    """The box margin (mm) among `margins` whose region stands out most from what surrounds it: |mean inside -
-    mean of the one-voxel shell outside| / std inside, on the box's normalised intensities (the first of equals).
+def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params,
+                       margins: Sequence[float]) -> Tuple[float, np.ndarray]:
+    """(the box margin (mm) among `margins` whose region stands out most from what surrounds it, that region in its
+    box): contrast = |mean inside - mean of the one-voxel shell outside| / std inside, on the box's normalised
+    intensities (the first of equals).
 
     Why: with one click only the box bounds the region (in homogeneous tissue it fills about half the margin), so
     one fixed margin is too tight for an organ and too loose for a small lesion; a region bounded by an edge
@@ -116,15 +119,16 @@ def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins
         _, region, data = segment_box(METHOD, image, ct, spacing, fg, [], replace(params, margin_mm=margin))
         shell = ndimage.binary_dilation(region, _CUBE) & ~region
         if not region.any() or not shell.any():
-            return 0.0
+            return 0.0, region
         inside = data[region]
-        return float(abs(inside.mean() - data[shell].mean()) / (inside.std() + 1e-3))
+        return float(abs(inside.mean() - data[shell].mean()) / (inside.std() + 1e-3)), region
 
     global _CANDIDATES
     if _CANDIDATES is None or _CANDIDATES[0] != os.getpid():
         _CANDIDATES = (os.getpid(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="plain-margins"))
-    scores = list(_CANDIDATES[1].map(contrast, margins))
-    return float(margins[int(np.argmax(scores))])
+    scored = list(_CANDIDATES[1].map(contrast, margins))
+    best = int(np.argmax([score for score, _ in scored]))
+    return float(margins[best]), scored[best][1]
 
 
 def _voxels(points: Sequence[Sequence[float]]) -> list:
