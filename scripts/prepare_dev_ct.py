@@ -166,12 +166,17 @@ def main(argv=None) -> int:
         save("dev_head_ct_lesions", image, labels, spacing, {f"SYNTHETIC {k} lesion {i}": i for i, k in enumerate(kinds, 1)},
              source=f"Debian {PACKAGE} head CT + lesions of lib.dataengine.lesions (seed 14)",
              ground_truth="exact (the painted lesions)")
-    with open(os.path.join(args.out, "labels", "labels.json"), "w") as f:
-        json.dump(names_json, f, indent=1)
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+    write_index(args.out, names_json, manifest)
+    return 0
+
+
+def write_index(out: str, names: dict, manifest: list) -> None:
+    """A development set's labels/labels.json ({case: {name: value}}, what lib.evaluation reads) and manifest.json."""
+    with open(os.path.join(out, "labels", "labels.json"), "w") as f:
+        json.dump(names, f, indent=1)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     print(json.dumps(manifest, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
