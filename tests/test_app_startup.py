@@ -282,3 +282,12 @@ def test_plain_region_follows_the_models_config_unless_conf_says(tmp_path, studi
     save_checkpoint(build_model({**small, "prior_margin_cells": 0}), no_prior, version="n")
     with pytest.raises(RuntimeError, match="cannot start.*geodesic prior"):
         make_app(tmp_path / "f", studies, {"checkpoint": no_prior, "plain_region": "on"})
+    # --conf plain_region_merge auto|on|off: the config's (default-v10: merged) unless the server says
+    merged = str(tmp_path / "m.pt")
+    save_checkpoint(build_model({**small, "plain_region": "geodesic", "plain_region_merge": True}), merged, version="m")
+    assert info("g", {"checkpoint": merged}).endswith("merged into the shown mask)")
+    assert not info("h", {"checkpoint": merged, "plain_region_merge": "off"}).endswith("merged into the shown mask)")
+    assert info("i", {"checkpoint": region, "plain_region_merge": "on"}).endswith("merged into the shown mask)")
+    assert not info("j", {"checkpoint": region}).endswith("merged into the shown mask)")
+    with pytest.raises(RuntimeError, match="cannot start.*plain_region_merge"):
+        make_app(tmp_path / "k", studies, {"checkpoint": merged, "plain_region_merge": "maybe"})

@@ -202,6 +202,10 @@ def test_resolve_region_reads_the_configs_margins():
     assert resolve_region("auto", {"plain_region": "geodesic", "plain_region_margins": [20, 40]}).margins == (20.0, 40.0)
     assert not resolve_region("auto", {"plain_region": "geodesic"}).merge
     assert resolve_region("on", {"plain_region_merge": True}).merge
+    assert not resolve_region("on", {"plain_region_merge": True}, merge="off").merge
+    assert resolve_region("auto", {"plain_region": "geodesic"}, merge="on").merge
+    with pytest.raises(ValueError, match="plain_region_merge must be one of"):
+        resolve_region("on", {}, merge="sometimes")
     from lib.model import CLICK_UNET_CONFIG, build_model
 
     for bad in ([], [0], [20, "40"], 40, [True]):

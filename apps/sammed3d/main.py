@@ -27,6 +27,8 @@
                            auto: the model's config)
   plain_region auto|on|off where a click's answer is the prior's plain box competition, the geodesic region on
                            the stored grid instead (default auto: the model's config; default-v9 on)
+  plain_region_merge auto|on|off  that region merged into the shown mask by the click update (on) or replacing
+                           it (off; default auto: the model's config; default-v10 on)
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;
                            default lesion,organ,tumor,vessel,bone; any name works from Slicer)
   model_version vNNNN|base serve a published fine-tuned version (rollback) or the base checkpoint

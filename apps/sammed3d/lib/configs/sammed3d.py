@@ -10,7 +10,7 @@ device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_facto
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
 large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
 a small walled structure's 1.5 mm region), local_update (auto | off | monotone | piece: how a later click
-changes the mask), plain_region (auto | on | off: lib.session.plain_region), max_crops, modality, al_* and scoring_threads (active learning).
+changes the mask), plain_region and plain_region_merge (auto | on | off: lib.session.plain_region), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -115,7 +115,7 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         local = resolve_local(conf.get("local_update", "auto"), getattr(model, "config", None))
         # a click the prior answers with its plain box competition: that region on the stored grid (--conf plain_region)
         region = resolve_region(conf.get("plain_region", "auto"), getattr(model, "config", None),
-                                getattr(model, "prior", None) is not None)
+                                getattr(model, "prior", None) is not None, conf.get("plain_region_merge", "auto"))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(

@@ -136,18 +136,23 @@ def _voxels(points: Sequence[Sequence[float]]) -> list:
     return [[int(np.floor(float(c) + 0.5)) for c in p] for p in points]
 
 
-def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True) -> Optional[PlainRegion]:
+def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True,
+                   merge: Optional[str] = "auto") -> Optional[PlainRegion]:
     """--conf plain_region / --plain-region `mode` for a model whose config is `config`: "auto" (or None) what the
     config's plain_region asks for (absent or None: none, so the released SAM-Med3D answers as its public code),
     "on" the geodesic region, "off" none. "on" needs a model with a geodesic prior (`has_prior`): without one no
-    decode says whether it was the plain box competition."""
+    decode says whether it was the plain box competition. `merge` (--conf plain_region_merge): "auto" (or None) the
+    config's plain_region_merge, "on" / "off" whether the region is merged into the shown mask (default-v9: off)."""
     mode = str(mode or "auto").strip().lower()
+    merge = str(merge or "auto").strip().lower()
     if mode not in REGION_SWITCH:
         raise ValueError(f"plain_region must be one of {', '.join(REGION_SWITCH)}, got {mode!r}")
+    if merge not in REGION_SWITCH:
+        raise ValueError(f"plain_region_merge must be one of {', '.join(REGION_SWITCH)}, got {merge!r}")
+    config = config or {}
     if mode == "auto":
-        mode = "on" if (config or {}).get("plain_region") == METHOD else "off"
+        mode = "on" if config.get("plain_region") == METHOD else "off"
     if mode == "on" and not has_prior:
         raise ValueError("plain_region on needs a model with a geodesic prior (the offline default)")
-    config = config or {}
-    return PlainRegion(margins=config.get("plain_region_margins"), merge=bool(config.get("plain_region_merge"))) \
-        if mode == "on" else None
+    merged = bool(config.get("plain_region_merge")) if merge == "auto" else merge == "on"
+    return PlainRegion(margins=config.get("plain_region_margins"), merge=merged) if mode == "on" else None
