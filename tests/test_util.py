@@ -52,3 +52,18 @@ def test_conf_flags_are_strict(tmp_path):
     with pytest.raises(RuntimeError, match="--conf medsam must be auto, true or false"):
         build_medsam_task({"medsam": "maybe"})
     assert build_medsam_task({"medsam": "off"}) is None
+
+
+def test_process_threads_is_one_pool_per_name_and_process(monkeypatch):
+    """The same pool for a name in one process; another name, another pool; a forked child (another pid) gets
+    a new one instead of the parent's, whose threads it does not have."""
+    import os
+
+    from lib.util import process_threads
+
+    a = process_threads("test-a", 2)
+    assert process_threads("test-a", 2) is a and process_threads("test-b", 1) is not a
+    assert a.submit(lambda: 41 + 1).result() == 42
+    pid = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: pid + 1)
+    assert process_threads("test-a", 2) is not a

@@ -2,9 +2,15 @@
 
 `parse_bool`: the app's one true/false parser (--conf values, request parameters, train options).
 `sha256_file`: the app's one file hash (weights, model versions, LiteMedSAM weights).
+`process_threads`: a named thread pool of this process (the plain region, the label writer; lib.model keeps its
+own, layer 0 importing no other lib package).
 """
 import hashlib
-from typing import Any, Optional, Type
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Dict, Optional, Tuple, Type
+
+_THREADS: Dict[str, Tuple[int, ThreadPoolExecutor]] = {}
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -35,3 +41,12 @@ def sha256_file(path: str, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def process_threads(name: str, workers: int) -> ThreadPoolExecutor:
+    """The thread pool `name` of this process, made on first use with `workers` threads. Per process id: a forked
+    child (a data loader worker) inherits the parent's pool object but none of its threads, so it makes its own."""
+    found = _THREADS.get(name)
+    if found is None or found[0] != os.getpid():
+        found = _THREADS[name] = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name))
+    return found[1]

@@ -241,12 +241,12 @@ def region_score(method: str, data: np.ndarray, labels: np.ndarray, spacing: Seq
 def segment_array(method: str, image: np.ndarray, ct: bool, spacing: Sequence[float], fg: Sequence[Sequence[int]],
                   bg: Sequence[Sequence[int]], params: ClassicalParams) -> np.ndarray:
     """Boolean mask on the stored grid of `image` ((i, j, k) array) from include/exclude clicks."""
+    if method not in METHODS:
+        raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
     mask = np.zeros(image.shape, dtype=bool)
     if fg:
         box, region, _ = segment_box(method, image, ct, spacing, fg, bg, params)
         mask[box] = region
-    elif method not in METHODS:
-        raise ValueError(f"unknown classical method {method!r}; choose from {METHODS}")
     return mask
 
 

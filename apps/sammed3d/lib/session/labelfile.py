@@ -33,11 +33,12 @@ import tempfile
 import threading
 import zlib
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from ..util import process_threads
 
 CHUNK = 1 << 15  # bytes of file-order voxel data per deflate piece / zero test
 _LEVEL = 6  # with Z_RLE the level changes little; 6 is zlib's default
@@ -123,16 +124,6 @@ def _zero_piece(n: int) -> bytes:
                 _ZERO_PIECES.clear()
             _ZERO_PIECES[n] = piece
     return piece
-
-
-_POOL: Optional[ThreadPoolExecutor] = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="labelfile")
-    return _POOL
 
 
 def _compress_runs(buf: memoryview, runs: Sequence[Tuple[int, int]]) -> List[bytes]:
@@ -285,7 +276,7 @@ def _gzip_stream(prefix: bytes, buf: np.ndarray, nbytes: int, flags: np.ndarray)
             split = n
             break
         acc += b - a
-    futures = [_pool().submit(_compress_runs, mv, part) for part in (work[:split], work[split:]) if part]
+    futures = [process_threads("labelfile", 2).submit(_compress_runs, mv, part) for part in (work[:split], work[split:]) if part]
     crc = zlib.crc32(prefix)
     for a, b, nz in runs:  # meanwhile the CRC (zlib.crc32 releases the GIL on large buffers)
         crc = zlib.crc32(mv[a:b], crc) if nz else crc32_zeros(b - a, crc)

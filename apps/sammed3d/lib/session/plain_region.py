@@ -22,20 +22,18 @@ second click) answers as the model would have.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
+from ..util import process_threads
 from .classical_region import TUNED, roi_box, segment_box
 
 REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
 METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
-_WORKER = None  # (pid, the region's thread), made on first use in each process
-_CANDIDATES = None  # (pid, two threads for the first click's margin candidates)
 _CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -89,10 +87,8 @@ class PlainRegion:
     def start(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> Future:
         """`answer` on its own thread (one per process; a forked child makes its own), so the caller is not held
         by the region's solve while it does other work."""
-        global _WORKER
-        if _WORKER is None or _WORKER[0] != os.getpid():
-            _WORKER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain-region"))
-        return _WORKER[1].submit(self.answer, volume, ct, [list(p) for p in fg], [list(p) for p in bg])
+        return process_threads("plain-region", 1).submit(self.answer, volume, ct, [list(p) for p in fg],
+                                                          [list(p) for p in bg])
 
     def describe(self) -> str:
         p = self.params
@@ -123,10 +119,7 @@ def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params,
         inside = data[region]
         return float(abs(inside.mean() - data[shell].mean()) / (inside.std() + 1e-3)), region
 
-    global _CANDIDATES
-    if _CANDIDATES is None or _CANDIDATES[0] != os.getpid():
-        _CANDIDATES = (os.getpid(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="plain-margins"))
-    scored = list(_CANDIDATES[1].map(contrast, margins))
+    scored = list(process_threads("plain-margins", 2).map(contrast, margins))
     best = int(np.argmax([score for score, _ in scored]))
     return float(margins[best]), scored[best][1]
 
