@@ -68,6 +68,9 @@ CLICK_UNET_CONFIG = {
     # the plain region's first-click box margins (mm) to choose from by contrast (plain_region.first_click_margin);
     # None: its tuned margin for every click
     "plain_region_margins": None,
+    # or chosen by a learned score of each candidate region (lib.session.margin_choice.MarginScorer's config, with its
+    # own margins; scripts/fit_margin_choice.py); None: no learned choice
+    "plain_region_margin_scorer": None,
     # the plain region merged into the label's shown mask by the click update (local_update) instead of replacing it
     "plain_region_merge": False,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
@@ -130,6 +133,13 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     if margins is not None and (not isinstance(margins, (list, tuple)) or not margins or any(
             isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 500 for m in margins)):
         raise ValueError(f"plain_region_margins must be None or a list of margins in (0, 500] mm, got {margins!r}")
+    scorer = cfg["plain_region_margin_scorer"]
+    if scorer is not None and (not isinstance(scorer, dict) or not {"margins", "features", "mean", "std",
+                                                                     "weights"} <= set(scorer)):
+        raise ValueError("plain_region_margin_scorer must be None or a dict of margins, features, mean, std and "
+                         f"weights (scripts/fit_margin_choice.py), got {scorer!r}"[:300])
+    if scorer is not None and margins is not None:
+        raise ValueError("plain_region_margins (by contrast) and plain_region_margin_scorer exclude each other")
     if not isinstance(cfg["plain_region_merge"], bool):
         raise ValueError(f"plain_region_merge must be true or false, got {cfg['plain_region_merge']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):

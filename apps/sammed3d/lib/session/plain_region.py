@@ -27,14 +27,12 @@ from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from scipy import ndimage
-
 from ..util import process_threads
 from .classical_region import TUNED, roi_box, segment_box
+from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features
 
 REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
 METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
-_CUBE = np.ones((3, 3, 3), dtype=bool)
 
 
 def answered_plainly(prior_only: bool, flooded: bool, grown: bool, fine: bool) -> bool:
@@ -47,13 +45,18 @@ def answered_plainly(prior_only: bool, flooded: bool, grown: bool, fine: bool) -
 
 class PlainRegion:
     """The classical geodesic region on the stored grid (see the module doc). `margins` (mm): the first click's
-    box margin is chosen among them by the region's contrast (`first_click_margin`); None: params.margin_mm.
+    box margin is chosen among them by the region's contrast (`first_click_margin`); `scorer` (a
+    lib.session.margin_choice.MarginScorer): among its margins by its learned score; neither: params.margin_mm.
     `merge`: the engine merges the region into the mask the label showed, as its click update does the model's
     (an include click only adds, an exclude only removes); False (default-v9): the region replaces it."""
 
-    def __init__(self, params=None, margins: Optional[Sequence[float]] = None, merge: bool = False):
+    def __init__(self, params=None, margins: Optional[Sequence[float]] = None, merge: bool = False,
+                 scorer: Optional[MarginScorer] = None):
+        if margins and scorer:
+            raise ValueError("give the first click's margins by contrast or a margin scorer, not both")
         self.params = params or TUNED[METHOD]
-        self.margins = tuple(float(m) for m in margins) if margins else None
+        self.scorer = scorer
+        self.margins = scorer.margins if scorer else (tuple(float(m) for m in margins) if margins else None)
         self.merge = bool(merge)
 
     def __call__(self, volume, ct: bool, fg: Sequence[Sequence[float]],
@@ -74,7 +77,7 @@ class PlainRegion:
         fg, bg = _voxels(fg), _voxels(bg)
         params, chosen = self.params, None
         if self.margins and len(fg) == 1 and not bg:
-            chosen = first_click_margin(image, ct, spacing, fg, params, self.margins)
+            chosen = first_click_margin(image, ct, spacing, fg, params, self.margins, self.scorer)
             params = replace(params, margin_mm=chosen[0])
         box, faces = roi_box(fg + bg, image.shape, spacing, params.margin_mm)
         if not bg and not any(lo or hi for lo, hi in faces):
@@ -92,36 +95,38 @@ class PlainRegion:
 
     def describe(self) -> str:
         p = self.params
+        rule = "a learned score" if self.scorer else "contrast"
         margin = f"{p.margin_mm:g} mm" + (f", the first click's chosen among {'/'.join(f'{m:g}' for m in self.margins)} "
-                                          "mm by contrast" if self.margins else "")
+                                          f"mm by {rule}" if self.margins else "")
         return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
                 f"{margin}, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm"
                 + (", merged into the shown mask)" if self.merge else ")"))
 
 
-def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params,
-                       margins: Sequence[float]) -> Tuple[float, np.ndarray]:
-    """(the box margin (mm) among `margins` whose region stands out most from what surrounds it, that region in its
-    box): contrast = |mean inside - mean of the one-voxel shell outside| / std inside, on the box's normalised
-    intensities (the first of equals).
+def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float],
+                       scorer: Optional[MarginScorer] = None) -> Tuple[float, np.ndarray]:
+    """(the box margin (mm) among `margins` chosen for the first click, that region in its box): by `scorer`
+    (lib.session.margin_choice: a learned weighing of each candidate region's features) or, without one, the
+    region that stands out most from what surrounds it: contrast = |mean inside - mean of the one-voxel shell
+    outside| / std inside, on the box's normalised intensities (the first of equals).
 
     Why: with one click only the box bounds the region (in homogeneous tissue it fills about half the margin), so
     one fixed margin is too tight for an organ and too loose for a small lesion; a region bounded by an edge
     contrasts with its shell, one cut off by the box inside a tissue or leaked into the next tissue does not.
-    Development cases: the per-target best margin averages 0.59 Dice at one click against 0.33 for 40 mm, and
-    this choice is the served pipeline's gain at one click (docs/default_model.md, "Fourteenth run",
-    "Fifteenth run"). The candidates are solved two at a time (the compiled kernel runs without the GIL)."""
-    def contrast(margin):
-        _, region, data = segment_box(METHOD, image, ct, spacing, fg, [], replace(params, margin_mm=margin))
-        shell = ndimage.binary_dilation(region, _CUBE) & ~region
-        if not region.any() or not shell.any():
-            return 0.0, region
-        inside = data[region]
-        return float(abs(inside.mean() - data[shell].mean()) / (inside.std() + 1e-3)), region
+    Development cases: the per-target best margin averages 0.59 Dice at one click against 0.33 for 40 mm
+    (docs/default_model.md, "Fourteenth run" to "Sixteenth run"). The candidates are solved, and their own
+    features measured, two at a time (the compiled kernel and numpy's large-array loops run without the GIL)."""
+    margins = sorted(float(m) for m in margins)
 
-    scored = list(process_threads("plain-margins", 2).map(contrast, margins))
-    best = int(np.argmax([score for score, _ in scored]))
-    return float(margins[best]), scored[best][1]
+    def solve(margin):
+        box, region, data = segment_box(METHOD, image, ct, spacing, fg, [], replace(params, margin_mm=margin))
+        return (margin, box, region, data), own_features(box, region, data, spacing, image.shape)
+
+    solved = list(process_threads("plain-margins", 2).map(solve, margins))
+    candidates = [c for c, _ in solved]
+    features = candidate_features(candidates, ct, spacing, image.shape, own=[f for _, f in solved])
+    best = scorer.choose(features) if scorer else int(np.argmax(features[:, FEATURES.index("contrast")]))
+    return candidates[best][0], candidates[best][2]
 
 
 def _voxels(points: Sequence[Sequence[float]]) -> list:
@@ -148,4 +153,8 @@ def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool 
     if mode == "on" and not has_prior:
         raise ValueError("plain_region on needs a model with a geodesic prior (the offline default)")
     merged = bool(config.get("plain_region_merge")) if merge == "auto" else merge == "on"
-    return PlainRegion(margins=config.get("plain_region_margins"), merge=merged) if mode == "on" else None
+    if mode != "on":
+        return None
+    scorer = config.get("plain_region_margin_scorer")
+    return PlainRegion(margins=config.get("plain_region_margins"), merge=merged,
+                       scorer=MarginScorer.from_config(scorer) if scorer else None)
