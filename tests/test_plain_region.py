@@ -200,6 +200,8 @@ def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
 def test_resolve_region_reads_the_configs_margins():
     assert resolve_region("auto", {"plain_region": "geodesic"}).margins is None
     assert resolve_region("auto", {"plain_region": "geodesic", "plain_region_margins": [20, 40]}).margins == (20.0, 40.0)
+    assert resolve_region("auto", {"plain_region": "geodesic"}).params.margin_mm == 40.0  # the classical row's
+    assert resolve_region("auto", {"plain_region": "geodesic", "plain_region_margin": 25}).params.margin_mm == 25.0
     assert not resolve_region("auto", {"plain_region": "geodesic"}).merge
     assert resolve_region("on", {"plain_region_merge": True}).merge
     assert not resolve_region("on", {"plain_region_merge": True}, merge="off").merge
@@ -213,6 +215,9 @@ def test_resolve_region_reads_the_configs_margins():
             build_model({**CLICK_UNET_CONFIG, "plain_region_margins": bad})
     with pytest.raises(ValueError, match="plain_region_merge"):
         build_model({**CLICK_UNET_CONFIG, "plain_region_merge": "yes"})
+    for bad in (0, -5, "25", True, 600):
+        with pytest.raises(ValueError, match="plain_region_margin must"):
+            build_model({**CLICK_UNET_CONFIG, "plain_region_margin": bad})
 
 
 def test_with_a_click_update_the_region_is_merged_into_what_the_label_showed(tmp_path):

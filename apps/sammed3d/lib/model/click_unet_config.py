@@ -71,6 +71,9 @@ CLICK_UNET_CONFIG = {
     # or chosen by a learned score of each candidate region (lib.session.margin_choice.MarginScorer's config, with its
     # own margins; scripts/fit_margin_choice.py); None: no learned choice
     "plain_region_margin_scorer": None,
+    # the plain region's box margin (mm) around the clicks (the first click's too unless chosen above); None: the
+    # classical row's tuned 40 mm (lib.session.classical_region.TUNED)
+    "plain_region_margin": None,
     # the plain region merged into the label's shown mask by the click update (local_update) instead of replacing it
     "plain_region_merge": False,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
@@ -140,6 +143,9 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
                          f"weights (scripts/fit_margin_choice.py), got {scorer!r}"[:300])
     if scorer is not None and margins is not None:
         raise ValueError("plain_region_margins (by contrast) and plain_region_margin_scorer exclude each other")
+    margin = cfg["plain_region_margin"]
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin <= 500):
+        raise ValueError(f"plain_region_margin must be None or a margin in (0, 500] mm, got {margin!r}")
     if not isinstance(cfg["plain_region_merge"], bool):
         raise ValueError(f"plain_region_merge must be true or false, got {cfg['plain_region_merge']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):

@@ -155,6 +155,7 @@ def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool 
     merged = bool(config.get("plain_region_merge")) if merge == "auto" else merge == "on"
     if mode != "on":
         return None
-    scorer = config.get("plain_region_margin_scorer")
-    return PlainRegion(margins=config.get("plain_region_margins"), merge=merged,
+    scorer, margin = config.get("plain_region_margin_scorer"), config.get("plain_region_margin")
+    params = replace(TUNED[METHOD], margin_mm=float(margin)) if margin else None
+    return PlainRegion(params, margins=config.get("plain_region_margins"), merge=merged,
                        scorer=MarginScorer.from_config(scorer) if scorer else None)
