@@ -166,21 +166,21 @@ def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, 
 
 
 def report(name, feats, dices, scorer):
-    """One line: the mean Dice of the learned choice, the contrast rule, the fixed 40 mm and the best margin."""
+    """One line: the mean Dice of the learned choice, the contrast rule, the fixed 40 mm and the best margin
+    (candidates in the scorer's margins)."""
     from lib.session.margin_choice import FEATURES
 
     chosen = np.array([scorer.choose(f) for f in feats])
-    fixed = dices[:, list(MARGINS_SEL).index(40.0)]
+    fixed = dices[:, list(scorer.margins).index(40.0)] if 40.0 in scorer.margins else np.full(len(dices), np.nan)
     contrast = dices[np.arange(len(dices)), np.argmax(feats[:, :, FEATURES.index("contrast")], axis=1)]
     print(f"  {name:14s} n={len(dices):3d}  learned {dices[np.arange(len(dices)), chosen].mean():.3f}  "
           f"contrast {contrast.mean():.3f}  40 mm {fixed.mean():.3f}  oracle {dices.max(1).mean():.3f}  "
-          f"chosen margins {np.bincount(chosen, minlength=len(MARGINS_SEL)).tolist()}")
+          f"chosen margins {np.bincount(chosen, minlength=len(scorer.margins)).tolist()}")
 
 
 def cmd_fit(args):
-    global MARGINS_SEL
-    MARGINS_SEL = tuple(float(m) for m in args.margins.split(","))
-    idx = [MARGINS.index(m) for m in MARGINS_SEL]
+    margins = tuple(float(m) for m in args.margins.split(","))
+    idx = [MARGINS.index(m) for m in margins]
 
     def select(paths):
         names, groups, feats, dices = load_tables(paths)
@@ -191,9 +191,9 @@ def cmd_fit(args):
     print(f"fitting set: {len(names)} targets, groups {dict(zip(*np.unique(groups, return_counts=True)))}")
     print("leave one group out (fitted on the others):")
     for g in np.unique(groups):
-        scorer = fit_scorer(MARGINS_SEL, feats[groups != g], dices[groups != g], args.l2)
+        scorer = fit_scorer(margins, feats[groups != g], dices[groups != g], args.l2)
         report(str(g), feats[groups == g], dices[groups == g], scorer)
-    scorer = fit_scorer(MARGINS_SEL, feats, dices, args.l2)
+    scorer = fit_scorer(margins, feats, dices, args.l2)
     print("fitted on all of it:")
     report("fit (seen)", feats, dices, scorer)
     from lib.session.margin_choice import FEATURES

@@ -128,3 +128,24 @@ def test_the_plain_region_chooses_by_the_scorer(tmp_path):
         with pytest.raises(ValueError, match="plain_region_margin_scorer"):
             build_model({**CLICK_UNET_CONFIG, "plain_region_margin_scorer": bad})
     build_model({**CLICK_UNET_CONFIG, **cfg})  # a valid scorer is accepted
+
+
+def test_the_fitted_scorer_learns_which_feature_tells_the_better_candidate():
+    """scripts/fit_margin_choice.py's conditional logit on a table where the candidate with the higher contrast has
+    the higher Dice (and the margin says nothing): the fitted scorer picks by contrast on new targets, and its
+    config round-trips."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from fit_margin_choice import fit_scorer
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(300, 3, len(FEATURES)))
+    dices = 1 / (1 + np.exp(-2 * feats[:, :, _col("contrast")]))
+    scorer = fit_scorer((20.0, 40.0, 80.0), feats, dices)
+    test = rng.normal(size=(40, 3, len(FEATURES)))
+    picked = [scorer.choose(f) for f in test]
+    assert np.mean(np.array(picked) == test[:, :, _col("contrast")].argmax(1)) > 0.9
+    assert np.argmax(np.abs(scorer.weights)) == _col("contrast")
+    assert MarginScorer.from_config(scorer.to_config()).margins == (20.0, 40.0, 80.0)
