@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+
 from ..util import process_threads
 from .classical_region import TUNED, roi_box, segment_box
 from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features
