@@ -32,28 +32,22 @@ sys.path.insert(0, os.path.join(HERE, "..", "apps", "sammed3d"))
 MARGINS = (15.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * float((a & b).sum()) / s if s else 1.0
-
-
 def candidates_for(image, gt, ct, spacing, margins=MARGINS):
-    """(features (n, F), Dice (n,)) of the first click's region per margin."""
-    from dataclasses import replace
-
+    """(features (n, F), Dice (n,)) of the first click's region per margin (the served candidates:
+    lib.session.plain_region.margin_candidates)."""
     from lib.evaluation.clicks import first_click
-    from lib.session.classical_region import TUNED, segment_box
-    from lib.session.margin_choice import candidate_features
+    from lib.evaluation.metrics import dice
+    from lib.session.classical_region import TUNED
+    from lib.session.plain_region import margin_candidates
 
-    (point, _), params = first_click(gt, spacing=spacing), TUNED["geodesic"]
-    cands, dices = [], []
-    for m in margins:
-        box, region, data = segment_box("geodesic", image, ct, spacing, [list(point)], [], replace(params, margin_mm=m))
+    (point, _) = first_click(gt, spacing=spacing)
+    cands, features = margin_candidates(image, ct, spacing, [list(point)], TUNED["geodesic"], margins)
+    dices = []
+    for _, box, region, _ in cands:
         full = np.zeros(gt.shape, dtype=bool)
         full[box] = region
-        cands.append((m, box, region, data))
         dices.append(dice(full, gt))
-    return candidate_features(cands, ct, spacing, image.shape), np.array(dices)
+    return features, np.array(dices)
 
 
 # ------------------------------------------------------------------ targets
@@ -106,12 +100,12 @@ def fit_targets(npz_dir: str, seed: int = 0):
 
 def data_targets(data: str):
     """Yield the evaluation cases of a data folder (lib.evaluation.cases), as fit_targets does."""
-    from lib.evaluation.classical import ClassicalSegmenter
     from lib.evaluation.cases import find_pairs, iter_targets
+    from lib.evaluation.classical import ClassicalSegmenter
 
-    seg = ClassicalSegmenter("geodesic")
+    seg = ClassicalSegmenter("geodesic")  # reads an image as the evaluation's classical rows do
     for case, image_path, value, gt in iter_targets(find_pairs(data), None, log=lambda *_: None):
-        arr, ct, spacing = seg._load(image_path)
+        arr, ct, spacing = seg.load(image_path)
         yield f"{case}_{value}", os.path.basename(os.path.normpath(data)), arr, gt, ct, list(spacing)
 
 

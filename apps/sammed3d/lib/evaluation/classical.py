@@ -28,7 +28,8 @@ class ClassicalSegmenter:
         self._key = None
         self._cached = None
 
-    def _load(self, image_path: str):
+    def load(self, image_path: str):
+        """(the image as a stored (i, j, k) array, whether it is CT, its spacing), the last one kept."""
         import SimpleITK as sitk
 
         from lib.session.volume import file_key, is_ct, load_volume
@@ -42,8 +43,8 @@ class ClassicalSegmenter:
         return self._cached
 
     def spacing(self, image_path: str) -> Tuple[float, float, float]:
-        return self._load(image_path)[2]
+        return self.load(image_path)[2]
 
     def segment(self, image_path: str, fg, bg) -> np.ndarray:
-        arr, ct, spacing = self._load(image_path)
+        arr, ct, spacing = self.load(image_path)
         return segment_array(self.method, arr, ct, spacing, fg, bg, self.params)

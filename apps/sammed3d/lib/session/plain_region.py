@@ -117,17 +117,22 @@ def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins
     Development cases: the per-target best margin averages 0.59 Dice at one click against 0.33 for 40 mm
     (docs/default_model.md, "Fourteenth run" to "Sixteenth run"). The candidates are solved, and their own
     features measured, two at a time (the compiled kernel and numpy's large-array loops run without the GIL)."""
-    margins = sorted(float(m) for m in margins)
+    candidates, features = margin_candidates(image, ct, spacing, fg, params, margins)
+    best = scorer.choose(features) if scorer else int(np.argmax(features[:, FEATURES.index("contrast")]))
+    return candidates[best][0], candidates[best][2]
 
+
+def margin_candidates(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float]):
+    """([(margin, box, region, data)] for the include clicks `fg` alone, one per margin ascending, as segment_box
+    gives them; their (n, len(FEATURES)) features): the candidates solved, and their own features measured, two at a
+    time (what first_click_margin chooses among and scripts/fit_margin_choice.py fits on)."""
     def solve(margin):
         box, region, data = segment_box(METHOD, image, ct, spacing, fg, [], replace(params, margin_mm=margin))
         return (margin, box, region, data), own_features(box, region, data, spacing, image.shape)
 
-    solved = list(process_threads("plain-margins", 2).map(solve, margins))
+    solved = list(process_threads("plain-margins", 2).map(solve, sorted(float(m) for m in margins)))
     candidates = [c for c, _ in solved]
-    features = candidate_features(candidates, ct, spacing, image.shape, own=[f for _, f in solved])
-    best = scorer.choose(features) if scorer else int(np.argmax(features[:, FEATURES.index("contrast")]))
-    return candidates[best][0], candidates[best][2]
+    return candidates, candidate_features(candidates, ct, spacing, image.shape, own=[f for _, f in solved])
 
 
 def _voxels(points: Sequence[Sequence[float]]) -> list:
