@@ -188,9 +188,12 @@ def test_the_train_task_fine_tunes_with_the_flood_the_server_serves(tmp_path, mo
 
     monkeypatch.setattr(task_module, "fine_tune", fake_fine_tune)
 
-    class Store:
+    class Store:  # the parts of MONAI Label's Datastore the task reads (no label_info: every segment)
         def datalist(self):
             return [{"image": "a.nii.gz", "label": "a_label.nii.gz"}]
+
+        def get_labeled_images(self):
+            return []
 
     store = VersionStore(str(tmp_path / "versions"))
     air = []

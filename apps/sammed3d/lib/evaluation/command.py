@@ -172,6 +172,9 @@ def parse_args(argv=None):
     p.add_argument("--trace", action="store_true",
                    help="log every click: include/exclude, its voxel, the mask's voxels and how many lie in the target "
                         "(model and classical rows; e.g. with --image/--label/--labels-values for one target)")
+    p.add_argument("--segment", default=None,
+                   help="sammed3d: the segment name of every click request (a fine-tuned version answers with its "
+                        "residual only for the segments it learnt, lib.model.segments); default eval-<label value>")
     p.add_argument("--out", default="eval_results", help="output folder for CSV/PNG")
     return p.parse_args(argv)
 
@@ -203,7 +206,7 @@ def run_model(name: str, args, pairs, values, num_clicks: int, nsd_at, names) ->
               f"model {engine.model_version}, torch threads {_torch_threads()}")
         return evaluate(engine, pairs, values, num_clicks, args.click_mode, nsd_at=nsd_at,
                         nsd_tolerance_mm=args.nsd_tolerance, names=names, model_name=args.model_name,
-                        flood_min_ml=args.prior_flood_min_ml, trace=args.trace)
+                        flood_min_ml=args.prior_flood_min_ml, trace=args.trace, segment=args.segment)
     if name == "medsam":
         from ..medsam.engine import build_medsam_engine
         from .medsam import evaluate_medsam

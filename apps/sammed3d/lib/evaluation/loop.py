@@ -117,12 +117,13 @@ def evaluate_method(segmenter, method: str, pairs, values: Optional[Sequence[int
 
 def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, modes: Sequence[str], log=print,
              nsd_at: Sequence[int] = (), nsd_tolerance_mm: float = 2.0, names=None, model_name: Optional[str] = None,
-             flood_min_ml: Optional[float] = None, trace: bool = False) -> List[Dict]:
+             flood_min_ml: Optional[float] = None, trace: bool = False, segment: Optional[str] = None) -> List[Dict]:
     """Model rows {mode, method, case, value, structure, clicks, dice, nsd, cpu_s, wall_s} for every target,
     click mode and click count. mode is the click mode, or "<model_name>:<click mode>" with model_name.
     flood_min_ml: the annotator asks for prior_flood on for targets of at least that many ml (flood_choice).
     trace: also log, per click, where it went and the mask's size and overlap with the target (how a leak or a
-    collapse shows itself; the Dice alone does not say which)."""
+    collapse shows itself; the Dice alone does not say which). segment: the segment name every request carries
+    (a fine-tuned version answers with its residual only for the segments it learnt); None: eval-<label value>."""
     names = names or {}
     rows = []
     for mode in modes:
@@ -130,7 +131,7 @@ def evaluate(engine, pairs, values: Optional[Sequence[int]], num_clicks: int, mo
         tag = f"{model_name}:{mode}" if model_name else mode
         for case, image_path, value, gt in iter_targets(pairs, values, log):
             t = time.perf_counter()
-            label = f"eval-{value}"
+            label = segment or f"eval-{value}"
             spacing = engine.volume(image_path).image.GetSpacing()
             engine.reset(case, label)
             flood = flood_choice(gt, spacing, flood_min_ml)

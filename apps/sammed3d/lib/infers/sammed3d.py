@@ -31,6 +31,13 @@ class SAMMed3DInfer(EngineInferTask):
         super().__init__(engine, weights, description, config={"reset_state": False, "prior_flood": "auto"})
         self.flood_labels = tuple(flood_labels)  # --conf prior_flood_labels: segment names that flood by default
 
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        # the segments a fine-tuned version answers with what it learnt (others as the model it came from); None: all
+        names = (getattr(self.engine.runner.model, "config", None) or {}).get("learned_segments")
+        info["learned_segments"] = list(names) if names else None
+        return info
+
     def __call__(self, request) -> Tuple[str, Dict[str, Any]]:
         t0 = time.perf_counter()
         try:

@@ -202,6 +202,9 @@ class ClickUNet3D(nn.Module):
         self.mask_decoder = MaskDecoderUNet(config["embed_dim"], self.prompt_encoder.num_channels + extra,
                                             config["decoder_widths"], groups)
         self._size = size
+        # False: decodes leave the learned residual out, as the model this one was fine-tuned from (its residual
+        # zero) decodes; lib.model.segments switches it per request for segments the residual did not learn
+        self.residual_on = True
 
     @property
     def image_size(self) -> int:
@@ -241,7 +244,8 @@ class ClickUNet3D(nn.Module):
     def serves_prior_only(self) -> bool:
         """Whether a decode is the prior alone (geodesic prior, zero output layer, no grad): then the encoder's
         features are never read, and encode_cells gives the same logits."""
-        return self.prior is not None and self.geodesic is not None and self._decoder_is_zero()
+        plain = not self.residual_on or self._decoder_is_zero()
+        return self.prior is not None and self.geodesic is not None and plain
 
     def decode(self, image_embedding: torch.Tensor, point_coords: Optional[torch.Tensor],
                point_labels: Optional[torch.Tensor], mask_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -254,7 +258,7 @@ class ClickUNet3D(nn.Module):
         if self.geodesic is not None:
             feats, cells = image_embedding[:, :-1], image_embedding[:, -1:]
             solves = GeodesicSolves(cells[:, 0].detach().float().cpu().numpy())  # shared by maps and prior
-        if self.prior is not None and self._decoder_is_zero():
+        if self.prior is not None and (not self.residual_on or self._decoder_is_zero()):
             # the residual decoder's output layer is all zeros (a model that serves its prior alone, as
             # default-v3/v4 ship): its output is exactly 0, so neither it nor its input maps are computed
             # (about half of a click's decode); training and fine-tuning (grad enabled) always run it

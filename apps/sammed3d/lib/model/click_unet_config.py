@@ -79,6 +79,10 @@ CLICK_UNET_CONFIG = {
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
+    # the segment names (case-insensitive) a fine-tuned version learnt its residual on (lib.model.segments; the
+    # trainer records them from the labels' label_info, as 3D Slicer saves it); a request for another segment is
+    # answered with the residual off, as the model it was fine-tuned from answers; None: every segment
+    "learned_segments": None,
     # the train options this model fine-tunes with unless the train request says otherwise (fields of
     # lib.trainers.options.FineTuneOptions, e.g. {"lr": 0.05, "steps_per_epoch": 16}); None: the task's
     # defaults (SAM-Med3D's recipe, made for the released weights)
@@ -124,6 +128,10 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ValueError(f"{key} must be a number > 0, got {v!r}")
+    learned = cfg["learned_segments"]
+    if learned is not None and (not isinstance(learned, (list, tuple)) or not learned
+                                or any(not isinstance(n, str) or not n.strip() for n in learned)):
+        raise ValueError(f"learned_segments must be None or a non-empty list of segment names, got {learned!r}")
     for key in ("prior_margin_cells", "prior_fine_window"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 0:
             raise ValueError(f"{key} must be an integer >= 0, got {cfg[key]!r}")

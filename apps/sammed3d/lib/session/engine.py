@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..model.flood_region import air_threshold_of, flood_for_request, flood_mode_for_tissue
+from ..model.segments import residual_for_segment
 from .cache import LRUCache, Sized
 from .errors import SessionError
 from .fine_region import FineRegion
@@ -89,8 +90,7 @@ class SegmentationEngine:
         self.modality = modality
         self.click_mode = click_mode
         self.max_crops = int(max_crops)
-        self.refine = refine
-        self.fine, self.local, self.region = fine, local, region
+        self.refine, self.fine, self.local, self.region = refine, fine, local, region
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
         self._states: Dict[Tuple[str, str], LabelState] = {}
@@ -123,9 +123,9 @@ class SegmentationEngine:
     ) -> SegmentationResult:
         """All clicks so far for `label` (stored voxel indices) -> the label's mask.
 
-        roi: a parsed ROI (lib.session.roi), checked against the volume before the label changes;
-        the returned mask is zero outside it (the label's own state is not clipped). prior_flood: "on" / "off"
-        switches the model's flood for this call (lib.model.flood_region.flood_for_request)."""
+        roi: a parsed ROI (lib.session.roi), checked against the volume before the label changes; the returned mask
+        is zero outside it (the label's own state is not clipped). prior_flood: "on" / "off" switches the model's
+        flood for this call (lib.model.flood_region.flood_for_request); `label` its residual (lib.model.segments)."""
         t0 = time.perf_counter()
         fg = parse_points(foreground, "foreground")
         bg = parse_points(background, "background")
@@ -143,7 +143,7 @@ class SegmentationEngine:
             prev = self._states.get(key)
             saved = prev.checkpoint() if prev is not None else None
             try:
-                with flood_for_request(self.runner.model, prior_flood):
+                with flood_for_request(self.runner.model, prior_flood), residual_for_segment(self.runner.model, label):
                     state, new = self._update(req, key, prev, fg, bg, reset, image_path)
                     return self._result(req, key, state, t0, roi, new)
             except BaseException:

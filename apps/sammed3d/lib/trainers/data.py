@@ -79,6 +79,28 @@ def components(label: np.ndarray, value: int, max_components: int, min_voxels: i
     return out
 
 
+def segment_names(datastore, samples: Sequence[Dict]) -> Optional[List[str]]:
+    """The segment names of the labels in `samples` (datastore.datalist() entries), from each final label's
+    label_info ([{"name", "idx"}], as 3D Slicer saves a label); None when any label has none (OHIF, a script):
+    a version trained on it then answers every segment (lib.model.segments)."""
+    infos = {}
+    for image_id in datastore.get_labeled_images():
+        uri = datastore.get_label_uri(image_id, "final")
+        if uri:
+            infos[os.path.realpath(uri)] = datastore.get_label_info(image_id, "final") or {}
+    names = set()
+    for s in samples:
+        entries = infos.get(os.path.realpath(s["label"]), {}).get("label_info")
+        if not isinstance(entries, list) or not entries:
+            return None
+        for e in entries:
+            name = e.get("name") if isinstance(e, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                return None
+            names.add(name.strip())
+    return sorted(names) or None
+
+
 def find_targets(samples: Sequence[Dict], max_components: int = 2, min_voxels: int = 50) -> List[Target]:
     """Targets of every {"image", "label"} sample (MONAI Label datalist entries), in sample order."""
     targets = []

@@ -350,6 +350,8 @@ def fine_tune(model, samples: Sequence[Dict[str, str]], options=None, callbacks=
     if not train_targets:
         raise ValueError(f"no labelled structure (>= {opts.min_voxels} voxels) in the {len(train_s)} training sample(s)")
     run_id = datetime.datetime.now().strftime("%Y%m%d_%H%M%S")
+    if hasattr(model, "residual_on"):  # validated with its residual for every target; the published version
+        model.config["learned_segments"] = None  # names the segments it learnt (lib.model.segments)
     if opts.cache_dir and "image_encoder" not in opts.train_parts and opts.embedding_cache:
         EmbeddingCache(opts.cache_dir).bind_encoder(encoder_fingerprint(model))
     if opts.world_size <= 1:

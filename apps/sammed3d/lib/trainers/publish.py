@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional
 
 from lib.model import save_checkpoint
 from lib.util import sha256_file
@@ -19,16 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 def publish_version(store: VersionStore, model, metrics: Dict[str, Any], base_sha256: Optional[str],
-                    parent: Optional[str], make_live: bool = True) -> str:
-    """Write `model` as the next version vNNNN with its metrics; point LIVE.json at it. -> name."""
+                    parent: Optional[str], make_live: bool = True, segments: Optional[List[str]] = None) -> str:
+    """Write `model` as the next version vNNNN with its metrics; point LIVE.json at it. -> name. `segments`: the
+    segment names it learnt (lib.model.segments; a model with a switchable residual only); None: every segment."""
     os.makedirs(store.folder, exist_ok=True)
     name = reserve_name(store)
     path = store.checkpoint_path(name)
     try:
         enc = encoder_fingerprint(model)
-        save_checkpoint(model, path,  # state_dict on any device; load_checkpoint maps to cpu
-                        version=name, parent=parent, base_sha256=base_sha256, encoder_sha256=enc,
-                        metrics=_plain(metrics), created=time.time())
+        with _learned(model, segments):
+            save_checkpoint(model, path,  # state_dict on any device; load_checkpoint maps to cpu
+                            version=name, parent=parent, base_sha256=base_sha256, encoder_sha256=enc,
+                            metrics=_plain(metrics), created=time.time())
         meta = {"version": name, "path": path, "sha256": sha256_file(path), "encoder_sha256": enc,
                 "base_sha256": base_sha256, "parent": parent, "created": time.time(), "metrics": _plain(metrics)}
         write_json_atomic(store.metrics_path(name), meta)
@@ -39,6 +42,21 @@ def publish_version(store: VersionStore, model, metrics: Dict[str, Any], base_sh
         store.set_live(name)
     logger.info(f"published model version {name} ({path}); parent {parent}; live: {make_live}")
     return name
+
+
+@contextmanager
+def _learned(model, segments: Optional[List[str]]):
+    """The model's config names `segments` as learnt while it is saved (the trained model keeps validating every
+    segment with its residual)."""
+    if not hasattr(model, "residual_on"):
+        yield
+        return
+    saved = model.config.get("learned_segments")
+    model.config["learned_segments"] = list(segments) if segments else None
+    try:
+        yield
+    finally:
+        model.config["learned_segments"] = saved
 
 
 def reserve_name(store: VersionStore) -> str:
@@ -85,15 +103,16 @@ class Publisher:
     """
 
     def __init__(self, folder: str, policy: str, base_sha256: Optional[str], parent: Optional[str],
-                 key_metric: str, run_id: str = ""):
+                 key_metric: str, run_id: str = "", segments: Optional[List[str]] = None):
         self.folder, self.policy, self.base_sha256 = folder, policy, base_sha256
         self.parent, self.key_metric, self.run_id = parent, key_metric, run_id
+        self.segments = list(segments) if segments else None  # the names of the labels it trains on
 
     def on_epoch_end(self, epoch: int, model, metrics: Dict[str, Any], improved: bool) -> Dict[str, Any]:
         if self.policy == "never" or (self.policy == "improved" and not improved):
             return {}
         store = VersionStore(self.folder)
         payload = {"epoch": epoch, "key_metric": self.key_metric, "run_id": self.run_id, **metrics}
-        name = publish_version(store, model, payload, self.base_sha256, self.parent)
+        name = publish_version(store, model, payload, self.base_sha256, self.parent, segments=self.segments)
         self.parent = name
         return {"published": name, "live_version": name}

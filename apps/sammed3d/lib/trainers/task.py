@@ -21,6 +21,7 @@ from lib.util import parse_bool
 from lib.model import load_checkpoint
 from lib.versions import VersionStore, in_task_subprocess
 
+from .data import segment_names
 from .finetune import fine_tune
 from .options import FineTuneOptions, options_for_model, options_from_request
 from .progress import mark_interrupted, reconcile
@@ -108,7 +109,9 @@ class SAMMed3DTrainTask(TrainTask):
         import datetime
 
         opts.tensorboard_dir = os.path.join(opts.tensorboard_dir, datetime.datetime.now().strftime("%Y%m%d_%H%M%S"))
-        publisher = Publisher(self.store.folder, opts.publish, base.sha256, parent, opts.key_metric)
+        segments = segment_names(datastore, samples)
+        logger.info(f"the labels' segments: {', '.join(segments) if segments else 'not named (answers every segment)'}")
+        publisher = Publisher(self.store.folder, opts.publish, base.sha256, parent, opts.key_metric, segments=segments)
         _, metrics = fine_tune(model, samples, opts, callbacks=[publisher])
         stats = metrics.get("train_stats", {})
         logger.info(f"training done: best epoch {metrics['best_epoch']}, published {metrics['published'] or 'nothing'}")
