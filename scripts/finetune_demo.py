@@ -99,7 +99,7 @@ def main(argv=None):
     print(f"data: {len(train)} training + {len(test)} held-out volumes in {studies} ({time.time() - t0:.0f} s)", flush=True)
     versions = os.path.join(args.out, "versions")
     conf = {"download": "false", "versions_dir": versions, "model_version": "base"}  # start from the embedded default
-    rows, epochs = [], []
+    rows, epochs, cv = [], [], None
     with LocalServer(studies, conf) as server:
         client = MONAILabelClient(server.url, tmpdir=os.path.join(args.out, "client"))
         print("server up, weights:", client.info()["weights"]["model_version"], flush=True)
@@ -134,6 +134,11 @@ def main(argv=None):
         stats = info["train_stats"]["sammed3d"]
         learned = info["models"]["sammed3d"].get("learned_segments")
         epochs = stats.get("history", [])
+        cv = stats.get("cross_validation")
+        if cv:  # val_folds: the per-epoch validation is the folds' mean (the final training has none)
+            epochs = [{"epoch": e + 1, "val_dice_mean": v, **{f"fold{i + 1}_{cv['key_metric']}": f["epochs"][e]
+                                                              for i, f in enumerate(cv["per_fold"])}}
+                      for e, v in enumerate(cv["epochs"])]
         same = 0
         for case in test:
             d, v = dice_after_one_click(client, case, labels, args.out)
@@ -148,6 +153,8 @@ def main(argv=None):
                "published": stats.get("published"), "baseline_val": stats.get("baseline_metric"),
                "best_val": stats.get("best_metric"), "learned_segments": learned,
                "other_segment_unchanged": f"{same}/{len(test)}", "options": options}
+    if cv:
+        summary["cross_validation"] = {k: cv[k] for k in ("folds", "live", "epochs", "best_epoch", "per_fold")}
     print(json.dumps(summary, indent=2))
     os.makedirs(args.docs, exist_ok=True)
     with open(os.path.join(args.docs, "finetune_dice.csv"), "w", newline="") as f:
@@ -179,9 +186,10 @@ def main(argv=None):
     if epochs:
         ep = [0] + [e["epoch"] for e in epochs]
         b.plot(ep, [stats.get("baseline_metric")] + [e.get("val_dice_mean") for e in epochs], marker="o", label="val dice_mean")
-        b.plot(ep, [None] + [e.get("val_dice@1") for e in epochs], marker="s", label="val dice@1")
+        if not cv:
+            b.plot(ep, [None] + [e.get("val_dice@1") for e in epochs], marker="s", label="val dice@1")
         b.set_xlabel("epoch (0 = live model)")
-        b.set_title("validation in the train task")
+        b.set_title("validation in the train task" + (f" ({cv['folds']}-fold cross-validated)" if cv else ""))
         b.set_ylim(0, 1)
         b.legend()
     fig.tight_layout()

@@ -26,6 +26,7 @@ class FineTuneOptions(RecipeOptions):
     loss_size: int = 0  # DiceCE/click grid: 128 = the recipe (128^3 upsampled logits); 64 or 32 are 8x/64x cheaper; 0: 128 on CUDA, 64 on CPU
     # data
     val_split: float = 0.2
+    val_folds: int = 0  # >= 2: publishing decided by k-fold cross-validation (lib.trainers.crossval)
     max_components: int = 2  # per label value: the largest connected components become targets
     min_voxels: int = 50
     variants: int = 4  # cached crop variants per target (0: centred; others jittered and flipped)
@@ -159,6 +160,8 @@ def check(o: FineTuneOptions) -> None:
         raise ValueError("lr and decoder_lr_ratio must be > 0, weight_decay >= 0")
     if o.batch_size < 1 or o.num_clicks < 1 or o.variants < 1 or o.world_size < 1:
         raise ValueError("batch_size, num_clicks, variants and world_size must be >= 1")
+    if o.val_folds < 0 or o.val_folds == 1:
+        raise ValueError("val_folds must be 0 (one split by val_split) or >= 2")
     if not 0.0 <= o.val_split < 1.0:
         raise ValueError("val_split must be in [0, 1)")
     if o.key_metric not in KEY_METRICS:

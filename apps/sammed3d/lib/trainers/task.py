@@ -21,6 +21,7 @@ from lib.util import parse_bool
 from lib.model import load_checkpoint
 from lib.versions import VersionStore, in_task_subprocess
 
+from .crossval import fine_tune_cross_validated
 from .data import segment_names
 from .finetune import fine_tune
 from .options import FineTuneOptions, options_for_model, options_from_request
@@ -112,7 +113,8 @@ class SAMMed3DTrainTask(TrainTask):
         segments = segment_names(datastore, samples)
         logger.info(f"the labels' segments: {', '.join(segments) if segments else 'not named (answers every segment)'}")
         publisher = Publisher(self.store.folder, opts.publish, base.sha256, parent, opts.key_metric, segments=segments)
-        _, metrics = fine_tune(model, samples, opts, callbacks=[publisher])
+        train = fine_tune_cross_validated if opts.val_folds >= 2 else fine_tune
+        _, metrics = train(model, samples, opts, callbacks=[publisher])
         stats = metrics.get("train_stats", {})
-        logger.info(f"training done: best epoch {metrics['best_epoch']}, published {metrics['published'] or 'nothing'}")
+        logger.info(f"training done: best epoch {metrics.get('best_epoch')}, published {metrics['published'] or 'nothing'}")
         return stats
