@@ -97,7 +97,7 @@ def main(argv=None):
     t0 = time.time()
     studies, labels, train, test = make_data(args.out, args.train, args.test, args.radius_mm, args.lobe_hu)
     print(f"data: {len(train)} training + {len(test)} held-out volumes in {studies} ({time.time() - t0:.0f} s)", flush=True)
-    versions = os.path.join(args.out, "versions")
+    versions = os.path.abspath(os.path.join(args.out, "versions"))  # the server runs in a folder of its own
     conf = {"download": "false", "versions_dir": versions, "model_version": "base"}  # start from the embedded default
     rows, epochs, cv = [], [], None
     with LocalServer(studies, conf) as server:
