@@ -85,10 +85,18 @@ def test_segment_names_come_from_every_labels_label_info(tmp_path):
     ds.save_label("a", str(tmp_path / "a.nii.gz"), "final", {"label_info": [{"name": "lobe", "idx": 1}]})
     ds.save_label("b", str(tmp_path / "b.nii.gz"), "final",
                   {"label_info": [{"name": "lobe", "idx": 1}, {"name": " vessel ", "idx": 2}]})
-    samples = ds.datalist()
-    assert segment_names(ds, samples) == ["lobe", "vessel"]
+    assert segment_names(ds) == ["lobe", "vessel"]
     ds.save_label("b", str(tmp_path / "b.nii.gz"), "final", {})  # a label saved without names (OHIF, a script)
-    assert segment_names(ds, ds.datalist()) is None
+    assert segment_names(ds) is None
+
+    class Unreadable:  # label ids that are not image ids (a DICOMweb datastore's SEG series)
+        def get_labeled_images(self):
+            return ["image"]
+
+        def get_label_info(self, label_id, tag):
+            raise KeyError(label_id)
+
+    assert segment_names(Unreadable()) is None
 
 
 def test_a_published_version_carries_the_names_and_the_trained_model_keeps_its_own(tmp_path):

@@ -108,6 +108,6 @@ def test_fine_tuning_info_config_keeps_its_keys_and_order():
     """RecipeOptions became FineTuneOptions' base class; /info lists the same options in the same order."""
     assert list(FineTuneOptions().to_config()) == [
         "train_parts", "max_epochs", "lr", "decoder_lr_ratio", "weight_decay", "batch_size", "steps_per_epoch",
-        "num_clicks", "grad_clip", "loss_size", "val_split", "max_components", "min_voxels", "variants", "jitter",
+        "num_clicks", "grad_clip", "loss_size", "val_split", "val_folds", "max_components", "min_voxels", "variants", "jitter",
         "flip", "embedding_cache", "modality", "val_max_crops", "click_mode", "key_metric", "min_improvement",
         "publish", "device", "world_size", "backend", "seed", "progress"]

@@ -79,25 +79,25 @@ def components(label: np.ndarray, value: int, max_components: int, min_voxels: i
     return out
 
 
-def segment_names(datastore, samples: Sequence[Dict]) -> Optional[List[str]]:
-    """The segment names of the labels in `samples` (datastore.datalist() entries), from each final label's
-    label_info ([{"name", "idx"}], as 3D Slicer saves a label); None when any label has none (OHIF, a script):
-    a version trained on it then answers every segment (lib.model.segments)."""
-    infos = {}
-    for image_id in datastore.get_labeled_images():
-        uri = datastore.get_label_uri(image_id, "final")
-        if uri:
-            infos[os.path.realpath(uri)] = datastore.get_label_info(image_id, "final") or {}
+def segment_names(datastore) -> Optional[List[str]]:
+    """The segment names of the datastore's final labels (the ones the task trains on), from each label's
+    label_info ([{"name", "idx"}], as 3D Slicer saves a label); None when any label has none (OHIF, a script, a
+    DICOMweb datastore) or the datastore cannot say: a version trained on them then answers every segment
+    (lib.model.segments). Reads only the datastore's records (no label file is fetched)."""
     names = set()
-    for s in samples:
-        entries = infos.get(os.path.realpath(s["label"]), {}).get("label_info")
-        if not isinstance(entries, list) or not entries:
-            return None
-        for e in entries:
-            name = e.get("name") if isinstance(e, dict) else None
-            if not isinstance(name, str) or not name.strip():
+    try:
+        for image_id in datastore.get_labeled_images():
+            entries = (datastore.get_label_info(image_id, "final") or {}).get("label_info")
+            if not isinstance(entries, list) or not entries:
                 return None
-            names.add(name.strip())
+            for e in entries:
+                name = e.get("name") if isinstance(e, dict) else None
+                if not isinstance(name, str) or not name.strip():
+                    return None
+                names.add(name.strip())
+    except Exception as e:  # a datastore whose label ids are not its image ids (DICOMweb SEG series), a fake
+        logger.info(f"segment names not read from the datastore ({type(e).__name__}: {e}): every segment")
+        return None
     return sorted(names) or None
 
 

@@ -110,7 +110,7 @@ class SAMMed3DTrainTask(TrainTask):
         import datetime
 
         opts.tensorboard_dir = os.path.join(opts.tensorboard_dir, datetime.datetime.now().strftime("%Y%m%d_%H%M%S"))
-        segments = segment_names(datastore, samples)
+        segments = segment_names(datastore)
         logger.info(f"the labels' segments: {', '.join(segments) if segments else 'not named (answers every segment)'}")
         publisher = Publisher(self.store.folder, opts.publish, base.sha256, parent, opts.key_metric, segments=segments)
         train = fine_tune_cross_validated if opts.val_folds >= 2 else fine_tune
