@@ -81,7 +81,7 @@ CLICK_UNET_CONFIG = {
     "refine": None,
     # the segment names (case-insensitive) a fine-tuned version learnt its residual on (lib.model.segments; the
     # trainer records them from the labels' label_info, as 3D Slicer saves it); a request for another segment is
-    # answered with the residual off, as the model it was fine-tuned from answers; None: every segment
+    # answered with the residual off, as the embedded default (residual zero) answers it; None: every segment
     "learned_segments": None,
     # the train options this model fine-tunes with unless the train request says otherwise (fields of
     # lib.trainers.options.FineTuneOptions, e.g. {"lr": 0.05, "steps_per_epoch": 16}); None: the task's

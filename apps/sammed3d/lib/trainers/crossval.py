@@ -27,7 +27,7 @@ import numpy as np
 
 from lib.versions import write_json_atomic
 
-from .finetune import fine_tune
+from .finetune import fine_tune, image_order
 from .options import FineTuneOptions, options_from_request
 from .progress import Progress
 
@@ -36,10 +36,9 @@ logger = logging.getLogger(__name__)
 
 def split_folds(samples: Sequence[Dict], k: int, seed: int = 0) -> List[List[Dict]]:
     """k folds of the samples by image (sorted by path, then a seeded permutation), as even as they divide."""
-    samples = sorted(samples, key=lambda s: s["image"])
     if not 2 <= k <= len(samples):
         raise ValueError(f"val_folds {k} needs 2 <= val_folds <= the {len(samples)} labelled image(s)")
-    order = np.random.default_rng(seed).permutation(len(samples))
+    samples, order = image_order(samples, seed)
     return [[samples[i] for i in sorted(part)] for part in np.array_split(order, k)]
 
 

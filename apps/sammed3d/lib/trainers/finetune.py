@@ -53,16 +53,22 @@ logger = logging.getLogger(__name__)
 VAL_CLICKS = 5
 
 
+def image_order(samples: Sequence[Dict], seed: int = 0) -> Tuple[List[Dict], np.ndarray]:
+    """(the samples sorted by image path, a seeded permutation of their indices): how held-out images are drawn,
+    by split_samples and by lib.trainers.crossval's folds."""
+    samples = sorted(samples, key=lambda s: s["image"])
+    return samples, np.random.default_rng(seed).permutation(len(samples))
+
+
 def split_samples(samples: Sequence[Dict], val_split: float, seed: int = 0) -> Tuple[List[Dict], List[Dict]]:
     """Deterministic train/validation split by image (sorted by path, then a seeded permutation)."""
-    samples = sorted(samples, key=lambda s: s["image"])
+    samples, order = image_order(samples, seed)
     n = len(samples)
     n_val = int(round(n * val_split))
     if val_split > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)
     else:
         n_val = 0
-    order = np.random.default_rng(seed).permutation(n)
     val = [samples[i] for i in sorted(order[:n_val])]
     train = [samples[i] for i in sorted(order[n_val:])]
     return train, val
