@@ -8,6 +8,12 @@
     # 2. fit on the fitting set (cross-validated by source), report every table, write the scorer
     .venv/bin/python scripts/fit_margin_choice.py fit --train work_data/margin/fit.npz \
         --eval work_data/margin/dev_*.npz --margins 20,30,40,60,80 --out work_data/margin/scorer.json
+    # 3. the first click's flood levels as candidates too (lib.session.flood_candidates): flood tables of the same
+    #    targets under the same names, then a scorer over both
+    .venv/bin/python scripts/fit_margin_choice.py table --flood --fit-set --out work_data/flood/fit.npz
+    .venv/bin/python scripts/fit_margin_choice.py table --flood --data work_data/dev_table --out work_data/flood/dev_table.npz
+    .venv/bin/python scripts/fit_margin_choice.py fit --train work_data/margin/fit.npz work_data/margin/fit_dk.npz \
+        --eval 'work_data/margin/dev_*.npz' --margins 30,40,60,80 --flood-levels 8,16,32,64,128 --flood-dir work_data/flood
 
 The fitting set is training-side only (the licences of docs/default_model.md "Sources and licences"): the
 training .npz volumes' labels (but not the MNI 2009a grey / white matter, which the development table uses),
@@ -48,6 +54,25 @@ def candidates_for(image, gt, ct, spacing, margins=MARGINS):
         full[box] = region
         dices.append(dice(full, gt))
     return features, np.array(dices)
+
+
+def flood_candidates_for(image, gt, ct, spacing, levels=None):
+    """(features (n, len(FLOOD_FEATURES)), Dice (n,)) of the first click's flood per level
+    (lib.session.flood_candidates), the Dice on the stored grid."""
+    from lib.evaluation.clicks import first_click
+    from lib.evaluation.metrics import dice
+    from lib.session.flood_candidates import LEVELS, FloodField
+
+    levels = levels or LEVELS
+    (point, _) = first_click(gt, spacing=spacing)
+    field = FloodField.solve(image, ct, spacing, point)
+    dices = []
+    for level in levels:
+        box, region = field.region(level)
+        full = np.zeros(gt.shape, dtype=bool)
+        full[box] = region
+        dices.append(dice(full, gt))
+    return field.features(levels), np.array(dices)
 
 
 # ------------------------------------------------------------------ targets
@@ -111,18 +136,22 @@ def data_targets(data: str):
 
 def cmd_table(args):
     targets = fit_targets(args.npz_dir) if args.fit_set else data_targets(args.data)
+    from lib.session.flood_candidates import LEVELS
+
+    values, unit = (LEVELS, "cells") if args.flood else (MARGINS, "mm")
     names, groups, feats, dices = [], [], [], []
     t0 = time.time()
     for i, (name, group, image, gt, ct, spacing) in enumerate(targets):
         if args.shard and i % args.shard[1] != args.shard[0]:
             continue
-        f, d = candidates_for(np.asarray(image, dtype=np.float32), gt, ct, spacing)
+        f, d = (flood_candidates_for if args.flood else candidates_for)(
+            np.asarray(image, dtype=np.float32), gt, ct, spacing)
         names.append(name), groups.append(group), feats.append(f), dices.append(d)
-        print(f"{time.time() - t0:7.1f}s {name:40s} best {MARGINS[int(np.argmax(d))]:5.0f} mm {d.max():.3f} "
-              f"40 mm {d[MARGINS.index(40.0)]:.3f}", flush=True)
+        print(f"{time.time() - t0:7.1f}s {name:40s} best {values[int(np.argmax(d))]:5.0f} {unit} {d.max():.3f}",
+              flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, names=np.array(names), groups=np.array(groups), features=np.array(feats),
-             dices=np.array(dices), margins=np.array(MARGINS))
+             dices=np.array(dices), **{"levels" if args.flood else "margins": np.array(values)})
 
 
 # ------------------------------------------------------------------ fit
@@ -134,9 +163,12 @@ def load_tables(paths):
             np.concatenate([p["features"] for p in parts]), np.concatenate([p["dices"] for p in parts]))
 
 
-def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, steps: int = 400):
+def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, steps: int = 400, levels=(),
+               adam_steps: int = 0):
     """Conditional logit: weights maximising the mean expected Dice of softmax(score) over targets, L2 on the
-    weights; features standardised over all candidates. -> MarginScorer."""
+    weights; features standardised over all candidates. By L-BFGS to convergence, or with `adam_steps` that many
+    Adam steps (lr 0.01) from zero: stopped early, the weights stay smaller (the flood scorer, docs/default_model.md
+    "Eighteenth run"). -> MarginScorer."""
     import torch
 
     from lib.session.margin_choice import MarginScorer
@@ -146,7 +178,8 @@ def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, 
     x = torch.tensor((feats - mean) / std, dtype=torch.float64)
     y = torch.tensor(dices, dtype=torch.float64)
     w = torch.zeros(feats.shape[-1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+    opt = (torch.optim.Adam([w], lr=0.01) if adam_steps
+           else torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe"))
 
     def closure():
         opt.zero_grad()
@@ -155,8 +188,9 @@ def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, 
         loss.backward()
         return loss
 
-    opt.step(closure)
-    return MarginScorer(margins, mean, std, w.detach().numpy())
+    for _ in range(adam_steps or 1):
+        opt.step(closure)
+    return MarginScorer(margins, mean, std, w.detach().numpy(), levels)
 
 
 def report(name, feats, dices, scorer):
@@ -167,31 +201,45 @@ def report(name, feats, dices, scorer):
     chosen = np.array([scorer.choose(f) for f in feats])
     fixed = dices[:, list(scorer.margins).index(40.0)] if 40.0 in scorer.margins else np.full(len(dices), np.nan)
     contrast = dices[np.arange(len(dices)), np.argmax(feats[:, :, FEATURES.index("contrast")], axis=1)]
+    m = len(scorer.margins)
     print(f"  {name:14s} n={len(dices):3d}  learned {dices[np.arange(len(dices)), chosen].mean():.3f}  "
-          f"contrast {contrast.mean():.3f}  40 mm {fixed.mean():.3f}  oracle {dices.max(1).mean():.3f}  "
-          f"chosen margins {np.bincount(chosen, minlength=len(scorer.margins)).tolist()}")
+          f"contrast {contrast.mean():.3f}  40 mm {fixed.mean():.3f}  oracle {dices.max(1).mean():.3f} "
+          f"(margins {dices[:, :m].max(1).mean():.3f})  chosen {np.bincount(chosen, minlength=dices.shape[1]).tolist()}")
 
 
 def cmd_fit(args):
     margins = tuple(float(m) for m in args.margins.split(","))
     idx = [MARGINS.index(m) for m in margins]
 
+    from lib.session.flood_candidates import LEVELS
+    from lib.session.margin_choice import with_flood_columns
+
+    levels = tuple(round(float(v), 4) for v in LEVELS if args.flood_levels and any(
+        abs(v - float(x)) < 0.01 * v for x in args.flood_levels.split(",")))
+    lidx = [i for i, v in enumerate(LEVELS) if round(float(v), 4) in levels]
+
     def select(paths):
         names, groups, feats, dices = load_tables(paths)
         # features that compare candidates are recomputed on the selected margins
-        return names, groups, restrict(feats, idx), dices[:, idx]
+        feats, dices = restrict(feats, idx), dices[:, idx]
+        if levels:  # the same targets' flood candidates, from the table of the same name in --flood-dir
+            fnames, _, ffeats, fdices = load_tables([os.path.join(args.flood_dir, os.path.basename(p)) for p in paths])
+            if list(fnames) != list(names):
+                raise SystemExit(f"the flood tables of {paths} hold other targets")
+            feats = np.concatenate([with_flood_columns(feats), restrict(ffeats, lidx)], axis=1)
+            dices = np.concatenate([dices, fdices[:, lidx]], axis=1)
+        return names, groups, feats, dices
 
     names, groups, feats, dices = select(args.train)
     print(f"fitting set: {len(names)} targets, groups {dict(zip(*np.unique(groups, return_counts=True)))}")
     print("leave one group out (fitted on the others):")
     for g in np.unique(groups):
-        scorer = fit_scorer(margins, feats[groups != g], dices[groups != g], args.l2)
+        scorer = fit_scorer(margins, feats[groups != g], dices[groups != g], args.l2, levels=levels, adam_steps=args.adam_steps)
         report(str(g), feats[groups == g], dices[groups == g], scorer)
-    scorer = fit_scorer(margins, feats, dices, args.l2)
+    scorer = fit_scorer(margins, feats, dices, args.l2, levels=levels, adam_steps=args.adam_steps)
     print("fitted on all of it:")
     report("fit (seen)", feats, dices, scorer)
-    from lib.session.margin_choice import FEATURES
-    print("  weights: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(FEATURES, scorer.weights)))
+    print("  weights: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(scorer.features, scorer.weights)))
     evals = [p for pattern in args.eval for p in sorted(glob.glob(pattern))]
     all_f, all_d = [], []
     for p in evals:
@@ -208,16 +256,19 @@ def cmd_fit(args):
 
 
 def restrict(feats: np.ndarray, idx):
-    """Features of a subset of the margins: those comparing a candidate with the others (contrast_rel and its
-    CT product; grow_next / overlap_next against the next margin KEPT) are recomputed from the stored ones."""
-    from lib.session.margin_choice import FEATURES
+    """Features of a subset of the margins (or flood levels): those comparing a candidate with the others
+    (contrast_rel and its products; grow_next / overlap_next against the next margin KEPT) are recomputed from
+    the stored ones."""
+    from lib.session.margin_choice import FLOOD_FEATURES
 
     f = feats[:, idx].copy()
-    col = {n: i for i, n in enumerate(FEATURES)}
+    col = {n: i for i, n in enumerate(FLOOD_FEATURES)}
     best = f[:, :, col["contrast"]].max(1, keepdims=True)
     f[:, :, col["contrast_rel"]] = f[:, :, col["contrast"]] / np.maximum(best, 1e-6)
     f[:, :, col["ct_contrast_rel"]] = f[:, :, col["ct"]] * f[:, :, col["contrast_rel"]]
-    if list(idx) != list(range(len(MARGINS))):
+    if f.shape[-1] == len(FLOOD_FEATURES):
+        f[:, :, col["flood_contrast_rel"]] = f[:, :, col["flood"]] * f[:, :, col["contrast_rel"]]
+    if list(idx) != list(range(feats.shape[1])):
         # the next kept margin may not be the next stored one: growth compounds along the stored chain;
         # overlap with a margin further on is approximated by the product of the steps' overlaps
         grow, over = feats[:, :, col["grow_next"]], feats[:, :, col["overlap_next"]]
@@ -234,6 +285,7 @@ def main():
     t = sub.add_parser("table")
     t.add_argument("--fit-set", action="store_true", help="the training-side fitting set")
     t.add_argument("--data", help="an evaluation data folder (images/ + labels/)")
+    t.add_argument("--flood", action="store_true", help="the first click's flood levels instead of the margins")
     t.add_argument("--npz-dir", default="work_data/train_npz")
     t.add_argument("--shard", type=lambda s: tuple(int(v) for v in s.split("/")), help="i/n: every n-th target from i")
     t.add_argument("--out", required=True)
@@ -242,6 +294,10 @@ def main():
     f.add_argument("--eval", nargs="*", default=[])
     f.add_argument("--margins", default="20,30,40,60,80")
     f.add_argument("--l2", type=float, default=0.01)
+    f.add_argument("--adam-steps", type=int, default=0, help="Adam steps from zero instead of L-BFGS (0)")
+    f.add_argument("--flood-levels", help="cells (of lib.session.flood_candidates.LEVELS, e.g. 8,16,32,64,128): "
+                   "the first click's flood at these levels are candidates too")
+    f.add_argument("--flood-dir", default="work_data/flood", help="the flood tables (table --flood), same names")
     f.add_argument("--out")
     args = ap.parse_args()
     if args.cmd == "table" and not (args.fit_set or args.data):

@@ -105,16 +105,16 @@ def test_the_plain_region_chooses_by_the_scorer(tmp_path):
     """With a scorer the first click's margin is the scorer's choice (here: the largest, then the smallest), and
     the config gives the scorer; the contrast rule and a scorer exclude each other."""
     from lib.session.classical_region import TUNED
-    from lib.session.plain_region import PlainRegion, first_click_margin, resolve_region
+    from lib.session.plain_region import PlainRegion, first_click_region, resolve_region
 
     image = _ball_image()
     params, spacing, click = TUNED["geodesic"], (1.5, 1.5, 1.5), [[48, 48, 48]]
     w = np.zeros(len(FEATURES))
     w[_col("log_margin")] = 1.0
-    margin, region = first_click_margin(image, False, spacing, click, params, (10.0, 40.0, 60.0), _scorer(w))
+    margin, _, region = first_click_region(image, False, spacing, click, params, (10.0, 40.0, 60.0), _scorer(w))
     assert margin == 60.0 and region.shape == (81, 81, 81)
-    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0, 60.0), _scorer(-w))[0] == 10.0
-    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0, 60.0))[0] == 40.0  # contrast
+    assert first_click_region(image, False, spacing, click, params, (10.0, 40.0, 60.0), _scorer(-w))[0] == 10.0
+    assert first_click_region(image, False, spacing, click, params, (10.0, 40.0, 60.0))[0] == 40.0  # contrast
     cfg = {"plain_region": "geodesic", "plain_region_margin_scorer": _scorer(w).to_config()}
     region = resolve_region("auto", cfg)
     assert region.scorer is not None and region.margins == (10.0, 40.0, 60.0) and "learned" in region.describe()

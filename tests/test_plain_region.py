@@ -168,14 +168,14 @@ def _ball_scene(tmp_path, radius=10):
     return write_nifti(tmp_path / "ball.nii.gz", img, ras_affine((1.5, 1.5, 1.5), np.eye(3)))
 
 
-def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
+def test_the_first_click_region_is_the_one_whose_region_stands_out(tmp_path):
     """A 30 mm ball clicked at its centre: a 10 mm box cuts it (its region touches the ball's own tissue all round),
     a 40 mm box holds it whole (the region ends at the ball's edge): the 40 mm margin is chosen, and only for the
     first click; later clicks use the tuned margin."""
     from dataclasses import replace
 
     from lib.session.classical_region import TUNED, segment_array
-    from lib.session.plain_region import first_click_margin
+    from lib.session.plain_region import first_click_region
     from lib.session.volume import load_volume
 
     volume = load_volume(_ball_scene(tmp_path, radius=10))
@@ -183,8 +183,8 @@ def test_the_first_click_margin_is_the_one_whose_region_stands_out(tmp_path):
 
     image = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
     params, spacing, click = TUNED["geodesic"], (1.5, 1.5, 1.5), [[48, 48, 48]]
-    assert first_click_margin(image, False, spacing, click, params, (10.0, 40.0))[0] == 40.0
-    assert first_click_margin(image, False, spacing, click, params, (40.0, 10.0))[0] == 40.0
+    assert first_click_region(image, False, spacing, click, params, (10.0, 40.0))[0] == 40.0
+    assert first_click_region(image, False, spacing, click, params, (40.0, 10.0))[0] == 40.0
     region = PlainRegion(margins=(10.0, 40.0))
     got = region(volume, False, click, [])
     ball = segment_array("geodesic", image, False, spacing, click, [], replace(params, margin_mm=40.0))

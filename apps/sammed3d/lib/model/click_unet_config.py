@@ -65,11 +65,12 @@ CLICK_UNET_CONFIG = {
     # where a click's decodes are all the prior's plain box competition, the server answers with this region
     # on the stored grid (lib.session.plain_region; --conf plain_region wins): None or "geodesic"
     "plain_region": None,
-    # the plain region's first-click box margins (mm) to choose from by contrast (plain_region.first_click_margin);
+    # the plain region's first-click box margins (mm) to choose from by contrast (plain_region.first_click_region);
     # None: its tuned margin for every click
     "plain_region_margins": None,
     # or chosen by a learned score of each candidate region (lib.session.margin_choice.MarginScorer's config, with its
-    # own margins; scripts/fit_margin_choice.py); None: no learned choice
+    # own margins, and with flood_levels the first click's flood at those levels as candidates too:
+    # lib.session.flood_candidates; scripts/fit_margin_choice.py); None: no learned choice
     "plain_region_margin_scorer": None,
     # the plain region's box margin (mm) around the clicks (the first click's too unless chosen above); None: the
     # classical row's tuned 40 mm (lib.session.classical_region.TUNED)

@@ -39,6 +39,15 @@ FEATURES = (
     "ct_log_margin",  # ct * log_margin: the margin's effect per modality
     "ct_contrast_rel",  # ct * contrast_rel
 )
+# a scorer that also weighs the first click's flood levels (lib.session.flood_candidates) has these columns after
+# FEATURES; a margin candidate has 0 in them, a flood candidate has log_margin 0
+FLOOD_FEATURES = FEATURES + (
+    "flood",  # 1 for a flood candidate
+    "flood_log_level",  # log(level / 16 cells)
+    "flood_log_sigma",  # log(the click's robust spread / 0.3): high at an edge or in texture
+    "flood_contrast_rel",  # flood * contrast_rel (among the floods)
+    "flood_touch",  # flood * touch (on the flood window's inner faces: it runs past the window)
+)
 
 
 def _global(box: Tuple[slice, ...], region: np.ndarray, frame: Tuple[slice, ...]) -> np.ndarray:
@@ -49,8 +58,11 @@ def _global(box: Tuple[slice, ...], region: np.ndarray, frame: Tuple[slice, ...]
 
 
 def own_features(box: Tuple[slice, ...], region: np.ndarray, data: np.ndarray, spacing: Sequence[float],
-                 shape: Sequence[int]) -> Dict[str, float]:
-    """The features of one candidate that need no other candidate (contrast, edge, fill, log_volume, touch)."""
+                 shape: Sequence[int], grad: Optional[np.ndarray] = None,
+                 inner: Optional[Sequence[Tuple[bool, bool]]] = None) -> Dict[str, float]:
+    """The features of one candidate that need no other candidate (contrast, edge, fill, log_volume, touch).
+    `grad`: |gradient| of `data` where the caller shares it among candidates on one array; `inner`: per axis
+    whether the box's low / high face lies inside the image (default: from `box` and the volume's `shape`)."""
     shell = ndimage.binary_dilation(region, _CUBE) & ~region
     n = int(region.sum())
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -60,15 +72,18 @@ def own_features(box: Tuple[slice, ...], region: np.ndarray, data: np.ndarray, s
         return out
     inside = data[region]
     out["contrast"] = float(abs(inside.mean() - data[shell].mean()) / (inside.std() + 1e-3))
-    grad = np.sqrt(sum(g ** 2 for g in np.gradient(data, *[float(s) for s in spacing])))
+    if grad is None:
+        grad = np.sqrt(sum(g ** 2 for g in np.gradient(data, *[float(s) for s in spacing])))
     out["edge"] = float(grad[shell].mean() / (grad[region].mean() + 0.1))
     faces = np.zeros(region.shape, dtype=bool)  # the voxels next to a box face that lies inside the image
-    for a, sl in enumerate(box):
+    if inner is None:
+        inner = [(sl.start > 0, sl.stop < shape[a]) for a, sl in enumerate(box)]
+    for a, (low_inside, high_inside) in enumerate(inner):
         idx = [slice(None)] * 3
-        if sl.start > 0:
+        if low_inside:
             idx[a] = slice(0, 2)
             faces[tuple(idx)] = True
-        if sl.stop < shape[a]:
+        if high_inside:
             idx[a] = slice(-2, None)
             faces[tuple(idx)] = True
     out["touch"] = float((shell & faces).sum() / shell.sum())
@@ -106,36 +121,49 @@ class MarginScorer:
     P(candidate) = softmax(score), fitted by scripts/fit_margin_choice.py to maximise the expected Dice).
 
     Config (the model config's `plain_region_margin_scorer`): {"margins": [mm, ascending], "features": FEATURES,
-    "mean": [...], "std": [...], "weights": [...]}. The features compare a candidate with the next margin, so a
-    scorer serves only with the margins it was fitted on; one fitted on other features is refused."""
+    "mean": [...], "std": [...], "weights": [...]}, and with "flood_levels": [cells, ascending] the features are
+    FLOOD_FEATURES and the flood's levels are candidates after the margins. The features compare a candidate with
+    the next margin (level), so a scorer serves only with those it was fitted on; one fitted on other features is
+    refused."""
 
     def __init__(self, margins: Sequence[float], mean: Sequence[float], std: Sequence[float],
-                 weights: Sequence[float]):
+                 weights: Sequence[float], flood_levels: Sequence[float] = ()):
         self.margins = tuple(float(m) for m in margins)
+        self.flood_levels = tuple(float(v) for v in flood_levels)
+        self.features = FLOOD_FEATURES if self.flood_levels else FEATURES
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)
         self.weights = np.asarray(weights, dtype=np.float64)
         if len(self.margins) < 2 or list(self.margins) != sorted(set(self.margins)) or not 0 < self.margins[0] \
                 or self.margins[-1] > 500:
             raise ValueError(f"a margin scorer needs two or more ascending margins in (0, 500] mm, got {margins!r}")
-        if not (self.mean.shape == self.std.shape == self.weights.shape == (len(FEATURES),)):
-            raise ValueError(f"a margin scorer needs {len(FEATURES)} means, stds and weights")
+        if self.flood_levels and (list(self.flood_levels) != sorted(set(self.flood_levels))
+                                  or not 0 < self.flood_levels[0] or self.flood_levels[-1] > 1000):
+            raise ValueError(f"a margin scorer's flood levels must ascend in (0, 1000] cells, got {flood_levels!r}")
+        n = len(self.features)
+        if not (self.mean.shape == self.std.shape == self.weights.shape == (n,)):
+            raise ValueError(f"a margin scorer needs {n} means, stds and weights")
         if not (np.all(np.isfinite(self.mean)) and np.all(self.std > 0) and np.all(np.isfinite(self.weights))):
             raise ValueError("a margin scorer needs finite means and weights and positive stds")
 
     @classmethod
     def from_config(cls, cfg: dict) -> "MarginScorer":
-        if not isinstance(cfg, dict) or list(cfg.get("features", [])) != list(FEATURES):
-            raise ValueError(f"plain_region_margin_scorer must be a dict whose features are {list(FEATURES)}")
+        expected = FLOOD_FEATURES if isinstance(cfg, dict) and cfg.get("flood_levels") else FEATURES
+        if not isinstance(cfg, dict) or list(cfg.get("features", [])) != list(expected):
+            raise ValueError(f"plain_region_margin_scorer must be a dict whose features are {list(FEATURES)} "
+                             f"(with flood_levels: {list(FLOOD_FEATURES)})")
         try:
-            return cls(cfg["margins"], cfg["mean"], cfg["std"], cfg["weights"])
+            return cls(cfg["margins"], cfg["mean"], cfg["std"], cfg["weights"], cfg.get("flood_levels") or ())
         except (KeyError, TypeError) as e:
             raise ValueError(f"plain_region_margin_scorer needs margins, mean, std and weights ({e})") from None
 
     def to_config(self) -> dict:
         rounded = lambda v: [round(float(x), 6) for x in v]  # noqa: E731
-        return {"margins": list(self.margins), "features": list(FEATURES), "mean": rounded(self.mean),
-                "std": rounded(self.std), "weights": rounded(self.weights)}
+        cfg = {"margins": list(self.margins), "features": list(self.features), "mean": rounded(self.mean),
+               "std": rounded(self.std), "weights": rounded(self.weights)}
+        if self.flood_levels:
+            cfg["flood_levels"] = list(self.flood_levels)
+        return cfg
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return ((np.asarray(features, dtype=np.float64) - self.mean) / self.std) @ self.weights
@@ -143,3 +171,10 @@ class MarginScorer:
     def choose(self, features: np.ndarray) -> int:
         """The index of the best-scored candidate (the first of equals)."""
         return int(np.argmax(self.scores(features)))
+
+
+def with_flood_columns(features: np.ndarray) -> np.ndarray:
+    """Margin candidates' (n, len(FEATURES)) features as FLOOD_FEATURES rows (0 in the flood's columns)."""
+    features = np.asarray(features, dtype=np.float64)
+    pad = np.zeros(features.shape[:-1] + (len(FLOOD_FEATURES) - len(FEATURES),))
+    return np.concatenate([features, pad], axis=-1)

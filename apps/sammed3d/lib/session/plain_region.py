@@ -30,7 +30,7 @@ import numpy as np
 
 from ..util import process_threads
 from .classical_region import TUNED, roi_box, segment_box
-from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features
+from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features, with_flood_columns
 
 REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
 METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
@@ -46,7 +46,7 @@ def answered_plainly(prior_only: bool, flooded: bool, grown: bool, fine: bool) -
 
 class PlainRegion:
     """The classical geodesic region on the stored grid (see the module doc). `margins` (mm): the first click's
-    box margin is chosen among them by the region's contrast (`first_click_margin`); `scorer` (a
+    box margin is chosen among them by the region's contrast (`first_click_region`); `scorer` (a
     lib.session.margin_choice.MarginScorer): among its margins by its learned score; neither: params.margin_mm.
     `merge`: the engine merges the region into the mask the label showed, as its click update does the model's
     (an include click only adds, an exclude only removes); False (default-v9): the region replaces it."""
@@ -78,14 +78,18 @@ class PlainRegion:
         fg, bg = _voxels(fg), _voxels(bg)
         params, chosen = self.params, None
         if self.margins and len(fg) == 1 and not bg:
-            chosen = first_click_margin(image, ct, spacing, fg, params, self.margins, self.scorer)
-            params = replace(params, margin_mm=chosen[0])
-        box, faces = roi_box(fg + bg, image.shape, spacing, params.margin_mm)
-        if not bg and not any(lo or hi for lo, hi in faces):
-            return None
+            chosen = first_click_region(image, ct, spacing, fg, params, self.margins, self.scorer)
+        if chosen is None or chosen[0] is not None:  # the box region (a flood is bounded by the image instead)
+            if chosen is not None:
+                params = replace(params, margin_mm=chosen[0])
+            box, faces = roi_box(fg + bg, image.shape, spacing, params.margin_mm)
+            if not bg and not any(lo or hi for lo, hi in faces):
+                return None
+        else:
+            box = chosen[1]
         mask = np.zeros(image.shape, dtype=np.uint8)
         if fg:
-            mask[box] = chosen[1] if chosen else segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
+            mask[box] = chosen[2] if chosen else segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
         return mask, box
 
     def start(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> Future:
@@ -104,28 +108,41 @@ class PlainRegion:
                 + (", merged into the shown mask)" if self.merge else ")"))
 
 
-def first_click_margin(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float],
-                       scorer: Optional[MarginScorer] = None) -> Tuple[float, np.ndarray]:
-    """(the box margin (mm) among `margins` chosen for the first click, that region in its box): by `scorer`
-    (lib.session.margin_choice: a learned weighing of each candidate region's features) or, without one, the
-    region that stands out most from what surrounds it: contrast = |mean inside - mean of the one-voxel shell
-    outside| / std inside, on the box's normalised intensities (the first of equals).
+def first_click_region(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float],
+                       scorer: Optional[MarginScorer] = None) -> Tuple[Optional[float], Tuple[slice, ...], np.ndarray]:
+    """(the box margin (mm) chosen for the first click, or None where a flood level was chosen; the region's box;
+    the region in it): by `scorer` (lib.session.margin_choice: a learned weighing of each candidate region's
+    features, among `margins` and, where the scorer has flood levels, the first click's flood at those levels:
+    lib.session.flood_candidates) or, without one, the margin whose region stands out most from what surrounds
+    it: contrast = |mean inside - mean of the one-voxel shell outside| / std inside, on the box's normalised
+    intensities (the first of equals).
 
     Why: with one click only the box bounds the region (in homogeneous tissue it fills about half the margin), so
     one fixed margin is too tight for an organ and too loose for a small lesion; a region bounded by an edge
     contrasts with its shell, one cut off by the box inside a tissue or leaked into the next tissue does not.
     Development cases: the per-target best margin averages 0.59 Dice at one click against 0.33 for 40 mm
     (docs/default_model.md, "Fourteenth run" to "Sixteenth run"). The candidates are solved, and their own
-    features measured, two at a time (the compiled kernel and numpy's large-array loops run without the GIL)."""
+    features measured, two at a time (the compiled kernel and numpy's large-array loops run without the GIL);
+    the flood (when asked for) on the same threads."""
+    flood = None
+    if scorer is not None and scorer.flood_levels:
+        from .flood_candidates import FloodField
+
+        flood = process_threads("plain-margins", 2).submit(FloodField.solve, image, ct, spacing, fg[0])
     candidates, features = margin_candidates(image, ct, spacing, fg, params, margins)
+    if flood is not None:
+        field = flood.result()
+        features = np.concatenate([with_flood_columns(features), field.features(scorer.flood_levels)])
     best = scorer.choose(features) if scorer else int(np.argmax(features[:, FEATURES.index("contrast")]))
-    return candidates[best][0], candidates[best][2]
+    if best >= len(candidates):
+        return (None,) + field.region(scorer.flood_levels[best - len(candidates)])
+    return candidates[best][0], candidates[best][1], candidates[best][2]
 
 
 def margin_candidates(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float]):
     """([(margin, box, region, data)] for the include clicks `fg` alone, one per margin ascending, as segment_box
     gives them; their (n, len(FEATURES)) features): the candidates solved, and their own features measured, two at a
-    time (what first_click_margin chooses among and scripts/fit_margin_choice.py fits on)."""
+    time (what first_click_region chooses among and scripts/fit_margin_choice.py fits on)."""
     def solve(margin):
         box, region, data = segment_box(METHOD, image, ct, spacing, fg, [], replace(params, margin_mm=margin))
         return (margin, box, region, data), own_features(box, region, data, spacing, image.shape)
