@@ -248,11 +248,43 @@ def cmd_fit(args):
         all_f.append(f), all_d.append(d)
     if all_f:
         report("all eval", np.concatenate(all_f), np.concatenate(all_d), scorer)
+    if args.served:
+        predicted = [served_prediction(p, select([p])[2:], scorer, args.served, args.served_scorer) for p in evals]
+        print(f"  predicted served Dice@1 (the default's answer where its plain region did not answer): all "
+              f"{np.concatenate(predicted).mean():.3f} ({np.concatenate(predicted).size}) | " + "  ".join(
+                  f"{os.path.basename(p)[:-4]} {v.mean():.3f}" for p, v in zip(evals, predicted)))
     if args.out:
         cfg = scorer.to_config()
         with open(args.out, "w") as fh:
             json.dump(cfg, fh, indent=1)
         print("wrote", args.out)
+
+
+def served_prediction(table: str, candidates, scorer, served_dir: str, served_scorer: str) -> np.ndarray:
+    """Per target of a development table, the served Dice after one click if `scorer` replaced the default's: where
+    the default's plain region answered (its served Dice, from `served_dir`/<set>/per_target.csv of the evaluation,
+    equals its own scorer's chosen margin's Dice) the new choice's Dice, elsewhere the default's answer (the model's
+    flood, grown box or fine region), which the plain region's scorer does not change. `candidates`: (features,
+    Dice) of the table as `scorer` sees them. Reproduces the served evaluation's Dice@1 exactly (docs/default_model.md,
+    "Eighteenth run")."""
+    import csv
+
+    from lib.session.margin_choice import MarginScorer
+
+    with open(served_scorer) as fh:
+        default = MarginScorer.from_config(json.load(fh))
+    name = os.path.basename(table)[:-4]
+    with open(os.path.join(served_dir, name, "per_target.csv")) as fh:
+        served = {f"{r['case']}_{r['value']}": float(r["dice"]) for r in csv.DictReader(fh) if r["clicks"] == "1"}
+    names, _, feats, dices = load_tables([table])
+    idx = [MARGINS.index(m) for m in default.margins]
+    feats, dices = restrict(feats, idx), dices[:, idx]
+    new_feats, new_dices = candidates
+    out = []
+    for i, target in enumerate(names):
+        plain = abs(served[target] - dices[i, default.choose(feats[i])]) < 2e-3
+        out.append(new_dices[i, scorer.choose(new_feats[i])] if plain else served[target])
+    return np.array(out)
 
 
 def restrict(feats: np.ndarray, idx):
@@ -297,6 +329,10 @@ def main():
     f.add_argument("--adam-steps", type=int, default=0, help="Adam steps from zero instead of L-BFGS (0)")
     f.add_argument("--flood-levels", help="cells (of lib.session.flood_candidates.LEVELS, e.g. 8,16,32,64,128): "
                    "the first click's flood at these levels are candidates too")
+    f.add_argument("--served", help="the default's development evaluations (<dir>/<set>/per_target.csv, "
+                   "python -m lib.evaluation --out <dir>/<set>): report the scorer's predicted served Dice@1")
+    f.add_argument("--served-scorer", default="docs/eval/click_unet/margin_scorer_30_80.json",
+                   help="the default's own scorer (with --served)")
     f.add_argument("--flood-dir", default="work_data/flood", help="the flood tables (table --flood), same names")
     f.add_argument("--out")
     args = ap.parse_args()

@@ -149,3 +149,38 @@ def test_the_fitted_scorer_learns_which_feature_tells_the_better_candidate():
     assert np.mean(np.array(picked) == test[:, :, _col("contrast")].argmax(1)) > 0.9
     assert np.argmax(np.abs(scorer.weights)) == _col("contrast")
     assert MarginScorer.from_config(scorer.to_config()).margins == (20.0, 40.0, 80.0)
+
+
+def test_the_served_prediction_replaces_only_what_the_plain_region_answered(tmp_path):
+    """scripts/fit_margin_choice.served_prediction: a target whose served Dice@1 is the default scorer's chosen
+    margin's Dice was answered by the plain region, so a new scorer's choice replaces it; another target was answered
+    by the model (its flood, a grown box) and keeps its served Dice whatever the scorer chooses."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from fit_margin_choice import MARGINS, served_prediction
+
+    n = len(MARGINS)
+    feats = np.zeros((2, n, len(FEATURES)))
+    feats[:, :, _col("log_margin")] = np.log(np.array(MARGINS) / 40.0)
+    dices = np.tile(np.linspace(0.1, 0.7, n), (2, 1))
+    np.savez(tmp_path / "dev_x.npz", names=np.array(["case_a_1", "case_b_2"]), groups=np.array(["x", "x"]),
+             features=feats, dices=dices, margins=np.array(MARGINS))
+    w = np.zeros(len(FEATURES))
+    w[_col("log_margin")] = -1.0  # the default takes its smallest margin (30 mm: candidate 2 of MARGINS)
+    default = MarginScorer((30.0, 40.0), np.zeros(len(FEATURES)), np.ones(len(FEATURES)), w)
+    (tmp_path / "default.json").write_text(json.dumps(default.to_config()))
+    served = tmp_path / "served" / "dev_x"
+    served.mkdir(parents=True)
+    plain_dice = dices[0, MARGINS.index(30.0)]
+    served.joinpath("per_target.csv").write_text(
+        "mode,method,case,value,structure,clicks,dice\n"
+        f"m,model,case_a,1,a,1,{plain_dice}\nm,model,case_a,1,a,2,0.99\nm,model,case_b,2,b,1,0.95\n")
+    new = MarginScorer((30.0, 40.0), np.zeros(len(FEATURES)), np.ones(len(FEATURES)), -w)  # the larger margin
+    cand_feats = feats[:, [MARGINS.index(30.0), MARGINS.index(40.0)]]
+    cand_dices = dices[:, [MARGINS.index(30.0), MARGINS.index(40.0)]]
+    got = served_prediction(str(tmp_path / "dev_x.npz"), (cand_feats, cand_dices), new, str(tmp_path / "served"),
+                            str(tmp_path / "default.json"))
+    np.testing.assert_allclose(got, [cand_dices[0, 1], 0.95])
