@@ -120,3 +120,7 @@ def test_the_plain_region_serves_the_chosen_flood_level():
     margin, box, region = first_click_region(image, False, spacing, click, TUNED["geodesic"], (10.0, 40.0),
                                              _flood_scorer(w))
     assert margin == 40.0 and region.shape == tuple(s.stop - s.start for s in box)
+    from lib.session.plain_region import PlainRegion
+
+    described = PlainRegion(scorer=_flood_scorer(w, levels=(7.999999999999999, 32.0))).describe()
+    assert "10/40 mm and its flood at 8/32 cells of 2 mm by a learned score" in described

@@ -129,7 +129,7 @@ class MarginScorer:
     def __init__(self, margins: Sequence[float], mean: Sequence[float], std: Sequence[float],
                  weights: Sequence[float], flood_levels: Sequence[float] = ()):
         self.margins = tuple(float(m) for m in margins)
-        self.flood_levels = tuple(float(v) for v in flood_levels)
+        self.flood_levels = tuple(round(float(v), 4) for v in flood_levels)  # geomspace's 31.999... as 32
         self.features = FLOOD_FEATURES if self.flood_levels else FEATURES
         self.mean = np.asarray(mean, dtype=np.float64)
         self.std = np.asarray(std, dtype=np.float64)

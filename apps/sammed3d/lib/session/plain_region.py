@@ -101,8 +101,10 @@ class PlainRegion:
     def describe(self) -> str:
         p = self.params
         rule = "a learned score" if self.scorer else "contrast"
+        floods = self.scorer.flood_levels if self.scorer else ()
         margin = f"{p.margin_mm:g} mm" + (f", the first click's chosen among {'/'.join(f'{m:g}' for m in self.margins)} "
-                                          f"mm by {rule}" if self.margins else "")
+                                          f"mm" + (f" and its flood at {'/'.join(f'{v:g}' for v in floods)} cells of "
+                                                   f"2 mm" if floods else "") + f" by {rule}" if self.margins else "")
         return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
                 f"{margin}, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm"
                 + (", merged into the shown mask)" if self.merge else ")"))
