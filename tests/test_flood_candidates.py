@@ -124,3 +124,17 @@ def test_the_plain_region_serves_the_chosen_flood_level():
 
     described = PlainRegion(scorer=_flood_scorer(w, levels=(7.999999999999999, 32.0))).describe()
     assert "10/40 mm and its flood at 8/32 cells of 2 mm by a learned score" in described
+
+
+def test_a_slab_too_thin_for_the_flood_is_answered_by_the_margins():
+    """Two 1 mm slices are one 2 mm cell thick: no flood candidate is weighed (its gradient and shell need 3 cells),
+    the margins answer, even for a scorer that prefers floods."""
+    from lib.session.classical_region import TUNED
+    from lib.session.plain_region import first_click_region
+
+    image = np.random.default_rng(0).normal(100, 3, (64, 64, 2)).astype(np.float32)
+    w = np.zeros(len(FLOOD_FEATURES))
+    w[FLOOD_FEATURES.index("flood")] = 1.0
+    margin, box, region = first_click_region(image, False, (1.0, 1.0, 1.0), [[32, 32, 0]], TUNED["geodesic"],
+                                             (10.0, 40.0), _flood_scorer(w))
+    assert margin in (10.0, 40.0) and region.shape == tuple(s.stop - s.start for s in box)

@@ -134,7 +134,9 @@ def first_click_region(image: np.ndarray, ct: bool, spacing, fg, params, margins
     candidates, features = margin_candidates(image, ct, spacing, fg, params, margins)
     if flood is not None:
         field = flood.result()
-        features = np.concatenate([with_flood_columns(features), field.features(scorer.flood_levels)])
+        features = with_flood_columns(features)
+        if min(field.data.shape) >= 3:  # a slab under 3 cells of 2 mm has no 3-D flood to weigh: margins only
+            features = np.concatenate([features, field.features(scorer.flood_levels)])
     best = scorer.choose(features) if scorer else int(np.argmax(features[:, FEATURES.index("contrast")]))
     if best >= len(candidates):
         return (None,) + field.region(scorer.flood_levels[best - len(candidates)])
