@@ -163,12 +163,10 @@ def load_tables(paths):
             np.concatenate([p["features"] for p in parts]), np.concatenate([p["dices"] for p in parts]))
 
 
-def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, steps: int = 400, levels=(),
-               adam_steps: int = 0):
+def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, steps: int = 400, levels=()):
     """Conditional logit: weights maximising the mean expected Dice of softmax(score) over targets, L2 on the
-    weights; features standardised over all candidates. By L-BFGS to convergence, or with `adam_steps` that many
-    Adam steps (lr 0.01) from zero: stopped early, the weights stay smaller (the flood scorer, docs/default_model.md
-    "Eighteenth run"). -> MarginScorer."""
+    weights; features standardised over all candidates; `levels`: the scorer's flood levels (the candidates after
+    the margins). -> MarginScorer."""
     import torch
 
     from lib.session.margin_choice import MarginScorer
@@ -178,8 +176,7 @@ def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, 
     x = torch.tensor((feats - mean) / std, dtype=torch.float64)
     y = torch.tensor(dices, dtype=torch.float64)
     w = torch.zeros(feats.shape[-1], dtype=torch.float64, requires_grad=True)
-    opt = (torch.optim.Adam([w], lr=0.01) if adam_steps
-           else torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe"))
+    opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -188,8 +185,7 @@ def fit_scorer(margins, feats: np.ndarray, dices: np.ndarray, l2: float = 0.01, 
         loss.backward()
         return loss
 
-    for _ in range(adam_steps or 1):
-        opt.step(closure)
+    opt.step(closure)
     return MarginScorer(margins, mean, std, w.detach().numpy(), levels)
 
 
@@ -214,9 +210,9 @@ def cmd_fit(args):
     from lib.session.flood_candidates import LEVELS
     from lib.session.margin_choice import with_flood_columns
 
-    levels = tuple(round(float(v), 4) for v in LEVELS if args.flood_levels and any(
-        abs(v - float(x)) < 0.01 * v for x in args.flood_levels.split(",")))
-    lidx = [i for i, v in enumerate(LEVELS) if round(float(v), 4) in levels]
+    asked = [float(x) for x in args.flood_levels.split(",")] if args.flood_levels else []
+    lidx = [i for i, v in enumerate(LEVELS) if any(abs(v - x) < 0.01 * v for x in asked)]
+    levels = tuple(LEVELS[i] for i in lidx)
 
     def select(paths):
         names, groups, feats, dices = load_tables(paths)
@@ -234,9 +230,9 @@ def cmd_fit(args):
     print(f"fitting set: {len(names)} targets, groups {dict(zip(*np.unique(groups, return_counts=True)))}")
     print("leave one group out (fitted on the others):")
     for g in np.unique(groups):
-        scorer = fit_scorer(margins, feats[groups != g], dices[groups != g], args.l2, levels=levels, adam_steps=args.adam_steps)
+        scorer = fit_scorer(margins, feats[groups != g], dices[groups != g], args.l2, levels=levels)
         report(str(g), feats[groups == g], dices[groups == g], scorer)
-    scorer = fit_scorer(margins, feats, dices, args.l2, levels=levels, adam_steps=args.adam_steps)
+    scorer = fit_scorer(margins, feats, dices, args.l2, levels=levels)
     print("fitted on all of it:")
     report("fit (seen)", feats, dices, scorer)
     print("  weights: " + ", ".join(f"{f} {w:+.2f}" for f, w in zip(scorer.features, scorer.weights)))
@@ -326,7 +322,6 @@ def main():
     f.add_argument("--eval", nargs="*", default=[])
     f.add_argument("--margins", default="20,30,40,60,80")
     f.add_argument("--l2", type=float, default=0.01)
-    f.add_argument("--adam-steps", type=int, default=0, help="Adam steps from zero instead of L-BFGS (0)")
     f.add_argument("--flood-levels", help="cells (of lib.session.flood_candidates.LEVELS, e.g. 8,16,32,64,128): "
                    "the first click's flood at these levels are candidates too")
     f.add_argument("--served", help="the default's development evaluations (<dir>/<set>/per_target.csv, "

@@ -32,7 +32,7 @@ from .margin_choice import FLOOD_FEATURES, own_features
 
 GRID_MM = 2.0
 REACH_MM = 100.0
-LEVELS = tuple(float(v) for v in np.geomspace(4, 256, 13))  # what the candidate tables hold (cells)
+LEVELS = tuple(round(float(v), 4) for v in np.geomspace(4, 256, 13))  # what the candidate tables hold (cells)
 _FLOOD = FloodRegion(beta=2.0, tolerance=1.0, max_sigma=np.inf)
 
 
@@ -40,10 +40,9 @@ class FloodField:
     """The flood distance of one click on the coarse window (see the module doc)."""
 
     def __init__(self, window: Tuple[slice, ...], zoom: np.ndarray, data: np.ndarray, distance: np.ndarray,
-                 sigma: float, ct: bool, spacing: Sequence[float], shape: Sequence[int]):
-        self.ct = bool(ct)
+                 sigma: float, ct: bool, shape: Sequence[int]):
         self.window, self.zoom, self.data, self.distance = window, zoom, data, distance
-        self.sigma, self.spacing, self.shape = float(sigma), tuple(float(s) for s in spacing), tuple(shape)
+        self.sigma, self.ct, self.shape = float(sigma), bool(ct), tuple(shape)
 
     @classmethod
     def solve(cls, image: np.ndarray, ct: bool, spacing: Sequence[float], point: Sequence[int],
@@ -64,7 +63,7 @@ class FloodField:
         cell = np.minimum(np.floor((p - lo) * zoom).astype(np.int64), np.array(size) - 1)
         mu, sigma = click_statistics(data, cell[None])
         distance = geodesic_from(_FLOOD.cost(data, mu, sigma), cell[None])
-        return cls(window, zoom, data, distance, sigma, ct, spacing, image.shape)
+        return cls(window, zoom, data, distance, sigma, ct, image.shape)
 
     def features(self, levels: Sequence[float]) -> np.ndarray:
         """(len(levels), len(FLOOD_FEATURES)): margin_choice's features of each level's region on the grid (box =
@@ -73,14 +72,14 @@ class FloodField:
         grid = (GRID_MM,) * 3
         grad = np.sqrt(sum(g ** 2 for g in np.gradient(self.data, *grid)))
         whole = tuple(slice(0, n) for n in self.data.shape)
+        inner = _inner_faces(self.window, self.shape)
         regions = [self.distance < float(level) for level in levels]
         rows = []
         for i, (level, region) in enumerate(zip(levels, regions)):
-            r = own_features(whole, region, self.data, grid, self.data.shape, grad=grad,
-                             inner=_inner_faces(self.window, self.shape))
+            r = own_features(whole, region, self.data, grid, self.data.shape, grad=grad, inner=inner)
             r["ct"] = float(self.ct)
             if region.all():  # no shell in the window: it runs past every face that lies inside the image
-                r["touch"] = float(any(lo or hi for lo, hi in _inner_faces(self.window, self.shape)))
+                r["touch"] = float(any(lo or hi for lo, hi in inner))
             n, nxt = region.sum(), regions[i + 1].sum() if i + 1 < len(regions) else None
             r["log_margin"], r["ct_log_margin"] = 0.0, 0.0
             r["grow_next"] = float(np.log((nxt + 1.0) / (n + 1.0))) if nxt is not None else 0.0
@@ -101,9 +100,7 @@ class FloodField:
         import torch
         import torch.nn.functional as F
 
-        cells = np.argwhere(self.distance < float(level))
-        if len(cells) == 0:
-            cells = np.argwhere(self.distance == self.distance.min())
+        cells = np.argwhere(self.distance < float(level))  # the click's own cell at least (distance 0, level > 0)
         c_lo, c_hi = np.maximum(cells.min(0) - 1, 0), np.minimum(cells.max(0) + 2, self.distance.shape)
         w_lo = np.array([w.start for w in self.window])
         w_n = np.array([w.stop - w.start for w in self.window])

@@ -79,14 +79,14 @@ class PlainRegion:
         params, chosen = self.params, None
         if self.margins and len(fg) == 1 and not bg:
             chosen = first_click_region(image, ct, spacing, fg, params, self.margins, self.scorer)
-        if chosen is None or chosen[0] is not None:  # the box region (a flood is bounded by the image instead)
+        if chosen is not None and chosen[0] is None:  # a flood level: bounded by the image, in its own box
+            box = chosen[1]
+        else:
             if chosen is not None:
                 params = replace(params, margin_mm=chosen[0])
             box, faces = roi_box(fg + bg, image.shape, spacing, params.margin_mm)
             if not bg and not any(lo or hi for lo, hi in faces):
                 return None
-        else:
-            box = chosen[1]
         mask = np.zeros(image.shape, dtype=np.uint8)
         if fg:
             mask[box] = chosen[2] if chosen else segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
