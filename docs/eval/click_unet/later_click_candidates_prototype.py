@@ -4,7 +4,8 @@ geodesic region of all the label's clicks in a box of the clicks + MARGINS mm, m
 piece update, with the change kept inside that box (BOXED=1, else anywhere, as the engine's merge does); SPLIT=1 adds,
 at an exclude click, the shown mask minus the voxels geodesically nearer (inside the mask) to an exclude click than to
 an include click ("split") and that intersected with E ("splitE"); FLOOD=levels adds, at an include click, the union
-of each include click's lib.session.flood_candidates.FloodField at those levels. POLICY: "oracle" (the best Dice per
+of each include click's lib.session.flood_candidates.FloodField at those levels; FIRST=1 adds, at an include click,
+the region the served first click's learned margin choice gives for that click alone, added to the mask ("first"). POLICY: "oracle" (the best Dice per
 click, greedy), "E", a candidate name, "<include choice>|<exclude choice>", "mix" (E or a random candidate, to collect
 fitting rows), or "learned" (WEIGHTS: a later_click_fit_prototype.py fit). SYNC=1 puts a non-E choice into the engine's
 shown mask, so its next click merges into what was shown. Every later click's candidates, their Dice, their Dice with
@@ -35,6 +36,7 @@ piece = LocalUpdate("piece")
 FLOOD_LEVELS = [float(x) for x in os.environ.get("FLOOD", "").split(",") if x]
 SYNC = os.environ.get("SYNC", "1") == "1"
 SPLIT = os.environ.get("SPLIT", "1") == "1"
+FIRST = os.environ.get("FIRST", "0") == "1"
 BOXED = os.environ.get("BOXED", "1") == "1"
 rng = np.random.default_rng(0)
 
@@ -133,18 +135,26 @@ def evaluate(engine, pairs, values, num_clicks, modes, log=print, nsd_at=(), nsd
                 cands["splitE"] = cands["split"] & E
                 for k in ("split", "splitE"):
                     feats[k] = dict(is_e=0.0, log_m=0.0, **change_feats(cands[k], S, lab, voxel_ml))
+            if FIRST and lab:  # the new include click answered as a first click (its learned margin), added
+                from lib.session.plain_region import first_click_region
+                reg = engine.region
+                mm, fbox, freg = first_click_region(image, ct, spacing, [list(click)], reg.params, reg.margins, reg.scorer)
+                U = S.copy(); U[fbox] |= freg
+                cands["first"] = U
+                cands["firstp"] = piece(S, U, [(click, lab)])
+                feats["first"] = feats["firstp"] = dict(is_e=0.0, log_m=0.0)
             if FLOOD_LEVELS and lab:
                 from lib.session.flood_candidates import FloodField
                 fields = st.setdefault("fields", {})
                 for p in fg:
                     if tuple(p) not in fields:
                         fields[tuple(p)] = FloodField.solve(image, ct, spacing, p)
-                for L in FLOOD_LEVELS:
+                for level in FLOOD_LEVELS:
                     U = S.copy()
                     for f in fields.values():
-                        b, r = f.region(L); U[b] |= r
-                    cands[f"flood_{L:g}"] = U
-                    feats[f"flood_{L:g}"] = dict(is_e=0.0, log_m=0.0, **change_feats(U, S, lab, voxel_ml))
+                        b, r = f.region(level); U[b] |= r
+                    cands[f"flood_{level:g}"] = U
+                    feats[f"flood_{level:g}"] = dict(is_e=0.0, log_m=0.0, **change_feats(U, S, lab, voxel_ml))
             d = {k: dice(v, gt) for k, v in cands.items()}
             agree = {k: dice(v, E) for k, v in cands.items()}
             if POLICY == "oracle":
