@@ -5,7 +5,9 @@ piece update, with the change kept inside that box (BOXED=1, else anywhere, as t
 at an exclude click, the shown mask minus the voxels geodesically nearer (inside the mask) to an exclude click than to
 an include click ("split") and that intersected with E ("splitE"); FLOOD=levels adds, at an include click, the union
 of each include click's lib.session.flood_candidates.FloodField at those levels; FIRST=1 adds, at an include click,
-the region the served first click's learned margin choice gives for that click alone, added to the mask ("first"). POLICY: "oracle" (the best Dice per
+the region the served first click's learned margin choice gives for that click alone, added to the mask ("first");
+CLAIM=margins adds, at an exclude click, the shown mask minus the piece the exclude clicks win against both the include
+clicks and the box faces in the box of the clicks + each margin ("xclaim_<margin>"). POLICY: "oracle" (the best Dice per
 click, greedy), "E", a candidate name, "<include choice>|<exclude choice>", "mix" (E or a random candidate, to collect
 fitting rows), or "learned" (WEIGHTS: a later_click_fit_prototype.py fit). SYNC=1 puts a non-E choice into the engine's
 shown mask, so its next click merges into what was shown. Every later click's candidates, their Dice, their Dice with
@@ -37,6 +39,7 @@ FLOOD_LEVELS = [float(x) for x in os.environ.get("FLOOD", "").split(",") if x]
 SYNC = os.environ.get("SYNC", "1") == "1"
 SPLIT = os.environ.get("SPLIT", "1") == "1"
 FIRST = os.environ.get("FIRST", "0") == "1"
+CLAIM = [float(x) for x in os.environ.get("CLAIM", "").split(",") if x]
 BOXED = os.environ.get("BOXED", "1") == "1"
 rng = np.random.default_rng(0)
 
@@ -63,6 +66,33 @@ def split_shown(image, ct, spacing, S, fg, bg):
     near = nearest_seed_set(cost, [np.array(b, dtype=np.int64), np.array(f, dtype=np.int64)], spacing)
     out = S.copy()
     out[box] &= ~(near == 0)
+    return out
+
+
+def exclude_claim(image, ct, spacing, S, fg, bg, click, margin):
+    """The shown mask minus the connected piece, at the exclude `click`, of the shown voxels that the exclude clicks win
+    against both the include clicks and the box faces (the geodesic region's three seed sets, one solve), in the box of
+    all clicks + margin."""
+    from lib.model.geodesic_graph import geodesic_cost, nearest_seed_set
+    from lib.session.classical_region import normalise_roi, roi_box, seed_labels
+    P = TUNED["geodesic"]
+    box, inner = roi_box(list(fg) + list(bg), image.shape, spacing, margin)
+    lo = np.array([b.start for b in box])
+    loc = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in pts]
+    faces = seed_labels([b.stop - b.start for b in box], [], [], inner, spacing, P.seed_radius_mm) == 2
+    fgl = seed_labels(faces.shape, loc(fg), [], None, spacing, P.seed_radius_mm) == 1
+    bgl = seed_labels(faces.shape, [], loc(bg), None, spacing, P.seed_radius_mm) == 2
+    faces &= ~(fgl | bgl); bgl &= ~fgl
+    data = normalise_roi(image[box], ct, spacing, P.sigma_mm)
+    sets = [np.argwhere(bgl), np.argwhere(fgl)] + ([np.argwhere(faces)] if faces.any() else [])
+    near = nearest_seed_set(geodesic_cost(data, P.gamma, spacing), sets, spacing)
+    removal = S[box] & (near == 0)
+    c = tuple(int(v) for v in np.asarray(click) - lo)
+    out = S.copy()
+    if removal[c]:
+        from scipy import ndimage
+        lab, _ = ndimage.label(removal, structure=np.ones((3, 3, 3), bool))
+        out[box] &= ~(lab == lab[c])
     return out
 
 
@@ -135,6 +165,10 @@ def evaluate(engine, pairs, values, num_clicks, modes, log=print, nsd_at=(), nsd
                 cands["splitE"] = cands["split"] & E
                 for k in ("split", "splitE"):
                     feats[k] = dict(is_e=0.0, log_m=0.0, **change_feats(cands[k], S, lab, voxel_ml))
+            if CLAIM and not lab:
+                for m in CLAIM:
+                    cands[f"xclaim_{m:g}"] = exclude_claim(image, ct, spacing, S, fg, bg, click, m)
+                    feats[f"xclaim_{m:g}"] = dict(is_e=0.0, log_m=0.0)
             if FIRST and lab:  # the new include click answered as a first click (its learned margin), added
                 from lib.session.plain_region import first_click_region
                 reg = engine.region
