@@ -8,7 +8,8 @@ of each include click's lib.session.flood_candidates.FloodField at those levels;
 the region the served first click's learned margin choice gives for that click alone, added to the mask ("first");
 CLAIM=margins adds, at an exclude click, the shown mask minus the piece the exclude clicks win against both the include
 clicks and the box faces in the box of the clicks + each margin ("xclaim_<margin>"). POLICY: "oracle" (the best Dice per
-click, greedy), "E", a candidate name, "<include choice>|<exclude choice>", "mix" (E or a random candidate, to collect
+click, greedy), "E", a candidate name, "<include choice>|<exclude choice>" ("cond60": the region
+at 60 mm where the engine's answer was not its plain region, else E), "mix" (E or a random candidate, to collect
 fitting rows), or "learned" (WEIGHTS: a later_click_fit_prototype.py fit). SYNC=1 puts a non-E choice into the engine's
 shown mask, so its next click merges into what was shown. Every later click's candidates, their Dice, their Dice with
 E and their features go to LOG (jsonl). Development or fitting data only:
@@ -204,6 +205,8 @@ def evaluate(engine, pairs, values, num_clicks, modes, log=print, nsd_at=(), nsd
                 choice = "E" if rng.random() < 0.5 else str(rng.choice(list(cands)))
             else:
                 choice = POLICY.split("|")[1 - lab] if "|" in POLICY else POLICY
+                if choice.startswith("cond"):  # the region at that margin where the engine's answer was its own model's
+                    choice = "E" if eplain else "piece_" + choice[4:]
             LOG.write(json.dumps(dict(case=case, value=value, click=n, include=lab, ct=ct, eplain=eplain,
                                       s_ml=float(S.sum() * voxel_ml), dice=d, agree=agree, feats=feats, choice=choice)) + "\n")
             LOG.flush()
