@@ -1,8 +1,8 @@
 """Prototype measured in docs/default_model.md, "Nineteenth run" (not served): at every later click the label's answer is
 chosen among candidates: the engine's own answer (E: default-v11's click, merged by its piece update) and the classical
 geodesic region of all the label's clicks in a box of the clicks + MARGINS mm, merged into the shown mask by the same
-piece update, with the change kept inside that box (BOXED=1, else anywhere, as the engine's merge does); SPLIT=1 adds,
-at an exclude click, the shown mask minus the voxels geodesically nearer (inside the mask) to an exclude click than to
+piece update, with the change kept inside that box (BOXED=1, the default, else anywhere, as the engine's merge does);
+SPLIT=1 adds, at an exclude click, the shown mask minus the voxels geodesically nearer (inside the mask) to an exclude click than to
 an include click ("split") and that intersected with E ("splitE"); FLOOD=levels adds, at an include click, the union
 of each include click's lib.session.flood_candidates.FloodField at those levels; FIRST=1 adds, at an include click,
 the region the served first click's learned margin choice gives for that click alone, added to the mask ("first");
@@ -38,11 +38,16 @@ LOG = open(os.environ.get("LOG", "later_click_candidates.jsonl"), "a")
 piece = LocalUpdate("piece")
 FLOOD_LEVELS = [float(x) for x in os.environ.get("FLOOD", "").split(",") if x]
 SYNC = os.environ.get("SYNC", "1") == "1"
-SPLIT = os.environ.get("SPLIT", "1") == "1"
+SPLIT = os.environ.get("SPLIT", "0") == "1"
 FIRST = os.environ.get("FIRST", "0") == "1"
 CLAIM = [float(x) for x in os.environ.get("CLAIM", "").split(",") if x]
 BOXED = os.environ.get("BOXED", "1") == "1"
 rng = np.random.default_rng(0)
+CHOOSER = None  # POLICY=learned: (later_click_fit_prototype, its weights), read once
+if POLICY == "learned":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import later_click_fit_prototype  # noqa: E402
+    CHOOSER = (later_click_fit_prototype, json.load(open(os.environ["WEIGHTS"])))
 
 
 def split_shown(image, ct, spacing, S, fg, bg):
@@ -150,11 +155,11 @@ def evaluate(engine, pairs, values, num_clicks, modes, log=print, nsd_at=(), nsd
             feats = {"E": dict(is_e=1.0, log_m=0.0, **change_feats(E, S, lab, voxel_ml))}
             for m in MARGINS:
                 box, region, data = segment_box("geodesic", image, ct, spacing, fg, bg, replace(TUNED["geodesic"], margin_mm=m))
-                R = np.zeros(image.shape, bool); R[box] = region
                 if BOXED:  # the change only inside the region's box
                     lo = np.array([s.start for s in box])
                     c = S.copy(); c[box] = piece(S[box], region, [(np.asarray(click, float) - lo, lab)])
                 else:
+                    R = np.zeros(image.shape, bool); R[box] = region
                     c = piece(S, R, [(click, lab)])
                 k = f"piece_{m:g}"
                 cands[k] = c
@@ -195,9 +200,7 @@ def evaluate(engine, pairs, values, num_clicks, modes, log=print, nsd_at=(), nsd
             if POLICY == "oracle":
                 choice = max(d, key=d.get)
             elif POLICY == "learned":
-                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-                import later_click_fit_prototype as FL  # noqa: E402
-                W = json.load(open(os.environ["WEIGHTS"]))
+                FL, W = CHOOSER
                 rec = dict(include=lab, ct=ct, eplain=eplain, s_ml=float(S.sum() * voxel_ml), click=n, feats=feats, agree=agree)
                 X = np.array([FL.vec(rec, k) for k in FL.CANDS])
                 choice = FL.CANDS[int(FL.choose(W["include" if lab else "exclude"], X))]
