@@ -13,6 +13,8 @@ conditional logit over the same features on the same targets, with and without e
     # click); WORK: the folder of the development tables above
     WORK=$W FLAGS=$W .venv/bin/python docs/eval/click_unet/first_click_cnn_scorer_prototype.py train $W/cnn.pt 16 $W/fit1.npz $W/fit2.npz
     WORK=$W FLAGS=$W .venv/bin/python docs/eval/click_unet/first_click_cnn_scorer_prototype.py linear $W/fit1.npz $W/fit2.npz
+    # a diagnostic, not a candidate: the linear choice fitted on four development sets, measured on the fifth
+    WORK=$W FLAGS=$W .venv/bin/python docs/eval/click_unet/first_click_cnn_scorer_prototype.py loso $W/fit1.npz $W/fit2.npz
 
 The development report: each set's chosen candidates' Dice, and the predicted served Dice@1 (the development targets
 the plain region answers take the chosen candidate, the others keep default-v11's answer), as fit_margin_choice.py's
@@ -244,5 +246,34 @@ def cmd_linear(paths):
             print(f"{sname:24s} {cname:15s}", dev_report(lambda Xd, Fd: np.array(cand)[((Fd[:, cand] - fm) / fs @ w).argmax(1)]))
 
 
+def cmd_loso(paths):
+    from first_click_own_answer_prototype import parse_flags
+    work, flags = os.environ.get("WORK", "work_data/first_click"), os.environ.get("FLAGS", ".")
+    dev = {s: np.load(os.path.join(work, f"{s}.npz")) for s in DEV}
+    every = np.concatenate([d["F"] for d in dev.values()] + [load(paths)[4]])
+    fm, fs = every.reshape(-1, every.shape[-1]).mean(0), every.reshape(-1, every.shape[-1]).std(0) + 1e-6
+    for cname, cand in {"all 17": list(range(17)), "margins 30-80": [2, 3, 4, 5], "margins 15-100": list(range(7))}.items():
+        for l2 in (0.01, 0.1):
+            tot, out = np.zeros(3), []
+            for held in DEV:
+                rest = [s for s in DEV if s != held]
+                x = torch.tensor((np.concatenate([dev[s]["F"][:, cand] for s in rest]) - fm) / fs)
+                y = torch.tensor(np.concatenate([dev[s]["D"][:, cand] for s in rest]))
+                w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
+                opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
+
+                def closure():
+                    opt.zero_grad(); loss = -(torch.softmax(x @ w * 4, 1) * y).sum(1).mean() + l2 * (w ** 2).sum()
+                    loss.backward(); return loss
+                opt.step(closure)
+                d = dev[held]
+                pick = d["D"][:, cand][np.arange(len(d["D"])), ((d["F"][:, cand] - fm) / fs @ w.detach().numpy()).argmax(1)]
+                fl = parse_flags(os.path.join(flags, f"flags_{held}.log"))
+                served = np.array([fl[n][0] for n in d["names"]]); plain = np.array([fl[n][1] == "plain" for n in d["names"]])
+                pred = np.where(plain, pick, served)
+                tot += [pred.sum(), len(pred), served.sum()]; out.append(f"{held[4:]}:{pred.mean():.3f}")
+            print(f"{cname:15s} l2 {l2}: predicted served {tot[0] / tot[1]:.3f} (default-v11 {tot[2] / tot[1]:.3f}) | " + " ".join(out))
+
+
 if __name__ == "__main__":
-    {"data": cmd_data, "train": cmd_train, "linear": cmd_linear}[sys.argv[1]](sys.argv[2:])
+    {"data": cmd_data, "train": cmd_train, "linear": cmd_linear, "loso": cmd_loso}[sys.argv[1]](sys.argv[2:])
