@@ -7,6 +7,8 @@ Dice given the same shown mask):
 
     .venv/bin/python docs/eval/click_unet/later_click_fit_prototype.py --export work_data/fit_later
     .venv/bin/python docs/eval/click_unet/later_click_fit_prototype.py '/tmp/mix_*.jsonl' /tmp/later_weights.json 0.01
+    # the twentieth run's diagnostic: logs of the learned policy on the development sets (POLICY=learned LOG=...)
+    .venv/bin/python docs/eval/click_unet/later_click_fit_prototype.py --loso '/tmp/L3_{set}.jsonl' 0.01
 """
 import json, sys, glob, numpy as np, torch
 import os
@@ -74,8 +76,27 @@ def export(out):
     json.dump(names, open(f"{out}/labels/labels.json", "w"), indent=1)
 
 
+def loso(pattern, l2=0.01):
+    """A diagnostic (twentieth run): the chooser fitted on four development sets' logged later clicks ('{set}' in
+    `pattern`), measured one step on the fifth, in turn."""
+    sets = ("dev_table", "dev_ct", "dev_lesions", "dev_brain", "dev_dk")
+    rows = {s: load(pattern.format(set=s)) for s in sets}
+    for lab in (1, 0):
+        tot = np.zeros(4)
+        for held in sets:
+            test = [r for r in rows[held] if r["include"] == lab]
+            if test:
+                model = fit(*table([r for s in sets if s != held for r in rows[s] if r["include"] == lab]), l2)
+                X, Y = table(test)
+                tot += [Y[np.arange(len(Y)), choose(model, X)].sum(), Y[:, 0].sum(), Y.max(1).sum(), len(Y)]
+        print(f"{'include' if lab else 'exclude'} clicks: E {tot[1] / tot[3]:.3f} -> chosen {tot[0] / tot[3]:.3f} "
+              f"(oracle {tot[2] / tot[3]:.3f}, {int(tot[3])} clicks)")
+
+
 if __name__ == "__main__" and sys.argv[1] == "--export":
     export(sys.argv[2])
+elif __name__ == "__main__" and sys.argv[1] == "--loso":  # --loso '/tmp/L3_{set}.jsonl' [l2]
+    loso(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 0.01)
 elif __name__ == "__main__":
     rows = load(sys.argv[1])
     l2 = float(sys.argv[3]) if len(sys.argv) > 3 else 0.01
