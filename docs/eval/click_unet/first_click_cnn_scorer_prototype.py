@@ -149,6 +149,21 @@ def cmd_data(argv):
     save()
 
 
+def fit_logit(x: np.ndarray, y: np.ndarray, l2: float = 0.01) -> np.ndarray:
+    """Weights w of a conditional logit over candidates: x (targets, candidates, features) already standardised, y their
+    Dice; maximises the mean expected Dice of softmax(4 x @ w) with L2 on w (scripts/fit_margin_choice.fit_scorer's
+    objective, on features standardised by the caller)."""
+    xt, yt = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(); loss = -(torch.softmax(xt @ w * 4.0, 1) * yt).sum(1).mean() + l2 * (w ** 2).sum()
+        loss.backward(); return loss
+    opt.step(closure)
+    return w.detach().numpy()
+
+
 def load(paths):
     parts = [np.load(p) for p in paths]
     return [np.concatenate([p[k] for p in parts]) for k in ("names", "groups", "X", "D", "F")]
@@ -226,15 +241,7 @@ def cmd_linear(paths):
     fm, fs = Fe.reshape(-1, Fe.shape[-1]).mean(0), Fe.reshape(-1, Fe.shape[-1]).std(0) + 1e-6
 
     def fit(idx, cand, l2=0.01):
-        x = torch.tensor((Fe[idx][:, cand] - fm) / fs); y = torch.tensor(D[idx][:, cand])
-        w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad(); loss = -(torch.softmax(x @ w * 4, 1) * y).sum(1).mean() + l2 * (w ** 2).sum()
-            loss.backward(); return loss
-        opt.step(closure)
-        return w.detach().numpy()
+        return fit_logit((Fe[idx][:, cand] - fm) / fs, D[idx][:, cand], l2)
 
     sets = {"all": None, "no supervoxel": ["supervoxel"], "no supervoxel, lesion": ["supervoxel", "lesion"],
             "no supervoxel, chest": ["supervoxel", "chest"]}
@@ -257,17 +264,10 @@ def cmd_loso(paths):
             tot, out = np.zeros(3), []
             for held in DEV:
                 rest = [s for s in DEV if s != held]
-                x = torch.tensor((np.concatenate([dev[s]["F"][:, cand] for s in rest]) - fm) / fs)
-                y = torch.tensor(np.concatenate([dev[s]["D"][:, cand] for s in rest]))
-                w = torch.zeros(x.shape[-1], dtype=torch.float64, requires_grad=True)
-                opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
-
-                def closure():
-                    opt.zero_grad(); loss = -(torch.softmax(x @ w * 4, 1) * y).sum(1).mean() + l2 * (w ** 2).sum()
-                    loss.backward(); return loss
-                opt.step(closure)
+                w = fit_logit((np.concatenate([dev[s]["F"][:, cand] for s in rest]) - fm) / fs,
+                              np.concatenate([dev[s]["D"][:, cand] for s in rest]), l2)
                 d = dev[held]
-                pick = d["D"][:, cand][np.arange(len(d["D"])), ((d["F"][:, cand] - fm) / fs @ w.detach().numpy()).argmax(1)]
+                pick = d["D"][:, cand][np.arange(len(d["D"])), ((d["F"][:, cand] - fm) / fs @ w).argmax(1)]
                 fl = parse_flags(os.path.join(flags, f"flags_{held}.log"))
                 served = np.array([fl[n][0] for n in d["names"]]); plain = np.array([fl[n][1] == "plain" for n in d["names"]])
                 pred = np.where(plain, pick, served)

@@ -66,22 +66,15 @@ def load(table, flags_log, key):
 
 
 def fit(X, D, l2):
-    import torch
+    from first_click_cnn_scorer_prototype import fit_logit
     nf = X.shape[-1] - len(KINDS)
     flat = X[:, 1:, :nf].reshape(-1, nf)
     mean, std = np.r_[flat.mean(0), np.zeros(len(KINDS))], np.r_[flat.std(0) + 1e-6, np.ones(len(KINDS))]
 
     def standard(Xa):
         Z = (Xa - mean) / std; Z[:, 0, :nf] = 0; return Z  # the own answer has only its kind
-    x, y = torch.tensor(standard(X)), torch.tensor(D)
-    w = torch.zeros(X.shape[-1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad(); loss = -(torch.softmax(x @ w * 4.0, 1) * y).sum(1).mean() + l2 * (w ** 2).sum()
-        loss.backward(); return loss
-    opt.step(closure)
-    return lambda Xa: np.argmax(standard(Xa) @ w.detach().numpy(), 1)
+    w = fit_logit(standard(X), D, l2)
+    return lambda Xa: np.argmax(standard(Xa) @ w, 1)
 
 
 def cmd_fit(argv):
