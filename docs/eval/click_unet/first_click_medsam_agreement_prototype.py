@@ -56,6 +56,7 @@ def cmd_table(data, out):
                 iou[ax, c] = estimate
         rows.append((name, np.array([dice(m, gt) for m in masks]), agree, iou))
         print(f"{time.time() - t0:6.0f}s {name}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.savez(out, names=np.array([r[0] for r in rows]), dices=np.array([r[1] for r in rows]),
              agree=np.array([r[2] for r in rows]), iou=np.array([r[3] for r in rows]))
 
