@@ -10,7 +10,7 @@ Dice given the same shown mask):
     # the twentieth run's diagnostic: logs of the learned policy on the development sets (POLICY=learned LOG=...)
     .venv/bin/python docs/eval/click_unet/later_click_fit_prototype.py --loso '/tmp/L3_{set}.jsonl' 0.01
 """
-import json, sys, glob, numpy as np, torch
+import json, sys, glob, numpy as np
 import os
 CANDS = os.environ.get("CANDS", "E,piece_15,piece_25,piece_40,piece_60").split(",")
 BASE = ["is_e", "log_m", "ch_ml", "ch_rel", "other_rel", "ch_face", "r_fill", "r_log_volume", "r_contrast", "r_edge", "r_touch"]
@@ -36,20 +36,12 @@ def table(rows):
     return X, Y
 
 
-def fit(X, Y, l2=0.01, temp=4.0):
+def fit(X, Y, l2=0.01):
+    """The conditional logit on standardised features (first_click_cnn_scorer_prototype.fit_logit, one home)."""
+    from first_click_cnn_scorer_prototype import fit_logit
     flat = X.reshape(-1, X.shape[-1]); mean, std = flat.mean(0), flat.std(0) + 1e-6
-    x = torch.tensor((X - mean) / std); y = torch.tensor(Y)
-    w = torch.zeros(X.shape[-1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=400, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        p = torch.softmax(x @ w * temp, 1)
-        loss = -(p * y).sum(1).mean() + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return dict(mean=mean.tolist(), std=std.tolist(), weights=w.detach().numpy().tolist())
+    w = fit_logit((X - mean) / std, Y, l2)
+    return dict(mean=mean.tolist(), std=std.tolist(), weights=w.tolist())
 
 
 def choose(model, X):
