@@ -10,7 +10,8 @@ device, precision, click_mode, refine (+ refine_band, refine_gamma, refine_facto
 refine_full_res_max_voxels), prior_flood (auto | on | off: the walled region of the clicked intensity, for
 large structures), prior_flood_labels (segment names that get it per request), prior_fine (auto | on | off:
 a small walled structure's 1.5 mm region), local_update (auto | off | monotone | piece: how a later click
-changes the mask), plain_region and plain_region_merge (auto | on | off: lib.session.plain_region), max_crops, modality, al_* and scoring_threads (active learning).
+changes the mask), plain_region and plain_region_merge (auto | on | off: lib.session.plain_region), atlas_prior
+(auto | off) and atlas_wait (lib.session.atlas_prior), max_crops, modality, al_* and scoring_threads (active learning).
 The hot-swap watcher (lib.versions.LiveModelWatcher) is built here and passed to whoever needs the
 live version: the scoring methods and strategies (constructor argument), the infer task (a callable
 returning the current weights) and the app (`watcher`, polled before every click and /info).
@@ -32,6 +33,7 @@ from lib.session.local_update import resolve_local
 from lib.session.plain_region import resolve_region
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
+from lib.util import parse_bool
 from lib.versions import LiveModelWatcher, resolve_served_weights
 from lib.weights import SAMMed3DWeights, WeightsError
 
@@ -114,8 +116,11 @@ def build_engine(conf: Dict[str, str], model_dir: str, volumes: VolumeCache = No
         # how a later click changes the mask (only adds / only removes), unless --conf local_update says
         local = resolve_local(conf.get("local_update", "auto"), getattr(model, "config", None))
         # a click the prior answers with its plain box competition: that region on the stored grid (--conf plain_region)
+        # a brain MR click in a deep nucleus: the registered atlas's (--conf atlas_prior auto|off; the fit runs in the
+        # background, a label clicked before its volume's fit is answered as before: --conf atlas_wait true waits)
         region = resolve_region(conf.get("plain_region", "auto"), getattr(model, "config", None),
-                                getattr(model, "prior", None) is not None, conf.get("plain_region_merge", "auto"))
+                                getattr(model, "prior", None) is not None, conf.get("plain_region_merge", "auto"),
+                                conf.get("atlas_prior", "auto"), parse_bool(conf.get("atlas_wait"), "atlas_wait", False))
         dev = device(conf.get("device", "auto"))
         precision = conf.get("precision", "fp32").strip().lower()
         engine = SegmentationEngine(

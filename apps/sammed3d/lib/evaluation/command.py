@@ -73,7 +73,7 @@ def build_engine(args):
         fine = resolve_fine(args.prior_fine, getattr(model, "config", None))
         local = resolve_local(args.local_update, getattr(model, "config", None))
         region = resolve_region(args.plain_region, getattr(model, "config", None),
-                                getattr(model, "prior", None) is not None, args.plain_region_merge)
+                                getattr(model, "prior", None) is not None, args.plain_region_merge, args.atlas_prior)
         refine = resolve_refine(args.refine, model_refine(model), band=args.refine_band, gamma=args.refine_gamma,
                                 factor=args.refine_factor, fine_band=args.refine_fine_band,
                                 full_res_max_voxels=args.refine_full_res_max_voxels)
@@ -120,6 +120,9 @@ def parse_args(argv=None):
     p.add_argument("--plain-region-merge", choices=("auto", "on", "off"), default="auto",
                    help="the plain region merged into the shown mask by the click update (on) or replacing it (off), "
                         "as the server's --conf plain_region_merge: auto (default) = the model's config")
+    p.add_argument("--atlas-prior", choices=("auto", "off"), default="auto",
+                   help="a brain MR click in a deep nucleus answered by the registered atlas (lib.session.atlas_prior), "
+                        "as the server's --conf atlas_prior; here a first click waits for its volume's fit")
     p.add_argument("--local-update", choices=("auto", "off", "monotone", "piece"), default="auto",
                    help="a later click's change to the mask (lib.session.local_update), as the server's --conf "
                         "local_update: auto (default) = what the model's config asks for, off = the model's "

@@ -77,6 +77,9 @@ CLICK_UNET_CONFIG = {
     "plain_region_margin": None,
     # the plain region merged into the label's shown mask by the click update (local_update) instead of replacing it
     "plain_region_merge": False,
+    # a brain MR click in a deep grey nucleus answered by the registered atlas, through the plain region (a dict of
+    # lib.session.atlas_prior.AtlasParams' fields, checked there; --conf atlas_prior off wins); None: no atlas
+    "atlas_prior": None,
     # how the server post-processes this model's masks by default (lib.session.refine; --conf refine
     # wins): None, or a dict of a geodesic refinement's REFINE_KEYS ({"band": 6.0, "gamma": 60.0, ...})
     "refine": None,
@@ -155,6 +158,9 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
     margin = cfg["plain_region_margin"]
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin <= 500):
         raise ValueError(f"plain_region_margin must be None or a margin in (0, 500] mm, got {margin!r}")
+    if cfg["atlas_prior"] is not None and not (isinstance(cfg["atlas_prior"], dict) and cfg["plain_region"]):
+        raise ValueError(f"atlas_prior must be a dict of the atlas's parameters and needs plain_region, got "
+                         f"{cfg['atlas_prior']!r:.60}")
     if not isinstance(cfg["plain_region_merge"], bool):
         raise ValueError(f"plain_region_merge must be true or false, got {cfg['plain_region_merge']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):

@@ -39,9 +39,8 @@ from .volume_cache import VolumeCache
 logger = logging.getLogger(__name__)
 
 CLICK_MODES = ("all", "newest")
-# "all": every click so far inside the crop is sent each time (the official inference);
-# "newest": only the new click plus the previous logits (how the model was trained).
-# Default "newest": measured better with default-v1 (docs/session.md, "Click modes").
+# "all": every click so far inside the crop is sent each time (the official inference); "newest": only the new
+# click plus the previous logits (how the model was trained). "newest" measured better with default-v1 (docs/session.md).
 DEFAULT_CLICK_MODE = "newest"
 
 
@@ -78,12 +77,10 @@ class SegmentationEngine:
         `cache_bytes`. refine: image-aware refinement of each crop's mask (lib.session.refine), None: off.
         fine: a click in a small walled structure takes its 1.5 mm region (lib.session.fine_region).
         local: how a later click changes the mask (lib.session.local_update: only adds / only removes).
-        region: where every decode of a request is the plain box competition, this region on the stored grid
-        answers instead (lib.session.plain_region; with its `merge`, merged by `local` as the model's mask is)."""
-        if click_mode not in CLICK_MODES:
-            raise ValueError(f"click_mode must be one of {CLICK_MODES}, got {click_mode!r}")
-        if max_crops < 1:
-            raise ValueError(f"max_crops must be >= 1, got {max_crops}")
+        region: where every decode of a request is the plain box competition, or its atlas prior names the label's
+        nucleus, this region answers instead (lib.session.plain_region; `merge`: merged by `local` as the model's)."""
+        if click_mode not in CLICK_MODES or max_crops < 1:
+            raise ValueError(f"click_mode must be one of {CLICK_MODES} and max_crops >= 1, got {click_mode!r}, {max_crops}")
         self.runner = ModelRunner(model, device, precision)
         self.model_version = str(model_version)
         self.encoder_version = self.model_version  # embeddings stay valid while this is unchanged
@@ -390,8 +387,10 @@ class SegmentationEngine:
     # ------------------------------------------------------------------ output
     def _result(self, req: _Request, key, state: LabelState, t0: float, roi=None, new=None) -> SegmentationResult:
         t, plain = time.perf_counter(), state.plain if req.plain is None else req.plain
+        nucleus = self.region.atlas_for(req.volume, req.ct, state) if self.region is not None else None
         # the region solves on its own thread while the model's mask (the answer where it gives way) is pasted here
-        pending = self.region.start(req.volume, req.ct, state.fg, state.bg) if self.region is not None and plain else None
+        pending = self.region.start(req.volume, req.ct, state.fg, state.bg, nucleus) \
+            if self.region is not None and (plain or nucleus is not None) else None
         mask, boxes = np.zeros(req.volume.shape, dtype=np.uint8), []
         for cs in state.crops.values():
             piece = self._crop_mask(req, key, state, cs) if cs.decoded else None

@@ -29,6 +29,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..util import process_threads
+from .atlas_prior import AtlasParams, AtlasPrior
 from .classical_region import TUNED, roi_box, segment_box
 from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features, with_flood_columns
 
@@ -52,11 +53,11 @@ class PlainRegion:
     (an include click only adds, an exclude only removes); False (default-v9): the region replaces it."""
 
     def __init__(self, params=None, margins: Optional[Sequence[float]] = None, merge: bool = False,
-                 scorer: Optional[MarginScorer] = None):
+                 scorer: Optional[MarginScorer] = None, atlas: Optional[AtlasPrior] = None):
         if margins and scorer:
             raise ValueError("give the first click's margins by contrast or a margin scorer, not both")
         self.params = params or TUNED[METHOD]
-        self.scorer = scorer
+        self.scorer, self.atlas = scorer, atlas
         self.margins = scorer.margins if scorer else (tuple(float(m) for m in margins) if margins else None)
         self.merge = bool(merge)
 
@@ -92,11 +93,21 @@ class PlainRegion:
             mask[box] = chosen[2] if chosen else segment_box(METHOD, image, ct, spacing, fg, bg, params)[1]
         return mask, box
 
-    def start(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]]) -> Future:
+    def start(self, volume, ct: bool, fg: Sequence[Sequence[float]], bg: Sequence[Sequence[float]],
+              nucleus=None) -> Future:
         """`answer` on its own thread (one per process; a forked child makes its own), so the caller is not held
-        by the region's solve while it does other work."""
-        return process_threads("plain-region", 1).submit(self.answer, volume, ct, [list(p) for p in fg],
-                                                          [list(p) for p in bg])
+        by the region's solve while it does other work; with the label's atlas `nucleus` (atlas_for), the atlas's."""
+        solve = self.answer if nucleus is None else lambda *a: self.atlas.answer(*a, nucleus)
+        return process_threads("plain-region", 1).submit(solve, volume, ct, [list(p) for p in fg], [list(p) for p in bg])
+
+    def atlas_for(self, volume, ct: bool, state) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
+        """The warped nucleus that answers the label (lib.session.atlas_prior), decided once per first include click
+        (a label whose first click came before its volume's atlas fit keeps the served answers), or None."""
+        if self.atlas is None or not state.fg:
+            return None
+        if state.atlas_click != state.fg[0]:
+            state.atlas_click, state.atlas = state.fg[0], self.atlas.nucleus(volume, ct, state.fg[0])
+        return state.atlas
 
     def describe(self) -> str:
         p = self.params
@@ -162,18 +173,20 @@ def _voxels(points: Sequence[Sequence[float]]) -> list:
 
 
 def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True,
-                   merge: Optional[str] = "auto") -> Optional[PlainRegion]:
+                   merge: Optional[str] = "auto", atlas: Optional[str] = "auto",
+                   atlas_wait: bool = True) -> Optional[PlainRegion]:
     """--conf plain_region / --plain-region `mode` for a model whose config is `config`: "auto" (or None) what the
     config's plain_region asks for (absent or None: none, so the released SAM-Med3D answers as its public code),
     "on" the geodesic region, "off" none. "on" needs a model with a geodesic prior (`has_prior`): without one no
     decode says whether it was the plain box competition. `merge` (--conf plain_region_merge): "auto" (or None) the
-    config's plain_region_merge, "on" / "off" whether the region is merged into the shown mask (default-v9: off)."""
-    mode = str(mode or "auto").strip().lower()
-    merge = str(merge or "auto").strip().lower()
-    if mode not in REGION_SWITCH:
-        raise ValueError(f"plain_region must be one of {', '.join(REGION_SWITCH)}, got {mode!r}")
-    if merge not in REGION_SWITCH:
-        raise ValueError(f"plain_region_merge must be one of {', '.join(REGION_SWITCH)}, got {merge!r}")
+    config's plain_region_merge, "on" / "off" whether the region is merged into the shown mask (default-v9: off).
+    `atlas` (--conf atlas_prior): "auto" the config's atlas_prior (lib.session.atlas_prior), "off" none; `atlas_wait`:
+    a first click waits for its volume's atlas fit (True: the evaluation's and trainer's determinism) or goes on."""
+    mode, merge, atlas = (str(v or "auto").strip().lower() for v in (mode, merge, atlas))
+    allowed = {"plain_region": REGION_SWITCH, "plain_region_merge": REGION_SWITCH, "atlas_prior": ("auto", "off")}
+    for name, value in zip(allowed, (mode, merge, atlas)):
+        if value not in allowed[name]:
+            raise ValueError(f"{name} must be one of {', '.join(allowed[name])}, got {value!r}")
     config = config or {}
     if mode == "auto":
         mode = "on" if config.get("plain_region") == METHOD else "off"
@@ -184,5 +197,7 @@ def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool 
         return None
     scorer, margin = config.get("plain_region_margin_scorer"), config.get("plain_region_margin")
     params = replace(TUNED[METHOD], margin_mm=float(margin)) if margin else None
+    prior = config.get("atlas_prior") if atlas == "auto" else None
     return PlainRegion(params, margins=config.get("plain_region_margins"), merge=merged,
-                       scorer=MarginScorer.from_config(scorer) if scorer else None)
+                       scorer=MarginScorer.from_config(scorer) if scorer else None,
+                       atlas=AtlasPrior(AtlasParams.from_config(dict(prior, wait=atlas_wait))) if prior else None)

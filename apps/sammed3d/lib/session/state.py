@@ -70,6 +70,9 @@ class LabelState:
     shown_for: Dict[tuple, "ShownMask"] = field(default_factory=dict)
     # whether the model's last decodes were all its plain box competition (lib.session.plain_region)
     plain: bool = False
+    # the warped atlas nucleus that answers this label (lib.session.atlas_prior), decided at its first include click
+    atlas: Optional[tuple] = None
+    atlas_click: Optional[Point] = None
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""

