@@ -200,4 +200,4 @@ def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool 
     prior = config.get("atlas_prior") if atlas == "auto" else None
     return PlainRegion(params, margins=config.get("plain_region_margins"), merge=merged,
                        scorer=MarginScorer.from_config(scorer) if scorer else None,
-                       atlas=AtlasPrior(AtlasParams.from_config(dict(prior, wait=atlas_wait))) if prior else None)
+                       atlas=AtlasPrior(AtlasParams.from_config(dict(prior, wait=atlas_wait))) if prior is not None else None)

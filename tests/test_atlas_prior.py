@@ -1,0 +1,154 @@
+"""lib.session.atlas_prior: a registered brain atlas answers a brain MR click in a deep grey nucleus; later clicks
+move the boundary in a band around it. The brain here is the shipped template itself at 2 mm, moved by a known
+shift and rotation (the fit must find them), so the atlas's own nuclei are the ground truth."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lib.session.atlas_prior import AtlasFits, AtlasParams, AtlasPrior, BrainAtlas, band_region
+from lib.session.plain_region import PlainRegion, resolve_region
+from lib.session.volume import load_volume
+
+L_THALAMUS, L_PUTAMEN = 35, 37
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory):
+    """(path of a moved 2 mm copy of the template, its atlas ids (i, j, k), a shared AtlasFits)."""
+    atlas = BrainAtlas()
+    t = atlas.template
+    ref = sitk.Image([int(n) // 2 for n in t.GetSize()], sitk.sitkFloat32)
+    ref.SetSpacing([2.0, 2.0, 2.0])
+    ref.SetOrigin(t.GetOrigin())
+    ref.SetDirection(t.GetDirection())
+    centre = t.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t.GetSize()])
+    move = sitk.Euler3DTransform(centre, 0.0, 0.0, np.deg2rad(5.0), (6.0, -4.0, 3.0))  # subject -> template
+    image = sitk.Cast(sitk.Resample(t, ref, move, sitk.sitkLinear, 0.0), sitk.sitkInt16)
+    ids = sitk.GetArrayFromImage(sitk.Resample(atlas.ids, ref, move, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0)
+    path = str(tmp_path_factory.mktemp("atlas") / "brain.nii.gz")
+    sitk.WriteImage(image, path)
+    return path, ids, AtlasFits()
+
+
+def _deepest(mask: np.ndarray):
+    from scipy import ndimage
+
+    return [int(v) for v in np.unravel_index(np.argmax(ndimage.distance_transform_edt(mask)), mask.shape)]
+
+
+def _dice(a, b) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def test_a_click_in_a_nucleus_gets_that_nucleus(brain):
+    path, ids, fits = brain
+    volume, prior = load_volume(path), AtlasPrior(AtlasParams(wait=True), fits)
+    fit = fits.fit(volume, wait=True)
+    assert fit.ncc > 0.9
+    for ident in (L_THALAMUS, L_PUTAMEN):
+        mask, box = prior.nucleus(volume, False, _deepest(ids == ident))
+        assert mask.dtype == np.uint8 and mask[tuple(box)].sum() == mask.sum()
+        assert _dice(mask, ids == ident) > 0.85
+
+
+def test_no_answer_for_ct_white_matter_a_lesion_or_a_volume_that_is_not_a_brain(brain, tmp_path):
+    path, ids, fits = brain
+    volume, prior = load_volume(path), AtlasPrior(AtlasParams(wait=True), fits)
+    click = _deepest(ids == L_THALAMUS)
+    assert prior.nucleus(volume, True, click) is None  # CT: the atlas is a T1's
+    data = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
+    white = np.argwhere((ids == 0) & (data > np.percentile(data[data > 0], 90)))[0]
+    assert prior.nucleus(volume, False, white.tolist()) is None  # not a deep nucleus
+    # a bright lesion where the thalamus is: the click's tissue is not the nucleus's, the served answer stands
+    lesion = data.copy()
+    lo = np.array(click) - 3
+    lesion[lo[0]:lo[0] + 7, lo[1]:lo[1] + 7, lo[2]:lo[2] + 7] = data.max()
+    img = sitk.GetImageFromArray(lesion.transpose(2, 1, 0))
+    img.CopyInformation(volume.image)
+    sitk.WriteImage(img, str(tmp_path / "lesion.nii.gz"))
+    assert prior.nucleus(load_volume(str(tmp_path / "lesion.nii.gz")), False, click) is None
+    # noise is no brain: the fit's correlation is under min_ncc
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 200, (48, 48, 48)).astype(np.int16))
+    noise.SetSpacing([2.0] * 3)
+    sitk.WriteImage(noise, str(tmp_path / "noise.nii.gz"))
+    other = load_volume(str(tmp_path / "noise.nii.gz"))
+    assert prior.nucleus(other, False, [24, 24, 24]) is None and abs(fits.fit(other, True).ncc) < 0.5
+
+
+def test_without_waiting_a_first_click_goes_on_and_the_fit_runs_behind_it(brain):
+    path, ids, _ = brain
+    volume, fits = load_volume(path), AtlasFits()
+    prior = AtlasPrior(AtlasParams(wait=False), fits)
+    assert prior.nucleus(volume, False, _deepest(ids == L_THALAMUS)) is None  # not fitted yet: started
+    assert fits.fit(volume, wait=True).ncc > 0.9
+    assert prior.nucleus(volume, False, _deepest(ids == L_THALAMUS)) is not None
+
+
+def _ball_scene(tmp_path):
+    """An MR ball of radius 8 voxels (1 mm) and a 'nucleus' prior: the same ball shifted by 3 voxels along i."""
+    z, y, x = np.mgrid[:48, :48, :48]
+    ball = (z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 <= 64
+    img = sitk.GetImageFromArray(np.where(ball, 600, 300).astype(np.int16).transpose(2, 1, 0))
+    sitk.WriteImage(img, str(tmp_path / "ball.nii.gz"))
+    prior = np.zeros(ball.shape, np.uint8)
+    prior[3:, :, :] = ball[:-3]
+    return load_volume(str(tmp_path / "ball.nii.gz")), ball, (prior, (slice(0, 48),) * 3)
+
+
+def test_a_later_click_moves_the_nucleus_boundary_to_the_image_edge_where_it_was_placed(tmp_path):
+    volume, ball, nucleus = _ball_scene(tmp_path)
+    params = AtlasParams()
+    first = [[27, 24, 24]]
+    # include at the ball's edge the prior missed (i = 17..19): that side snaps to the ball's edge
+    mask, box = band_region(volume, False, nucleus, first + [[18, 24, 24]], [], params)
+    assert mask[17, 24, 24] and _dice(mask, ball) > _dice(nucleus[0], ball)
+    # exclude where the prior leaked past the ball (i = 33..35): that part goes
+    mask, _ = band_region(volume, False, nucleus, first, [[34, 24, 24]], params)
+    assert not mask[34, 24, 24] and _dice(mask, ball) > _dice(nucleus[0], ball)
+    # and the nucleus itself is the first click's answer
+    assert AtlasPrior(params).answer(volume, False, first, [], nucleus) is nucleus
+
+
+def test_the_engine_answers_a_labels_clicks_with_the_atlas_once_its_first_click_names_a_nucleus(brain):
+    from lib.session import SegmentationEngine
+    from test_flood_region import _prior_only_model
+
+    path, ids, fits = brain
+    volume, atlas = load_volume(path), AtlasPrior(AtlasParams(wait=True), fits)
+    engine = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                region=PlainRegion(atlas=atlas))
+    first = [_deepest(ids == L_THALAMUS)]
+    nucleus = atlas.nucleus(volume, False, first[0])
+    got = engine.segment("b", path, "thalamus", first, [], modality="MR").mask
+    np.testing.assert_array_equal(got, nucleus[0])
+    exclude = [[first[0][0] + 4, first[0][1], first[0][2]]]
+    got = engine.segment("b", path, "thalamus", first, exclude, modality="MR").mask
+    np.testing.assert_array_equal(got, band_region(volume, False, nucleus, first, exclude, atlas.params)[0])
+    # the same click served as CT, or a click outside every nucleus: the plain region's answer as before
+    plain = PlainRegion()
+    assert not np.array_equal(engine.segment("b", path, "ct", first, [], modality="CT").mask, nucleus[0])
+    white = np.argwhere(ids == 0)[len(np.argwhere(ids == 0)) // 2].tolist()
+    np.testing.assert_array_equal(
+        engine.segment("b", path, "other", [white], [], modality="MR").mask,
+        SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                           region=plain).segment("b", path, "other", [white], [], modality="MR").mask)
+
+
+def test_the_switch_and_the_config():
+    config = {"plain_region": "geodesic", "atlas_prior": {"guard": 1.5}}
+    region = resolve_region("auto", config)
+    assert region.atlas.params == AtlasParams(guard=1.5, wait=True)
+    assert resolve_region("auto", config, atlas="off").atlas is None
+    assert resolve_region("auto", config, atlas_wait=False).atlas.params.wait is False
+    with pytest.raises(ValueError, match="atlas_prior must be one of auto, off"):
+        resolve_region("auto", config, atlas="on")
+    with pytest.raises(ValueError, match="unknown keys"):
+        resolve_region("auto", {"plain_region": "geodesic", "atlas_prior": {"gaurd": 1.5}})
+    from lib.model import CLICK_UNET_CONFIG, build_model
+
+    with pytest.raises(ValueError, match="needs plain_region"):
+        build_model({**CLICK_UNET_CONFIG, "atlas_prior": {}})
+    assert build_model({**CLICK_UNET_CONFIG, "plain_region": "geodesic", "atlas_prior": {}}).config["atlas_prior"] == {}
