@@ -47,6 +47,8 @@ from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score,
 logger = logging.getLogger(__name__)
 
 TEMPLATE_FILE, ATLAS_FILE, NAMES_FILE = "mni152_2009a_t1.nii.gz", "desikan_killiany.nii.gz", "desikan_killiany.csv"
+HEAD_FILE = "mni152_nlin6asym_head_2mm.nii.gz"  # a template with its skull, for volumes of a whole head
+DIRECT_OK = 0.7  # a direct fit correlating at least this well is kept without the head template's search
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "model", "atlas")
 DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
@@ -81,6 +83,8 @@ class BrainAtlas:
         import SimpleITK as sitk
 
         self.template = sitk.ReadImage(os.path.join(directory, TEMPLATE_FILE), sitk.sitkFloat32)
+        head = os.path.join(directory, HEAD_FILE)
+        self.head = sitk.ReadImage(head, sitk.sitkFloat32) if os.path.exists(head) else None
         self.ids = sitk.ReadImage(os.path.join(directory, ATLAS_FILE))
         with open(os.path.join(directory, NAMES_FILE)) as f:
             self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in csv.DictReader(f) if r["label"] in DEEP}
@@ -93,30 +97,90 @@ class AtlasFit:
     seconds: float
 
 
+def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
+    """Mattes mutual information, random sampling (seeded), regular-step gradient descent, one thread."""
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(1)  # one core, beside the clicks (and the same fit on any machine)
+    reg.SetMetricAsMattesMutualInformation(32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(percentage, seed=14)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, iterations, relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel(list(shrink))
+    reg.SetSmoothingSigmasPerLevel([float(f) / 2 for f in shrink])
+    return reg
+
+
+def _correlation(atlas: BrainAtlas, fixed, transform) -> float:
+    """The warped template's correlation with the volume where the warped template is brain."""
+    import SimpleITK as sitk
+
+    warped = sitk.GetArrayFromImage(sitk.Resample(atlas.template, fixed, transform, sitk.sitkLinear, 0.0))
+    inside = warped > 0
+    if inside.sum() <= 100:
+        return 0.0
+    ncc = float(np.corrcoef(warped[inside], sitk.GetArrayViewFromImage(fixed)[inside])[0, 1])
+    return ncc if np.isfinite(ncc) else 0.0
+
+
+def _affine(transform):
+    """An affine transform from a registration's result (a composite of one, or a rigid one)."""
+    import SimpleITK as sitk
+
+    if isinstance(transform, sitk.CompositeTransform):
+        transform = transform.GetNthTransform(0)
+    transform = transform.Downcast() if hasattr(transform, "Downcast") else transform
+    out = sitk.AffineTransform(3)
+    out.SetCenter(transform.GetCenter())
+    out.SetMatrix(transform.GetMatrix())
+    out.SetTranslation(transform.GetTranslation())
+    return out
+
+
 def register(atlas: BrainAtlas, image) -> AtlasFit:
-    """The affine fit of the template to `image` (a SimpleITK image) and its correlation over the template's brain."""
+    """The affine fit of the brain template to `image` (a SimpleITK image): from the moments of the two; where that
+    correlates under DIRECT_OK (a head with its neck in view moves the moments away from the brain), also the fit
+    of the head template (MNI152NLin6Asym, 2 mm) from 15 starts (pitch -30..30 degrees, -30..30 mm along the
+    volume's z), the best by mutual information refined; the better of the two by correlation."""
     import SimpleITK as sitk
 
     t = time.perf_counter()
     fixed = sitk.Cast(image, sitk.sitkFloat32)
     init = sitk.CenteredTransformInitializer(fixed, atlas.template, sitk.AffineTransform(3),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetNumberOfThreads(1)  # one core, beside the clicks (and the same fit on any machine)
-    reg.SetMetricAsMattesMutualInformation(32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.02, seed=14)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 200, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2])
-    reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
+    reg = _method([4, 2], 200)
     reg.SetInitialTransform(init, inPlace=False)
-    transform = reg.Execute(fixed, atlas.template)
-    warped = sitk.GetArrayFromImage(sitk.Resample(atlas.template, fixed, transform, sitk.sitkLinear, 0.0))
-    inside = warped > 0
-    ncc = float(np.corrcoef(warped[inside], sitk.GetArrayViewFromImage(fixed)[inside])[0, 1]) if inside.sum() > 100 else 0.0
-    return AtlasFit(transform, 0.0 if not np.isfinite(ncc) else ncc, time.perf_counter() - t)
+    best = _affine(reg.Execute(fixed, atlas.template))
+    ncc = _correlation(atlas, fixed, best)
+    if ncc < DIRECT_OK and atlas.head is not None:
+        head = _head_fit(atlas.head, fixed)
+        head_ncc = _correlation(atlas, fixed, head)
+        if head_ncc > ncc:
+            best, ncc = head, head_ncc
+    return AtlasFit(best, ncc, time.perf_counter() - t)
+
+
+def _head_fit(head, fixed):
+    import SimpleITK as sitk
+
+    base = sitk.CenteredTransformInitializer(fixed, head, sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
+    starts = []
+    for dz in (-30.0, 0.0, 30.0):
+        for pitch in (-30.0, -15.0, 0.0, 15.0, 30.0):
+            start = sitk.Euler3DTransform(base)
+            start.SetTranslation(tuple(np.array(start.GetTranslation()) + (0.0, 0.0, dz)))
+            start.SetRotation(np.deg2rad(pitch), 0.0, 0.0)
+            reg = _method([8], 60, 0.05)
+            reg.SetInitialTransform(start, inPlace=False)
+            found = reg.Execute(fixed, head)
+            starts.append((reg.GetMetricValue(), len(starts), found))
+    reg = _method([4, 2], 200, 0.05)
+    reg.SetInitialTransform(_affine(min(starts)[2]), inPlace=False)
+    return _affine(reg.Execute(fixed, head))
 
 
 class AtlasFits:
@@ -162,11 +226,14 @@ class AtlasFits:
         return fit
 
 
+SHARED_FITS = AtlasFits()  # the server's engines (clicks, scoring, validation) share each volume's fit
+
+
 class AtlasPrior:
     """What the atlas answers on a volume (see the module doc)."""
 
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
-        self.params, self.fits = params or AtlasParams(), fits or AtlasFits()
+        self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
 
     def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Answer]:
         """The warped nucleus a label's first include click lies in, or None (CT, no fit yet, not a brain MR, not a
