@@ -152,3 +152,18 @@ def test_the_switch_and_the_config():
     with pytest.raises(ValueError, match="needs plain_region"):
         build_model({**CLICK_UNET_CONFIG, "atlas_prior": {}})
     assert build_model({**CLICK_UNET_CONFIG, "plain_region": "geodesic", "atlas_prior": {}}).config["atlas_prior"] == {}
+
+
+def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
+    from lib.session.atlas_prior import prefit
+    from lib.session.volume_cache import VolumeCache
+
+    path, _, _ = brain
+    fits, volumes = AtlasFits(), VolumeCache()
+    region = PlainRegion(atlas=AtlasPrior(AtlasParams(), fits))
+    assert prefit(PlainRegion(), volumes, path) is None  # no atlas prior: nothing to start
+    prefit(region, volumes, path, modality="CT").result()
+    assert not fits._fits  # a CT is never fitted
+    prefit(region, volumes, path).result()
+    key = load_volume(path).file_key
+    assert key in fits._fits and fits._fits[key].result().ncc > 0.9

@@ -142,7 +142,13 @@ class SAMMed3DApp(MONAILabelApp):
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:  # MONAI Label: a plain 500
             raise unknown_task_404("strategy", strategy, self._strategies)
-        return super().next_sample(request)
+        sample = super().next_sample(request)
+        if isinstance(sample, dict) and sample.get("id") and not self.studies.startswith(("http://", "https://")):
+            try:  # the atlas prior's fit of the image handed out, started before its first click (a local file)
+                self.sammed3d.prefit(self.datastore().get_image_uri(sample["id"]))
+            except Exception:  # only a head start: the click path fits it anyway
+                logger.warning("atlas prefit of %s not started", sample["id"], exc_info=True)
+        return sample
 
     def infer(self, request, datastore=None):
         self.watcher.poll()  # hot swap: the next click gets a newly published version

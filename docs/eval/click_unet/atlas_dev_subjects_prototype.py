@@ -1,4 +1,4 @@
-"""Development subjects for the atlas prior (atlas_prior_prototype.py): the MNI152 2009a T1 and its Desikan-Killiany
+"""Development subjects for the atlas prior (lib.session.atlas_prior): the MNI152 2009a T1 and its Desikan-Killiany
 atlas (the prior's own template and atlas) carried through a random affine (rotation up to 8 degrees, scale 0.92-1.08,
 shift up to 10 mm) and a smooth random deformation (RMS DISP mm, default 2.5, correlation length 12 mm), then
 given a multiplicative bias field, a gamma and noise. What the registration cannot undo (the deformation) stands in
@@ -14,20 +14,21 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "scripts"))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "apps", "sammed3d"))
 from prepare_dev_ct import write_index  # noqa: E402
-from atlas_prior_prototype import Atlas  # noqa: E402
+from lib.session.atlas_prior import BrainAtlas  # noqa: E402  (the served atlas: template and ids on its grid)
 
 DEV = {"left thalamusproper": 35, "left putamen": 37, "left hippocampus": 40, "left amygdala": 41}
 DISP = float(os.environ.get("DISP", "2.5"))
 
 
-def subject(atlas: Atlas, rng: np.random.Generator):
-    ref = atlas.t1
+def subject(atlas: BrainAtlas, rng: np.random.Generator):
+    ref = atlas.template
     size, sp = np.array(ref.GetSize()), np.array(ref.GetSpacing())
     # smooth displacement field on the template's grid (x, y, z components), RMS DISP mm over the brain
-    brain = sitk.GetArrayFromImage(atlas.brain).astype(bool)
+    brain = sitk.GetArrayFromImage(atlas.template) > 0
     comps = []
     for _ in range(3):
         noise = rng.standard_normal(tuple(size[::-1]))
@@ -46,7 +47,7 @@ def subject(atlas: Atlas, rng: np.random.Generator):
     affine.SetMatrix(tuple((np.array(rot).reshape(3, 3) @ scale).ravel()))
     affine.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
     tx = sitk.CompositeTransform([affine, deform])  # subject point -> affine -> deformation -> template point
-    t1 = sitk.Resample(atlas.t1, ref, tx, sitk.sitkLinear, 0.0)
+    t1 = sitk.Resample(atlas.template, ref, tx, sitk.sitkLinear, 0.0)
     ids = sitk.Resample(atlas.ids, ref, tx, sitk.sitkNearestNeighbor, 0)
     data = sitk.GetArrayFromImage(t1).astype(np.float64)
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in data.shape], indexing="ij")
@@ -66,7 +67,7 @@ def subject(atlas: Atlas, rng: np.random.Generator):
 
 
 def main(out: str, n: int = 2, seed: int = 21) -> int:
-    atlas, rng = Atlas(), np.random.default_rng(seed)
+    atlas, rng = BrainAtlas(), np.random.default_rng(seed)
     for sub in ("images", "labels"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     names, manifest = {}, []

@@ -30,6 +30,7 @@ from lib.model.flood_region import air_threshold_of, describe_flood, switch_floo
 from lib.model.geodesic_graph import warm_up as warm_up_geodesics
 from lib.session.fine_region import resolve_fine
 from lib.session.local_update import resolve_local
+from lib.session.atlas_prior import prefit
 from lib.session.plain_region import resolve_region
 from lib.session import DEFAULT_CLICK_MODE, SegmentationEngine
 from lib.session.volume_cache import VolumeCache
@@ -63,6 +64,10 @@ class SAMMed3DConfig(TaskConfig):
 
     def served(self) -> Tuple[SegmentationEngine, SAMMed3DWeights]:
         return self.engine, self.weights
+
+    def prefit(self, image_path: str):
+        """The atlas prior's fit of an image the annotator opens next, started in the background (or None)."""
+        return prefit(self.engine.region, self.engine.volumes, image_path, self.engine.modality)
 
     def infer(self) -> SAMMed3DInfer:
         w = self.weights

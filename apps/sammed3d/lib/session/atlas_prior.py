@@ -24,7 +24,8 @@ What:
   sign are dropped, so a click moves the boundary where it was placed. The engine merges it as it merges the plain
   region (lib.session.local_update).
 
-    AtlasPrior(params, directory).answer(volume, ct, fg, bg, nucleus) -> (uint8 mask on the stored grid, box)
+    AtlasPrior(params, fits).answer(volume, ct, fg, bg, nucleus) -> (uint8 mask on the stored grid, box)
+    prefit(region, volumes, image_path)   the fit of the image an annotator opens next, started ahead (next sample)
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from scipy import ndimage
 
 from ..util import process_threads
 from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
+from .volume import is_ct
 
 logger = logging.getLogger(__name__)
 
@@ -306,3 +308,20 @@ def band_region(volume, ct: bool, nucleus: Answer, fg, bg, params: AtlasParams) 
     mask = np.zeros(image.shape, dtype=np.uint8)
     mask[box] = region
     return mask, box
+
+
+def prefit(region, volumes, image_path: str, modality: Optional[str] = None) -> Optional[Future]:
+    """Start, on a background thread, the atlas fit of the volume at `image_path` (read through the shared
+    VolumeCache `volumes`) when `region` (a lib.session.plain_region.PlainRegion) has an atlas prior and the volume is
+    not CT: the server calls it for the image its next-sample strategy hands out, so that the annotator's first click
+    there finds the fit ready. -> the job, or None when there is no atlas."""
+    atlas = getattr(region, "atlas", None)
+    if atlas is None:
+        return None
+
+    def run():
+        volume = volumes.get(image_path)
+        if not is_ct(volume, modality):
+            atlas.fits.fit(volume, wait=False)
+
+    return process_threads("atlas-prefit", 1).submit(run)
