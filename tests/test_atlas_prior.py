@@ -167,3 +167,37 @@ def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
     prefit(region, volumes, path).result()
     key = load_volume(path).file_key
     assert key in fits._fits and fits._fits[key].result().ncc > 0.9
+
+
+def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(brain, tmp_path):
+    """A real `monailabel start_server` with the default model (default-v12), driven by the Slicer plugin's client."""
+    import os
+    import shutil
+    import sys
+
+    from monailabel.client import MONAILabelClient
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from local_server import LocalServer
+
+    path, ids, _ = brain
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(path, studies / "brain.nii.gz")
+    click = _deepest(ids == L_THALAMUS)
+    with LocalServer(str(studies), {"atlas_wait": "true"}) as server:
+        client = MONAILabelClient(server.url)
+        weights = client.info()["weights"]
+        if weights["source"] != "default":
+            pytest.skip("a released SAM-Med3D file is installed: the default model is not served")
+        assert "atlas prior" in weights["plain_region"] and "waits" in weights["plain_region"]
+        label_file, res = client.infer("sammed3d", "brain", {"label": "thalamus", "foreground": [click]})
+        got = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
+        assert _dice(got, ids == L_THALAMUS) > 0.85
+        # an exclude click on the same label: the band moves the boundary, the server keeps serving
+        inside = np.argwhere(got)
+        edge = inside[np.argmax(inside[:, 0])].tolist()
+        label_file, res = client.infer("sammed3d", "brain", {"label": "thalamus", "foreground": [click],
+                                                              "background": [edge]})
+        after = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
+        assert not after[tuple(edge)] and after[tuple(click)] and _dice(after, got) > 0.8

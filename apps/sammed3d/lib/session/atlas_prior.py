@@ -237,6 +237,12 @@ class AtlasPrior:
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
         self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
 
+    def describe(self) -> str:
+        p = self.params
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus answered by it (fit correlation "
+                f">= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / {p.shell_mm:g} mm, "
+                + ("the first click waits for its volume's fit)" if p.wait else "without waiting for the fit)"))
+
     def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Answer]:
         """The warped nucleus a label's first include click lies in, or None (CT, no fit yet, not a brain MR, not a
         deep nucleus, or a click whose intensity is not the nucleus's)."""

@@ -118,7 +118,8 @@ class PlainRegion:
                                                    f"2 mm" if floods else "") + f" by {rule}" if self.margins else "")
         return (f"{METHOD} region on the stored grid where the model answers with its plain box (margin "
                 f"{margin}, gamma {p.gamma:g}, seeds {p.seed_radius_mm:g} mm, smoothing {p.sigma_mm:g} mm"
-                + (", merged into the shown mask)" if self.merge else ")"))
+                + (", merged into the shown mask)" if self.merge else ")")
+                + (f"; {self.atlas.describe()}" if self.atlas is not None else ""))
 
 
 def first_click_region(image: np.ndarray, ct: bool, spacing, fg, params, margins: Sequence[float],
