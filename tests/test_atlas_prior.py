@@ -76,6 +76,13 @@ def test_no_answer_for_ct_white_matter_a_lesion_or_a_volume_that_is_not_a_brain(
     sitk.WriteImage(noise, str(tmp_path / "noise.nii.gz"))
     other = load_volume(str(tmp_path / "noise.nii.gz"))
     assert prior.nucleus(other, False, [24, 24, 24]) is None and abs(fits.fit(other, True).ncc) < 0.5
+    # a volume the registration cannot take (three slices): no atlas, no error, and the failure is kept
+    thin = sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 200, (3, 64, 64)).astype(np.int16))
+    thin.SetSpacing([0.5, 0.5, 5.0])
+    sitk.WriteImage(thin, str(tmp_path / "thin.nii.gz"))
+    thin_volume = load_volume(str(tmp_path / "thin.nii.gz"))
+    assert prior.nucleus(thin_volume, False, [32, 32, 1]) is None
+    assert fits.fit(thin_volume, True).transform is None
 
 
 def test_without_waiting_a_first_click_goes_on_and_the_fit_runs_behind_it(brain):

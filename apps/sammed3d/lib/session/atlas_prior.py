@@ -212,18 +212,19 @@ class AtlasFits:
                     self._fits.popitem(last=False)
         if not (wait or future.done()):
             return None
-        try:
-            return future.result()
-        except Exception:  # a registration that fails (a degenerate volume) only means no atlas for it
-            logger.warning("atlas registration failed", exc_info=True)
-            return None
+        return future.result()
 
     def _register(self, image) -> AtlasFit:
         try:  # this thread yields to the clicks (Linux: a thread's own nice value)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         except (AttributeError, OSError):
             pass
-        fit = register(self.atlas, image)
+        t = time.perf_counter()
+        try:
+            fit = register(self.atlas, image)
+        except Exception as e:  # a volume the registration cannot take (a few voxels thick): no atlas for it, once
+            logger.warning("atlas fit failed (%s): the volume is answered without the atlas", str(e).strip()[-200:])
+            return AtlasFit(None, 0.0, time.perf_counter() - t)
         logger.info("atlas fit: correlation %.3f in %.1f s", fit.ncc, fit.seconds)
         return fit
 
