@@ -54,7 +54,8 @@ DIRECT_OK = 0.7  # a direct fit correlating at least this well is kept without t
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "model", "atlas")
 DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
-Answer = Tuple[np.ndarray, Tuple[slice, ...]]
+Answer = Tuple[np.ndarray, Tuple[slice, ...]]  # (uint8 mask, box): on the stored grid, or the box's piece (Nucleus)
+Nucleus = Answer  # the warped nucleus as its box's piece (a label keeps it: a whole-volume copy per label is too much)
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,9 @@ class AtlasPrior:
                 f">= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / {p.shell_mm:g} mm, "
                 + ("the first click waits for its volume's fit)" if p.wait else "without waiting for the fit)"))
 
-    def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Answer]:
-        """The warped nucleus a label's first include click lies in, or None (CT, no fit yet, not a brain MR, not a
-        deep nucleus, or a click whose intensity is not the nucleus's)."""
+    def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Nucleus]:
+        """The warped nucleus a label's first include click lies in, as (uint8 piece, its box on the stored grid), or
+        None (CT, no fit yet, not a brain MR, not a deep nucleus, or a click whose intensity is not the nucleus's)."""
         import SimpleITK as sitk
 
         fit = None if ct else self.fits.fit(volume, self.params.wait)
@@ -271,26 +272,30 @@ class AtlasPrior:
         spread = 1.4826 * float(np.median(np.abs(data - median))) + 1e-6
         if abs(volume.median_around(point) - median) > self.params.guard * spread:
             return None
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        mask = np.zeros(volume.shape, dtype=np.uint8)
-        mask[box] = warped
-        return mask, box
+        return warped.astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
-    def answer(self, volume, ct: bool, fg, bg, nucleus: Answer) -> Answer:
-        """The label's mask for its clicks: the nucleus itself for the first click alone, else `band_region`."""
+    def answer(self, volume, ct: bool, fg, bg, nucleus: Nucleus) -> Answer:
+        """The label's mask for its clicks (uint8 on the stored grid, its box): the nucleus itself for the first click
+        alone, else `band_region`."""
         if len(fg) == 1 and not bg:
-            return nucleus
+            return _on_grid(nucleus, volume.shape), nucleus[1]
         return band_region(volume, ct, nucleus, fg, bg, self.params)
 
 
-def band_region(volume, ct: bool, nucleus: Answer, fg, bg, params: AtlasParams) -> Answer:
+def _on_grid(nucleus: Nucleus, shape) -> np.ndarray:
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[nucleus[1]] = nucleus[0]
+    return mask
+
+
+def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams) -> Answer:
     """The geodesic competition in a band around the nucleus (see the module doc) -> (uint8 mask, box)."""
     import SimpleITK as sitk
 
     solver = TUNED["geodesic"]
     image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
     spacing = tuple(float(s) for s in volume.image.GetSpacing())
-    mask0, box0 = nucleus
+    mask0, box0 = _on_grid(nucleus, image.shape), nucleus[1]
     voxels = lambda pts: [[int(np.floor(float(c) + 0.5)) for c in p] for p in pts]  # noqa: E731
     inside = np.argwhere(mask0[box0]) + np.array([b.start for b in box0])
     box, faces = roi_box(voxels(fg) + voxels(bg) + [inside.min(0).tolist(), inside.max(0).tolist()], image.shape,
