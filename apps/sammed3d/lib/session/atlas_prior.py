@@ -67,7 +67,7 @@ class AtlasParams:
     shell_mm: float = 3.0  # ... what lies past the nucleus dilated by this is background seed
     clear_mm: float = 6.0  # ... except within this distance of a click of the other sign
     margin_mm: float = 10.0  # ... in the box of the nucleus and the clicks plus this margin
-    wait: bool = False  # a first click waits for the volume's fit (evaluation: deterministic) or goes on without
+    wait: bool = False  # a first click waits for the volume's fit (the evaluation, the trainer) or goes on without
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -95,7 +95,7 @@ class BrainAtlas:
 
 @dataclass(frozen=True)
 class AtlasFit:
-    transform: object  # SimpleITK transform: a point of the volume -> the template
+    transform: object  # SimpleITK transform: a point of the volume -> the template (None: the fit failed)
     ncc: float
     seconds: float
 
@@ -105,7 +105,7 @@ def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
-    reg.SetNumberOfThreads(1)  # one core, beside the clicks (and the same fit on any machine)
+    reg.SetNumberOfThreads(1)  # one core, beside the clicks
     reg.SetMetricAsMattesMutualInformation(32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(percentage, seed=14)
