@@ -16,11 +16,12 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps", "sammed3d"))
 from lib.model import load_checkpoint, model_refine  # noqa: E402
 from lib.session import SegmentationEngine  # noqa: E402
-from lib.session.atlas_prior import AtlasFits, AtlasPrior, AtlasParams  # noqa: E402
+from lib.session.atlas_prior import AtlasFits, AtlasPrior  # noqa: E402
 from lib.session.fine_region import resolve_fine  # noqa: E402
 from lib.session.local_update import resolve_local  # noqa: E402
 from lib.session.plain_region import resolve_region  # noqa: E402
@@ -32,8 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def engine_for(model, atlas: str, fits: AtlasFits) -> SegmentationEngine:
     config = getattr(model, "config", None)
     region = resolve_region("auto", config, True, "auto", atlas)
-    if region is not None and region.atlas is not None:
-        region.atlas = AtlasPrior(AtlasParams(**{**region.atlas.params.__dict__, "wait": True}), fits)
+    if region is not None and region.atlas is not None:  # the fit computed above, waited for
+        region.atlas = AtlasPrior(replace(region.atlas.params, wait=True), fits)
     return SegmentationEngine(model, "bench", click_mode="all", max_crops=8, refine=resolve_refine("auto", model_refine(model)),
                               fine=resolve_fine("auto", config), local=resolve_local("auto", config), region=region)
 

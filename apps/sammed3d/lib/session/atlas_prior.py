@@ -44,6 +44,7 @@ from scipy import ndimage
 
 from ..util import process_threads
 from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
+from .points import voxel_indices
 from .volume import is_ct
 
 logger = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ class AtlasPrior:
         if fit is None or abs(fit.ncc) < self.params.min_ncc:
             return None
         atlas, image = self.fits.atlas, volume.image
-        idx = [int(np.floor(float(c) + 0.5)) for c in point]
+        idx = voxel_indices([point])[0]
         at = atlas.ids.TransformPhysicalPointToIndex(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(idx)))
         ident = int(atlas.ids[at]) if all(0 <= a < n for a, n in zip(at, atlas.ids.GetSize())) else 0
         if ident not in atlas.deep:
@@ -298,14 +299,12 @@ def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams)
     solver = TUNED["geodesic"]
     image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
     spacing = tuple(float(s) for s in volume.image.GetSpacing())
-    mask0, box0 = _on_grid(nucleus, image.shape), nucleus[1]
-    voxels = lambda pts: [[int(np.floor(float(c) + 0.5)) for c in p] for p in pts]  # noqa: E731
-    inside = np.argwhere(mask0[box0]) + np.array([b.start for b in box0])
-    box, faces = roi_box(voxels(fg) + voxels(bg) + [inside.min(0).tolist(), inside.max(0).tolist()], image.shape,
-                         spacing, params.margin_mm)
+    inside = np.argwhere(nucleus[0]) + np.array([b.start for b in nucleus[1]])
+    box, faces = roi_box(voxel_indices(fg) + voxel_indices(bg) + [inside.min(0).tolist(), inside.max(0).tolist()],
+                         image.shape, spacing, params.margin_mm)
     lo = np.array([b.start for b in box])
-    local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in voxels(pts)]  # noqa: E731
-    prior = mask0[box].astype(bool)
+    local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in voxel_indices(pts)]  # noqa: E731
+    prior = _on_grid(nucleus, image.shape)[box].astype(bool)
     core = ndimage.distance_transform_edt(prior, sampling=spacing) > params.core_mm
     shell = ndimage.distance_transform_edt(~prior, sampling=spacing) > params.shell_mm
     offsets = _ball_offsets(params.clear_mm, spacing)

@@ -32,6 +32,7 @@ from ..util import process_threads
 from .atlas_prior import AtlasParams, AtlasPrior
 from .classical_region import TUNED, roi_box, segment_box
 from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features, with_flood_columns
+from .points import voxel_indices
 
 REGION_SWITCH = ("auto", "on", "off")  # --conf plain_region / --plain-region
 METHOD = "geodesic"  # the only one measured to help (the random walker row is below the model's)
@@ -76,7 +77,7 @@ class PlainRegion:
 
         image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
         spacing = tuple(float(s) for s in volume.image.GetSpacing())
-        fg, bg = _voxels(fg), _voxels(bg)
+        fg, bg = voxel_indices(fg), voxel_indices(bg)
         params, chosen = self.params, None
         if self.margins and len(fg) == 1 and not bg:
             chosen = first_click_region(image, ct, spacing, fg, params, self.margins, self.scorer)
@@ -166,11 +167,6 @@ def margin_candidates(image: np.ndarray, ct: bool, spacing, fg, params, margins:
     solved = list(process_threads("plain-margins", 2).map(solve, sorted(float(m) for m in margins)))
     candidates = [c for c, _ in solved]
     return candidates, candidate_features(candidates, ct, spacing, image.shape, own=[f for _, f in solved])
-
-
-def _voxels(points: Sequence[Sequence[float]]) -> list:
-    """Click positions -> the voxel indices they round to (as the click update reads them)."""
-    return [[int(np.floor(float(c) + 0.5)) for c in p] for p in points]
 
 
 def resolve_region(mode: Optional[str], config: Optional[dict], has_prior: bool = True,

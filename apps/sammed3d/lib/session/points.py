@@ -79,3 +79,9 @@ def validate_request(fg: List[Point], bg: List[Point], shape: Tuple[int, int, in
         )
     check_inside(fg, shape, "foreground")
     check_inside(bg, shape, "background")
+
+
+def voxel_indices(points: Sequence[Sequence[float]]) -> List[List[int]]:
+    """Click positions (stored indices, maybe fractional) -> the voxel indices they round to (as the click update
+    reads them: half up)."""
+    return [[int(np.floor(float(c) + 0.5)) for c in p] for p in points]
