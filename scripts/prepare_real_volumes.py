@@ -153,7 +153,7 @@ def brain_mni(tmp, out):
     for v, tissue in ((1, "gm"), (2, "wm")):
         p = sitk.ReadImage(os.path.join(d, f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32)
         prob, _ = resample_ras(p, False, ref)
-        label[prob > 0.5] = v
+        label[prob > 127.5] = v  # nilearn stores these probabilities as 0-255 (before 2026-12-06: > 0.5, all of the brain)
     image, label = trim(np.clip(image, 0, None), label)
     return save(os.path.join(out, "brain_t1_mni152_2009a.npz"), _mr_int16(image, label > 0), label, False,
                 {1: "grey matter", 2: "white matter"}, set(),

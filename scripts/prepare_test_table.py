@@ -349,7 +349,19 @@ def dev_cases(dev_dir: str, cache: str, tmp: str, n_phantoms: int = 8, max_objec
             write(im, os.path.join(folder, f"{case}.nii.gz"))
         names_json[case] = {f"object {v}": v for v in keep}
         out.append(dict(case=case, modality=modality.upper(), spacing=spacing, targets=len(keep)))
-    # nilearn MNI152 2009a T1 + GM/WM (> 0.5) at 2 mm
+    names_json["dev_mni152_2009a"] = dev_mni(images, labels, cache, tmp)
+    out.append(dict(case="dev_mni152_2009a", modality="MR", spacing=[2.0] * 3, targets=2))
+    with open(os.path.join(labels, "labels.json"), "w") as f:
+        json.dump(names_json, f, indent=1)
+    with open(os.path.join(dev_dir, "manifest.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def dev_mni(images: str, labels: str, cache: str, tmp: str) -> dict:
+    """nilearn's MNI152 2009a T1 and its grey / white matter (probability over one half) at 2 mm -> label names."""
+    import SimpleITK as sitk
+
     whl = pip_fetch(NILEARN, cache)
     d = "nilearn/datasets/data/"
     t1 = sitk.ReadImage(extract(whl, d + "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz", tmp), sitk.sitkFloat32)
@@ -361,18 +373,13 @@ def dev_cases(dev_dir: str, cache: str, tmp: str, n_phantoms: int = 8, max_objec
     lab = np.zeros(sitk.GetArrayFromImage(t1_2).shape, np.uint8)
     for v, tissue in ((1, "gm"), (2, "wm")):
         p = sitk.ReadImage(extract(whl, d + f"mni_icbm152_{tissue}_tal_nlin_sym_09a_converted.nii.gz", tmp), sitk.sitkFloat32)
-        lab[sitk.GetArrayFromImage(sitk.Resample(p, ref, sitk.Transform(), sitk.sitkLinear, 0.0)) > 0.5] = v
+        # nilearn stores these probabilities as 0-255 (before 2026-12-06: > 0.5, so "white matter" was all the brain)
+        lab[sitk.GetArrayFromImage(sitk.Resample(p, ref, sitk.Transform(), sitk.sitkLinear, 0.0)) > 127.5] = v
     write(t1_2, os.path.join(images, "dev_mni152_2009a.nii.gz"))
     lab_img = sitk.GetImageFromArray(lab)
     lab_img.CopyInformation(t1_2)
     write(lab_img, os.path.join(labels, "dev_mni152_2009a.nii.gz"))
-    names_json["dev_mni152_2009a"] = {"grey matter": 1, "white matter": 2}
-    out.append(dict(case="dev_mni152_2009a", modality="MR", spacing=[2.0] * 3, targets=2))
-    with open(os.path.join(labels, "labels.json"), "w") as f:
-        json.dump(names_json, f, indent=1)
-    with open(os.path.join(dev_dir, "manifest.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    return out
+    return {"grey matter": 1, "white matter": 2}
 
 
 README = """# Test table (issue 14): built by scripts/prepare_test_table.py

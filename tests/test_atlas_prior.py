@@ -56,7 +56,7 @@ def test_a_click_in_a_nucleus_gets_that_nucleus(brain):
     fit = fits.fit(volume, wait=True)
     assert fit.ncc > 0.9
     for ident in (L_THALAMUS, L_PUTAMEN):
-        piece, box = prior.nucleus(volume, False, _deepest(ids == ident))
+        piece, box = prior.nucleus(volume, False, _deepest(ids == ident))[:2]
         assert piece.dtype == np.uint8 and piece.shape == tuple(b.stop - b.start for b in box)
         assert _dice(_full((piece, box), ids.shape), ids == ident) > 0.85
 
@@ -125,6 +125,45 @@ def test_a_later_click_moves_the_nucleus_boundary_to_the_image_edge_where_it_was
     # and the nucleus itself is the first click's answer
     mask, box = AtlasPrior(params).answer(volume, False, first, [], nucleus)
     np.testing.assert_array_equal(mask, nucleus[0])
+
+
+def test_a_cortical_parcel_answers_when_asked_and_later_clicks_in_other_parcels_add_them(brain):
+    from lib.session.state import LabelState
+
+    path, ids, fits = brain
+    volume = load_volume(path)
+    superior_temporal, inferior_temporal, insula = 29, 8, 34  # left parcels (model/atlas/desikan_killiany.csv)
+    first = _deepest(ids == superior_temporal)
+    assert AtlasPrior(AtlasParams(wait=True), fits).nucleus(volume, False, first) is None  # nuclei only by default
+    prior = AtlasPrior(AtlasParams(wait=True, cortex=True, grow_mm=3.0), fits)
+    parcel = prior.nucleus(volume, False, first)
+    assert parcel.ids == (superior_temporal,) and parcel.seen == 1
+    assert _dice(_full(parcel, ids.shape), ids == superior_temporal) > 0.8
+    # a later include click deep in another parcel adds it; one on the shown parcel's edge only corrects the edge
+    from scipy import ndimage
+
+    far = _deepest(ids == inferior_temporal)
+    shown = _full(parcel, ids.shape).astype(bool)
+    beside = ndimage.binary_dilation(shown) & ~shown & (ids >= 1) & (ids <= 34) & (ids != superior_temporal)
+    edge = np.argwhere(beside)[0].tolist()  # another parcel's voxel, 2 mm from the shown one
+    region, state = PlainRegion(atlas=prior), LabelState((), "v", path)
+    state.fg = [first, edge]
+    assert region.atlas_for(volume, False, state).ids == (superior_temporal,)
+    state.fg = [first, edge, far]
+    grown = region.atlas_for(volume, False, state)
+    assert grown.ids == (superior_temporal, inferior_temporal) and grown.seen == 3
+    assert _dice(_full(grown, ids.shape), np.isin(ids, grown.ids)) > 0.8
+    # a click outside the cortex adds nothing; fewer clicks (a new label's) start again from the first
+    state.fg = [first, edge, far, _deepest(ids == L_THALAMUS)]
+    assert region.atlas_for(volume, False, state).ids == grown.ids
+    state.fg = [first]
+    assert region.atlas_for(volume, False, state).ids == (superior_temporal,)
+    # without grow_mm, the parcel stays one parcel
+    state = LabelState((), "v", path)
+    state.fg = [first, far]
+    assert PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, cortex=True), fits)).atlas_for(
+        volume, False, state).ids == (superior_temporal,)
+    assert insula in BrainAtlas().cortex and L_THALAMUS not in BrainAtlas().cortex
 
 
 def test_the_engine_answers_a_labels_clicks_with_the_atlas_once_its_first_click_names_a_nucleus(brain):

