@@ -21,7 +21,8 @@ from dataclasses import replace
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "apps", "sammed3d"))
 from lib.model import load_checkpoint, model_refine  # noqa: E402
 from lib.session import SegmentationEngine  # noqa: E402
-from lib.session.atlas_prior import AtlasFits, AtlasPrior  # noqa: E402
+from lib.session.atlas_fit import AtlasFits  # noqa: E402
+from lib.session.atlas_prior import AtlasPrior  # noqa: E402
 from lib.session.fine_region import resolve_fine  # noqa: E402
 from lib.session.local_update import resolve_local  # noqa: E402
 from lib.session.plain_region import resolve_region  # noqa: E402

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import SimpleITK as sitk
 
-    from lib.session.atlas_prior import ATLAS_FILE, HEAD_FILE, NAMES_FILE, TEMPLATE_FILE
+    from lib.session.atlas_fit import ATLAS_FILE, HEAD_FILE, NAMES_FILE, TEMPLATE_FILE
 
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,6 @@ Reserved for independent evaluation and never touched here: pyradiomics, Debian'
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -236,10 +235,11 @@ def _smooth_field(rs, shape, sigma_vox):
     return f / max(float(f.std()), 1e-9)
 
 
-def paint_lesions(t1: np.ndarray, spacing, seed: int = 14):
+def paint_lesions(t1: np.ndarray, spacing, seed: int = 14, tumour_at=(66.0, 140.0, 190.0), nodule_at=(129.0, 110.0, 175.0)):
     """(image, label) with a tumour (1: necrotic core + enhancing rim), its oedema (2) and a nodule (3).
 
-    t1 is the stored (i, j, k) array with i -> left, j -> anterior, k -> superior (pydeface's T1).
+    t1 is the stored (i, j, k) array with i -> left, j -> anterior, k -> superior (pydeface's T1); the centres
+    (voxel indices) default to pydeface's right white matter above the ventricles and its left hemisphere.
     Intensities relative to the local white matter (median in a 20 mm ball): core 0.45, rim 1.45,
     oedema 0.72, nodule 1.35; boundaries blurred by 0.6 voxel (partial volume); noise with the
     image's own local standard deviation added inside the lesions.
@@ -268,7 +268,7 @@ def paint_lesions(t1: np.ndarray, spacing, seed: int = 14):
         return img * (1 - a) + tex * a
 
     # Tumour in the right hemisphere's white matter (low i = right), above the ventricles.
-    c = np.array([66.0, 140.0, 190.0])
+    c = np.array(tumour_at, dtype=float)
     wm, sd = local_stats(c)
     d = dist_mm(c)
     f1, f2 = _smooth_field(rs, t1.shape, 8.0), _smooth_field(rs, t1.shape, 10.0)
@@ -281,7 +281,7 @@ def paint_lesions(t1: np.ndarray, spacing, seed: int = 14):
     label[oedema] = 2
     label[tumour] = 1
     # Nodule (metastasis-like, 4 mm radius) in the left hemisphere.
-    c2 = np.array([129.0, 110.0, 175.0])
+    c2 = np.array(nodule_at, dtype=float)
     wm2, sd2 = local_stats(c2)
     nodule = dist_mm(c2) < 4.0 * (1 + 0.1 * _smooth_field(rs, t1.shape, 3.0))
     img = blend(nodule, 1.35 * wm2, sd2)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lib.session.atlas_prior import AtlasFits, AtlasParams, AtlasPrior, BrainAtlas, band_region
+from lib.session.atlas_fit import AtlasFits, BrainAtlas
+from lib.session.atlas_prior import AtlasParams, AtlasPrior, band_region
 from lib.session.plain_region import PlainRegion, resolve_region
 from lib.session.volume import load_volume
 
@@ -164,6 +165,40 @@ def test_a_cortical_parcel_answers_when_asked_and_later_clicks_in_other_parcels_
     assert PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, cortex=True), fits)).atlas_for(
         volume, False, state).ids == (superior_temporal,)
     assert insula in BrainAtlas().cortex and L_THALAMUS not in BrainAtlas().cortex
+    # whole_after parcels clicked: the whole cortex of their hemisphere (the 34 left parcels), the clicked one last
+    whole = PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, cortex=True, grow_mm=3.0, whole_after=2), fits))
+    state = LabelState((), "v", path)
+    state.fg = [first, far]
+    grown = whole.atlas_for(volume, False, state)
+    assert sorted(grown.ids) == list(range(1, 35)) and grown.ids[-1] == inferior_temporal
+    assert _dice(_full(grown, ids.shape), (ids >= 1) & (ids <= 34)) > 0.8
+
+
+def test_a_lesion_by_the_cortex_is_not_answered_by_a_parcel(brain, tmp_path):
+    """Oedema (0.72 of the white matter's intensity, like cortex on a T1) painted over white matter beside a parcel:
+    without the lesion check the click snaps to the parcel; with it, the atlas does not answer."""
+    from scipy import ndimage
+
+    path, ids, fits = brain
+    image = sitk.ReadImage(path)
+    t1 = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    cortex = (ids >= 1) & (ids <= 34)
+    white = (t1 > np.percentile(t1[t1 > 0], 60)) & (ids == 0)
+    deep_white = ndimage.binary_erosion(white, iterations=3)  # a click with white matter all around (2 mm voxels)
+    beside = deep_white & ndimage.binary_dilation(cortex, iterations=4)  # ... and a parcel within 8 mm
+    click = np.argwhere(beside)[len(np.argwhere(beside)) // 2].tolist()
+    params = dict(wait=True, cortex=True, snap_mm=10.0, guard=1e6)  # the intensity guard aside: the check alone
+    volume = load_volume(path)
+    assert AtlasPrior(AtlasParams(**params), fits).nucleus(volume, False, click) is not None  # snapped to a parcel
+    ball = np.sqrt(((np.indices(t1.shape) - np.array(click)[:, None, None, None]) ** 2).sum(0)) <= 6  # 12 mm
+    painted = np.where(ball, 0.72 * np.median(t1[white]), t1)
+    out = sitk.GetImageFromArray(painted.transpose(2, 1, 0).astype(np.int16))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(tmp_path / "oedema.nii.gz"))
+    oedema = load_volume(str(tmp_path / "oedema.nii.gz"))
+    assert AtlasPrior(AtlasParams(**params), fits).nucleus(oedema, False, click) is not None  # no check
+    assert AtlasPrior(AtlasParams(**params, lesion_wm=0.3), fits).nucleus(oedema, False, click) is None
+    assert AtlasPrior(AtlasParams(**params, lesion_wm=0.3), fits).nucleus(volume, False, click) is not None
 
 
 def test_the_engine_answers_a_labels_clicks_with_the_atlas_once_its_first_click_names_a_nucleus(brain):

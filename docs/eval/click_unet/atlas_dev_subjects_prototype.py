@@ -8,10 +8,15 @@ after an affine fit, not a measurement of it. Targets: the development side's de
 TARGETS=cortex (twenty-second run) writes, for the same subjects, the development side's five left cortical parcels
 (bankssts, inferior temporal, parahippocampal, posterior cingulate, superior temporal) and, as a second case of each
 subject (`<case>_cortex`, the same image), the whole left cerebral cortex (the union of the atlas's 34 left parcels):
-the two readings of a click in cortex.
+the two readings of a click in cortex. TARGETS=lesions writes the same subjects with the test table's synthetic
+lesion model (scripts/prepare_test_table.py `paint_lesions`: a tumour with its oedema in the right white matter, a
+4 mm nodule at the left parietal grey-white junction, on this set's own template positions) as the only targets: the
+development side's check that the atlas does not answer a lesion (the test table's oedema lost to the cortical
+parcels' first prototype, twenty-second run).
 
     .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas [n_subjects 2] [seed 21]
     TARGETS=cortex .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_cortex
+    TARGETS=lesions .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_lesions
 """
 import os, sys
 
@@ -23,14 +28,18 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "apps", "sammed3d"))
 from prepare_dev_ct import write_index  # noqa: E402
-from lib.session.atlas_prior import BrainAtlas  # noqa: E402  (the served atlas: template and ids on its grid)
+from prepare_test_table import paint_lesions  # noqa: E402  (the test table's synthetic lesion model)
+from lib.session.atlas_fit import BrainAtlas  # noqa: E402  (the served atlas: template and ids on its grid)
 
 TARGETS = os.environ.get("TARGETS", "nuclei")
 NUCLEI = {"left thalamusproper": (35,), "left putamen": (37,), "left hippocampus": (40,), "left amygdala": (41,)}
 PARCELS = {"left bankssts": (1,), "left inferiortemporal": (8,), "left parahippocampal": (15,),
            "left posteriorcingulate": (22,), "left superiortemporal": (29,)}
 WHOLE = {"left cerebral cortex": tuple(range(1, 35))}  # the 34 left cortical parcels (ids 1-34)
-CASES = {"": NUCLEI} if TARGETS == "nuclei" else {"": PARCELS, "_cortex": WHOLE}
+LESIONS = {"SYNTHETIC tumour (necrotic core + enhancing rim)": (1,), "SYNTHETIC oedema": (2,),
+           "SYNTHETIC nodule (4 mm)": (3,)}  # paint_lesions' own label values
+CASES = {"nuclei": {"": NUCLEI}, "cortex": {"": PARCELS, "_cortex": WHOLE}, "lesions": {"_lesions": LESIONS}}[TARGETS]
+TUMOUR_AT, NODULE_AT = (124.0, 124.0, 102.0), (63.0, 84.0, 112.0)  # template voxels: MNI (26, -10, 30), (-35, -50, 40)
 DISP = float(os.environ.get("DISP", "2.5"))
 
 
@@ -86,6 +95,11 @@ def main(out: str, n: int = 2, seed: int = 21) -> int:
     names, manifest = {}, []
     for i in range(n):
         img, lab_arr = subject(atlas, rng)
+        if TARGETS == "lesions":
+            painted, lab_arr = paint_lesions(sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing(), 14 + i,
+                                             TUMOUR_AT, NODULE_AT)
+            ref, img, lab_arr = img, sitk.GetImageFromArray(painted.transpose(2, 1, 0)), lab_arr.transpose(2, 1, 0)
+            img.CopyInformation(ref)
         for suffix, targets in CASES.items():
             lab, labels = label_map(img, lab_arr, targets)
             case = f"dev_atlas_subject_{i}{suffix}"

