@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", default=os.path.join(ROOT, "work_data", "dev_brain", "images", "dev_mni6_brain.nii.gz"))
     p.add_argument("--checkpoint", default=os.path.join(ROOT, "apps", "sammed3d", "model", "default", "model.pt"))
-    p.add_argument("--click", default="115,123,53", help="a first include click in a deep nucleus (voxel i,j,k)")
-    p.add_argument("--second", default="112,122,49", help="a second (include) click on the same label")
+    p.add_argument("--click", default="115,123,53", help="a first include click in a deep nucleus or a parcel (i,j,k)")
+    p.add_argument("--later", default="112,122,49", help="the label's later include clicks, 'i,j,k;i,j,k;...'")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     import SimpleITK as sitk
@@ -57,28 +57,27 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     fit = fits.fit(load_volume(args.image), wait=True)
     fit_s = time.perf_counter() - t
-    first, second = [int(v) for v in args.click.split(",")], [int(v) for v in args.second.split(",")]
+    first = [int(v) for v in args.click.split(",")]
+    later = [[int(v) for v in c.split(",")] for c in args.later.split(";") if c.strip()]
     rows = {}
     for atlas in ("auto", "off"):
         engine = engine_for(model, atlas, fits)
         engine.segment("warm", args.image, "warm", [first], [], modality="MR")  # volume, crops, embeddings cached
-        times = {"first": [], "repeat": []}
+        times = [[] for _ in range(1 + len(later))]
         for n in range(args.repeats):
             label = f"label-{n}"
-            t = time.perf_counter()
-            engine.segment("bench", args.image, label, [first], [], modality="MR")
-            times["first"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            res = engine.segment("bench", args.image, label, [first, second], [], modality="MR")
-            times["repeat"].append(time.perf_counter() - t)
-        rows[atlas] = {k: statistics.median(v) for k, v in times.items()}
-        rows[atlas]["voxels"] = int(res.mask.sum())
+            for k in range(1 + len(later)):
+                t = time.perf_counter()
+                res = engine.segment("bench", args.image, label, [first] + later[:k], [], modality="MR")
+                times[k].append(time.perf_counter() - t)
+        rows[atlas] = [statistics.median(v) for v in times] + [int(res.mask.sum())]
     print(f"image {os.path.relpath(args.image, ROOT)}, {sitk.ReadImage(args.image).GetSize()}; atlas fit "
           f"{fit_s:.2f} s (correlation {fit.ncc:.3f}), torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print("| atlas_prior | first click in the nucleus (s) | repeat click (s) | voxels after two clicks |")
-    print("|---|---|---|---|")
+    heads = ["first click (s)"] + [f"click {k + 2} (s)" for k in range(len(later))]
+    print(f"| atlas_prior | {' | '.join(heads)} | voxels after the last click |")
+    print("|---" * (len(heads) + 2) + "|")
     for atlas, r in rows.items():
-        print(f"| {atlas} | {r['first']:.3f} | {r['repeat']:.3f} | {r['voxels']} |")
+        print(f"| {atlas} | {' | '.join(f'{v:.3f}' for v in r[:-1])} | {r[-1]} |")
     return 0
 
 
