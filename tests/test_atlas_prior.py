@@ -259,7 +259,7 @@ def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
 
 
 def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(brain, tmp_path):
-    """A real `monailabel start_server` with the default model (default-v12), driven by the Slicer plugin's client."""
+    """A real `monailabel start_server` with the default model (default-v13), driven by the Slicer plugin's client."""
     import os
     import shutil
     import sys
