@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from lib.session.atlas_fit import AtlasFits, BrainAtlas
-from lib.session.atlas_prior import AtlasParams, AtlasPrior, band_region
+from lib.session.atlas_prior import AtlasParams, AtlasPrior, Nucleus, band_region
 from lib.session.plain_region import PlainRegion, resolve_region
 from lib.session.volume import load_volume
 
@@ -110,7 +110,7 @@ def _ball_scene(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "ball.nii.gz"))
     prior = np.zeros(ball.shape, np.uint8)
     prior[3:, :, :] = ball[:-3]
-    return load_volume(str(tmp_path / "ball.nii.gz")), ball, (prior, (slice(0, 48),) * 3)
+    return load_volume(str(tmp_path / "ball.nii.gz")), ball, Nucleus(prior, (slice(0, 48),) * 3, (35,), 1)
 
 
 def test_a_later_click_moves_the_nucleus_boundary_to_the_image_edge_where_it_was_placed(tmp_path):
@@ -172,6 +172,30 @@ def test_a_cortical_parcel_answers_when_asked_and_later_clicks_in_other_parcels_
     grown = whole.atlas_for(volume, False, state)
     assert sorted(grown.ids) == list(range(1, 35)) and grown.ids[-1] == inferior_temporal
     assert _dice(_full(grown, ids.shape), (ids >= 1) & (ids <= 34)) > 0.8
+
+
+def test_a_large_structures_later_click_is_solved_near_it_and_agrees_with_the_whole_solve(brain, monkeypatch):
+    import lib.session.atlas_prior as ap
+
+    path, ids, fits = brain
+    volume = load_volume(path)
+    monkeypatch.setattr(ap, "LOCAL_ABOVE", 0)  # the 2 mm test brain's cortex is under the served 1e6-voxel bar
+    prior = AtlasPrior(AtlasParams(wait=True, cortex=True, grow_mm=3.0, whole_after=2), fits)
+    fg = [_deepest(ids == 29), _deepest(ids == 8)]  # superior then inferior temporal: the whole left cortex
+    cortex = prior.grow(volume, False, prior.nucleus(volume, False, fg[0]), fg)
+    assert len(cortex.ids) == 34
+    before, _ = prior.answer(volume, False, fg, [], cortex)  # the whole band, kept for the next click
+    third = [fg + [_deepest(ids == 22)], []], [fg, [_deepest(ids == 24)]]  # an include click, or an exclude click
+    for clicks_fg, clicks_bg in third:
+        click = (clicks_fg + clicks_bg)[-1] if clicks_bg else clicks_fg[-1]
+        local, box = prior.answer(volume, False, clicks_fg, clicks_bg, cortex)
+        whole, _ = band_region(volume, False, cortex, clicks_fg, clicks_bg, prior.params)
+        near = np.zeros(ids.shape, bool)
+        reach = int(np.ceil(ap.LOCAL_MM / 2.0))  # 2 mm voxels
+        near[tuple(slice(max(c - reach, 0), c + reach + 1) for c in click)] = True
+        np.testing.assert_array_equal(local[~near], before[~near])  # only the click's box is solved again
+        assert _dice(local[near], whole[near]) > 0.95  # and there it is the whole solve's answer
+        assert not np.array_equal(local, before)
 
 
 def test_a_lesion_by_the_cortex_is_not_answered_by_a_parcel(brain, tmp_path):

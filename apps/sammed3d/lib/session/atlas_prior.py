@@ -50,6 +50,7 @@ from .points import voxel_indices
 from .volume import is_ct
 
 LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
+LOCAL_ABOVE, LOCAL_MM = 1_000_000, 20.0  # a structure's box over this many voxels: a later click solves within 20 mm
 Answer = Tuple[np.ndarray, Tuple[slice, ...]]  # (uint8 mask, box): on the stored grid, or the box's piece (Nucleus)
 
 
@@ -95,6 +96,8 @@ class AtlasPrior:
 
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
         self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
+        self._answers: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last band answers, for a large one's next click
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         p = self.params
@@ -221,7 +224,20 @@ class AtlasPrior:
         alone, else `band_region`."""
         if len(fg) == 1 and not bg:
             return _on_grid(nucleus, volume.shape), nucleus[1]
-        return band_region(volume, ct, nucleus, fg, bg, self.params)
+        key = lambda f, b: (tuple(map(tuple, f)), tuple(map(tuple, b)))  # noqa: E731
+        previous, click = None, None
+        if int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE:  # a large structure: the new click's box
+            for before, new in (((fg[:-1], bg), fg[-1]), ((fg, bg[:-1]), bg[-1] if bg else None)):
+                hit = self._answers.get((nucleus.ids, key(*before)))
+                if new is not None and hit is not None and hit[0] is nucleus.piece and before[0]:
+                    previous, click = hit[1:], new
+                    break
+        mask, box = band_region(volume, ct, nucleus, fg, bg, self.params, previous, click)
+        with self._lock:
+            self._answers[(nucleus.ids, key(fg, bg))] = (nucleus.piece, mask[box].copy(), box)
+            while len(self._answers) > 4:
+                self._answers.popitem(last=False)
+        return mask, box
 
 
 def _on_grid(nucleus: Nucleus, shape) -> np.ndarray:
@@ -234,10 +250,11 @@ _SEEDS: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last bands' seeds: a 
 _SEEDS_LOCK = threading.Lock()
 
 
-def _band_seeds(nucleus: Nucleus, box, spacing, params: AtlasParams):
-    """(prior, core, shell) bool arrays on `box`: the nucleus there, eroded by core_mm, the outside of it dilated by
-    shell_mm. Two distance transforms of the box: 1.1 s of a whole cortex's 1.5 s click (dev_atlas_cortex), the
-    same for every click whose box is the same, so the newest two are kept (copies handed out: callers edit them)."""
+def _band_seeds(nucleus: Nucleus, box, spacing, params: AtlasParams, image, ct: bool, sigma_mm: float):
+    """(prior, core, shell, data) on `box`: the nucleus there, eroded by core_mm, the outside of it dilated by
+    shell_mm (bool), and the box's intensities normalised as the geodesic reads them. Two distance transforms of the
+    box: 1.1 s of a whole cortex's 1.5 s click (dev_atlas_cortex), the same for every click whose box is the same, so
+    the newest two are kept (copies of core and shell handed out: callers edit them)."""
     key = (nucleus.ids, tuple((b.start, b.stop) for b in nucleus.box), tuple((b.start, b.stop) for b in box),
            spacing, params.core_mm, params.shell_mm)
     with _SEEDS_LOCK:
@@ -250,16 +267,20 @@ def _band_seeds(nucleus: Nucleus, box, spacing, params: AtlasParams):
                 nucleus.piece[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(inner, nucleus.box))]
         core = ndimage.distance_transform_edt(prior, sampling=spacing) > params.core_mm
         shell = ndimage.distance_transform_edt(~prior, sampling=spacing) > params.shell_mm
-        hit = (nucleus.piece, prior, core, shell)
+        hit = (nucleus.piece, prior, core, shell, normalise_roi(image[box], ct, spacing, sigma_mm))
         with _SEEDS_LOCK:
             _SEEDS[key] = hit
             while len(_SEEDS) > 2:
                 _SEEDS.popitem(last=False)
-    return hit[1], hit[2].copy(), hit[3].copy()
+    return hit[1], hit[2].copy(), hit[3].copy(), hit[4]
 
 
-def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams) -> Answer:
-    """The geodesic competition in a band around the nucleus (see the module doc) -> (uint8 mask, box)."""
+def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams, previous=None, click=None) -> Answer:
+    """The geodesic competition in a band around the nucleus (see the module doc) -> (uint8 mask, box). With
+    `previous` (the (piece, box) answered to the clicks before `click`), only the box of `click` + LOCAL_MM is solved,
+    its faces held at the previous answer, and pasted into it: a click moves a large structure's edge near it
+    (geodesic seeds lie within a few mm of every band voxel), so the rest need not be solved again (a whole cortex:
+    0.6 s a click; docs/default_model.md, "Twenty-second run")."""
     import SimpleITK as sitk
 
     solver = TUNED["geodesic"]
@@ -270,22 +291,42 @@ def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams)
                          image.shape, spacing, params.margin_mm)
     lo = np.array([b.start for b in box])
     local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in voxel_indices(pts)]  # noqa: E731
-    prior, core, shell = _band_seeds(nucleus, box, spacing, params)
+    prior, core, shell, data = _band_seeds(nucleus, box, spacing, params, image, ct, solver.sigma_mm)
     offsets = _ball_offsets(params.clear_mm, spacing)
     for points, seeds in ((bg, core), (fg, shell)):  # a click's own neighbourhood is the click's to decide
         for p in local(points):
             q = offsets + np.asarray(p)[None]
             q = q[((q >= 0) & (q < np.asarray(prior.shape))).all(1)]
             seeds[q[:, 0], q[:, 1], q[:, 2]] = False
-    labels = seed_labels(prior.shape, local(fg), local(bg), faces, spacing, solver.seed_radius_mm)
-    labels[(labels == 0) & core] = 1
-    labels[(labels == 0) & shell] = 2
-    region = region_score("geodesic", normalise_roi(image[box], ct, spacing, solver.sigma_mm), labels, spacing,
-                          solver) > 0
-    region[labels == 1], region[labels == 2] = True, False
+    part = tuple(slice(0, n) for n in prior.shape)  # the solved part of the box, box-local
+    if previous is not None:
+        part, part_faces = roi_box(local([click]), prior.shape, spacing, LOCAL_MM)
+    shift = np.array([b.start for b in part])
+    inner = [tuple(int(v) for v in np.asarray(p) - shift) for p in local(fg) + local(bg)]
+    keep = [all(0 <= v < b.stop - b.start for v, b in zip(p, part)) for p in inner]
+    labels = seed_labels(tuple(b.stop - b.start for b in part), [p for p, k in zip(inner[:len(fg)], keep) if k],
+                         [p for p, k in zip(inner[len(fg):], keep[len(fg):]) if k],
+                         faces if previous is None else None, spacing, solver.seed_radius_mm)
+    labels[(labels == 0) & core[part]] = 1
+    labels[(labels == 0) & shell[part]] = 2
     mask = np.zeros(image.shape, dtype=np.uint8)
-    mask[box] = region
-    return mask, box
+    if previous is not None:  # the faces inside the box keep the previous answer
+        mask[previous[1]] = previous[0]
+        before = mask[box][part]
+        for a, (low, high) in enumerate(part_faces):
+            for side, inner_face in ((0, low), (-1, high)):
+                if inner_face:
+                    face = tuple(side if d == a else slice(None) for d in range(3))
+                    free = labels[face] == 0
+                    labels[face][free] = np.where(before[face][free] > 0, 1, 2)
+    region = region_score("geodesic", data[part], labels, spacing, solver) > 0
+    region[labels == 1], region[labels == 2] = True, False
+    mask[tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(box, part))] = region
+    return mask, box if previous is None else _union(box, previous[1])
+
+
+def _union(a, b) -> Tuple[slice, ...]:
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def prefit(region, volumes, image_path: str, modality: Optional[str] = None) -> Optional[Future]:
