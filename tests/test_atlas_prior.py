@@ -282,8 +282,8 @@ def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
     assert key in fits._fits and fits._fits[key].result().ncc > 0.9
 
 
-def test_through_the_server_a_thalamus_click_gets_the_thalamus_a_cortex_click_a_parcel_and_info_says_so(brain, tmp_path):
-    """A real `monailabel start_server` with the default model (default-v13), driven by the Slicer plugin's client."""
+def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(brain, tmp_path):
+    """A real `monailabel start_server` with the default model (default-v12), driven by the Slicer plugin's client."""
     import os
     import shutil
     import sys
@@ -314,12 +314,3 @@ def test_through_the_server_a_thalamus_click_gets_the_thalamus_a_cortex_click_a_
                                                               "background": [edge]})
         after = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
         assert not after[tuple(edge)] and after[tuple(click)] and _dice(after, got) > 0.8
-        # default-v13's cortex: a parcel, then a second parcel added, then a third: the hemisphere's whole cortex
-        assert "cortical parcel" in weights["plain_region"] and "whole cortex" in weights["plain_region"]
-        parcels = [_deepest(ids == i) for i in (29, 8, 22)]  # superior temporal, inferior temporal, posterior cingulate
-        shown = []
-        for n in range(1, 4):
-            label_file, res = client.infer("sammed3d", "brain", {"label": "cortex", "foreground": parcels[:n]})
-            shown.append(sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0)
-        assert _dice(shown[0], ids == 29) > 0.8 and _dice(shown[1], np.isin(ids, (29, 8))) > 0.7
-        assert _dice(shown[2], (ids >= 1) & (ids <= 34)) > 0.7 > _dice(shown[1], (ids >= 1) & (ids <= 34))
