@@ -8,7 +8,9 @@ other reading of a click inside them at the atlas's scale (a click in cortex may
 cortex; the brainstem holds several structures). Measured: docs/default_model.md, "Twenty-first run".
 With `cortex` (twenty-second run), a click in cortex is read as the smallest of its readings, the atlas's parcel,
 and later include clicks say which larger one is meant: a click in another parcel adds it, and `whole_after` parcels
-clicked are read as the whole cortex of their hemispheres (docs/default_model.md, "Twenty-second run").
+clicked are read as the whole cortex of their hemispheres (docs/default_model.md, "Twenty-second run"). An option,
+off in default-v12: it lifts the test table's cortex but loses on another atlas's gyri (47 Harvard-Oxford parcels
+0.632 -> 0.405 after five clicks), where the image's own region answers better.
 
 What:
 - The atlas and each volume's affine fit: lib.session.atlas_fit (`BrainAtlas`, `AtlasFits`, one background fit per
@@ -74,7 +76,7 @@ class AtlasParams:
     margin_mm: float = 10.0  # ... in the box of the nucleus and the clicks plus this margin
     wait: bool = False  # a first click waits for the volume's fit (the evaluation, the trainer) or goes on without
     cortex: bool = False  # a first click in a cortical parcel is answered by the parcel too
-    grow_mm: float = 0.0  # > 0: a later include click in another cortical parcel, this far past the shown parcels, adds it
+    grow_mm: float = 0.0  # > 0: a later include click in another parcel, this far past the shown ones, adds it
     snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
     whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
     lesion_wm: float = 0.0  # > 0: no parcel where the template shows this much more white matter within 8 mm (a lesion)
@@ -96,15 +98,15 @@ class AtlasPrior:
 
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
         self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
-        self._answers: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last band answers, for a large one's next click
+        self._answers: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last band answers (a large one's next click)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
         p = self.params
-        cortex = (f" or cortical parcel (or within {p.snap_mm:g} mm of one)" if p.snap_mm > 0 else " or cortical parcel") \
-            if p.cortex else ""
-        grow = (f"; a later click in another parcel over {p.grow_mm:g} mm away adds it"
-                + (f", {p.whole_after} parcels make the whole cortex" if p.whole_after > 0 else "")) if p.grow_mm > 0 else ""
+        snap = f" (or within {p.snap_mm:g} mm of one)" if p.snap_mm > 0 else ""
+        cortex = f" or cortical parcel{snap}" if p.cortex else ""
+        whole = f", {p.whole_after} parcels make the whole cortex" if p.whole_after > 0 else ""
+        grow = f"; a later click in another parcel over {p.grow_mm:g} mm away adds it{whole}" if p.grow_mm > 0 else ""
         return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow} "
                 f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / "
                 f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
@@ -126,7 +128,8 @@ class AtlasPrior:
     def grow(self, volume, ct: bool, nucleus: Nucleus, fg) -> Nucleus:
         """The label's structure after its later include clicks (`grow_mm` > 0; cortical parcels only): a click in
         another cortical parcel, more than `grow_mm` past the shown parcels (nearer, it corrects their edge) and with
-        that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are clicked."""
+        that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are
+        clicked."""
         atlas, fit = self.fits.atlas, self._fit(volume, ct)
         if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
             return nucleus._replace(seen=len(fg))
@@ -141,7 +144,8 @@ class AtlasPrior:
                 ids = nucleus.ids + (ident,)
                 if 0 < self.params.whole_after <= len(ids):  # that many parcels clicked: the reading is the cortex
                     sides = {atlas.cortex[i].split()[0] for i in ids}
-                    ids = tuple(i for i, name in atlas.cortex.items() if name.split()[0] in sides and i not in ids) + ids
+                    rest = tuple(i for i, name in atlas.cortex.items() if name.split()[0] in sides and i not in ids)
+                    ids = rest + ids  # the clicked parcel last: the guard reads it
                 grown = self._warp(volume, fit, ids, point, seen=n)
                 nucleus = grown if grown is not None else nucleus
         return nucleus._replace(seen=len(fg))
@@ -169,7 +173,8 @@ class AtlasPrior:
         offsets = (np.indices(template.shape).reshape(3, -1).T + lo - idx) * np.array(image.GetSpacing())
         ball = ((offsets ** 2).sum(1) <= LESION_BALL_MM ** 2).reshape(template.shape)
         own = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[ball]
-        return float((template[ball] > self.fits.atlas.wm_level).mean() - (own > fit.wm_level).mean()) > self.params.lesion_wm
+        missing = (template[ball] > self.fits.atlas.wm_level).mean() - (own > fit.wm_level).mean()
+        return float(missing) > self.params.lesion_wm
 
     def _id_at(self, fit, volume, point) -> int:
         """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
@@ -226,7 +231,7 @@ class AtlasPrior:
             return _on_grid(nucleus, volume.shape), nucleus[1]
         key = lambda f, b: (tuple(map(tuple, f)), tuple(map(tuple, b)))  # noqa: E731
         previous, click = None, None
-        if int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE:  # a large structure: the new click's box
+        if int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE:  # large: solve the new click's box
             for before, new in (((fg[:-1], bg), fg[-1]), ((fg, bg[:-1]), bg[-1] if bg else None)):
                 hit = self._answers.get((nucleus.ids, key(*before)))
                 if new is not None and hit is not None and hit[0] is nucleus.piece and before[0]:
