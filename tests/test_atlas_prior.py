@@ -174,6 +174,25 @@ def test_a_cortical_parcel_answers_when_asked_and_later_clicks_in_other_parcels_
     assert _dice(_full(grown, ids.shape), (ids >= 1) & (ids <= 34)) > 0.8
 
 
+def test_a_tumour_filling_a_nucleus_is_not_answered_by_the_nucleus(brain, tmp_path):
+    """A dark tumour (0.45 of the white matter) over the thalamus: the intensity guard alone lets the click through
+    (the warped nucleus's spread is then the tumour's); the lesion check (the default) does not."""
+    path, ids, fits = brain
+    image = sitk.ReadImage(path)
+    t1 = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    click = _deepest(ids == L_THALAMUS)
+    ball = np.sqrt(((np.indices(t1.shape) - np.array(click)[:, None, None, None]) ** 2).sum(0)) <= 6  # 12 mm
+    white = np.median(t1[t1 > np.percentile(t1[t1 > 0], 60)])
+    out = sitk.GetImageFromArray(np.where(ball, 0.45 * white, t1).transpose(2, 1, 0).astype(np.int16))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(tmp_path / "tumour.nii.gz"))
+    tumour = load_volume(str(tmp_path / "tumour.nii.gz"))
+    assert AtlasParams().lesion_wm > 0
+    assert AtlasPrior(AtlasParams(wait=True, lesion_wm=0.0), fits).nucleus(tumour, False, click) is not None
+    assert AtlasPrior(AtlasParams(wait=True), fits).nucleus(tumour, False, click) is None
+    assert AtlasPrior(AtlasParams(wait=True), fits).nucleus(load_volume(path), False, click) is not None
+
+
 def test_a_large_structures_later_click_is_solved_near_it_and_agrees_with_the_whole_solve(brain, monkeypatch):
     import lib.session.atlas_prior as ap
 
@@ -213,14 +232,14 @@ def test_a_lesion_by_the_cortex_is_not_answered_by_a_parcel(brain, tmp_path):
     click = np.argwhere(beside)[len(np.argwhere(beside)) // 2].tolist()
     params = dict(wait=True, cortex=True, snap_mm=10.0, guard=1e6)  # the intensity guard aside: the check alone
     volume = load_volume(path)
-    assert AtlasPrior(AtlasParams(**params), fits).nucleus(volume, False, click) is not None  # snapped to a parcel
+    assert AtlasPrior(AtlasParams(**params), fits).nucleus(volume, False, click) is not None  # snapped: no lesion
     ball = np.sqrt(((np.indices(t1.shape) - np.array(click)[:, None, None, None]) ** 2).sum(0)) <= 6  # 12 mm
     painted = np.where(ball, 0.72 * np.median(t1[white]), t1)
     out = sitk.GetImageFromArray(painted.transpose(2, 1, 0).astype(np.int16))
     out.CopyInformation(image)
     sitk.WriteImage(out, str(tmp_path / "oedema.nii.gz"))
     oedema = load_volume(str(tmp_path / "oedema.nii.gz"))
-    assert AtlasPrior(AtlasParams(**params), fits).nucleus(oedema, False, click) is not None  # no check
+    assert AtlasPrior(AtlasParams(**params, lesion_wm=0.0), fits).nucleus(oedema, False, click) is not None  # no check
     assert AtlasPrior(AtlasParams(**params, lesion_wm=0.3), fits).nucleus(oedema, False, click) is None
     assert AtlasPrior(AtlasParams(**params, lesion_wm=0.3), fits).nucleus(volume, False, click) is not None
 

@@ -12,11 +12,14 @@ the two readings of a click in cortex. TARGETS=lesions writes the same subjects 
 lesion model (scripts/prepare_test_table.py `paint_lesions`: a tumour with its oedema in the right white matter, a
 4 mm nodule at the left parietal grey-white junction, on this set's own template positions) as the only targets: the
 development side's check that the atlas does not answer a lesion (the test table's oedema lost to the cortical
-parcels' first prototype, twenty-second run).
+parcels' first prototype, twenty-second run). TARGETS=nuclei_lesions: the same lesion model with the tumour centred
+on the left thalamus, putamen or hippocampus (the template's centre of each; one case each per subject): a tumour
+in a deep nucleus, which default-v12 answered with the nucleus.
 
     .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas [n_subjects 2] [seed 21]
     TARGETS=cortex .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_cortex
     TARGETS=lesions .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_lesions
+    TARGETS=nuclei_lesions .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_nuclei_lesions
 """
 import os, sys
 
@@ -38,7 +41,8 @@ PARCELS = {"left bankssts": (1,), "left inferiortemporal": (8,), "left parahippo
 WHOLE = {"left cerebral cortex": tuple(range(1, 35))}  # the 34 left cortical parcels (ids 1-34)
 LESIONS = {"SYNTHETIC tumour (necrotic core + enhancing rim)": (1,), "SYNTHETIC oedema": (2,),
            "SYNTHETIC nodule (4 mm)": (3,)}  # paint_lesions' own label values
-CASES = {"nuclei": {"": NUCLEI}, "cortex": {"": PARCELS, "_cortex": WHOLE}, "lesions": {"_lesions": LESIONS}}[TARGETS]
+CASES = {"nuclei": {"": NUCLEI}, "cortex": {"": PARCELS, "_cortex": WHOLE}, "lesions": {"_lesions": LESIONS},
+         "nuclei_lesions": {f"_in_{n.split()[1]}": LESIONS for n in NUCLEI if "amygdala" not in n}}[TARGETS]
 TUMOUR_AT, NODULE_AT = (124.0, 124.0, 102.0), (63.0, 84.0, 112.0)  # template voxels: MNI (26, -10, 30), (-35, -50, 40)
 DISP = float(os.environ.get("DISP", "2.5"))
 
@@ -94,13 +98,16 @@ def main(out: str, n: int = 2, seed: int = 21) -> int:
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     names, manifest = {}, []
     for i in range(n):
-        img, lab_arr = subject(atlas, rng)
-        if TARGETS == "lesions":
-            painted, lab_arr = paint_lesions(sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing(), 14 + i,
-                                             TUMOUR_AT, NODULE_AT)
-            ref, img, lab_arr = img, sitk.GetImageFromArray(painted.transpose(2, 1, 0)), lab_arr.transpose(2, 1, 0)
-            img.CopyInformation(ref)
+        subject_img, subject_ids = subject(atlas, rng)
         for suffix, targets in CASES.items():
+            img, lab_arr = subject_img, subject_ids
+            if TARGETS in ("lesions", "nuclei_lesions"):  # the tumour in the white matter, or centred on a nucleus
+                at = TUMOUR_AT if TARGETS == "lesions" else tuple(float(c) for c in ndimage.center_of_mass(
+                    (atlas.id_array == NUCLEI["left " + suffix[4:]][0]).transpose(2, 1, 0)))
+                painted, lab_arr = paint_lesions(sitk.GetArrayFromImage(img).transpose(2, 1, 0), img.GetSpacing(),
+                                                 14 + i, at, NODULE_AT)
+                img, lab_arr = sitk.GetImageFromArray(painted.transpose(2, 1, 0)), lab_arr.transpose(2, 1, 0)
+                img.CopyInformation(subject_img)
             lab, labels = label_map(img, lab_arr, targets)
             case = f"dev_atlas_subject_{i}{suffix}"
             sitk.WriteImage(img, os.path.join(out, "images", f"{case}.nii.gz"), useCompression=True)

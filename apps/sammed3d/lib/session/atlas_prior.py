@@ -19,10 +19,12 @@ What:
 - A label's first include click on an MR volume whose fit is ready: the atlas id under the click (the click mapped
   into the template); if it is a deep nucleus and the click's 5^3 median lies within `guard` robust spreads (1.4826
   MAD) of the warped nucleus's own intensities in the volume (a lesion inside a nucleus keeps the served answer),
-  the warped nucleus (its indicator resampled linearly, >= 0.5, within `reach_mm` of the click) answers.
+  and the template does not show `lesion_wm` more white matter within 8 mm than the volume (a tumour filling the
+  nucleus passes the intensity guard, whose spread is then the tumour's; twenty-second run), the warped nucleus (its
+  indicator resampled linearly, >= 0.5, within `reach_mm` of the click) answers.
 - With `cortex`: a cortical parcel answers too (a click on no structure takes the parcel within `snap_mm`: an
-  affine fit misses a 2-3 mm ribbon by about that much), unless the template shows `lesion_wm` more white matter
-  within 8 mm of the click than the volume does (oedema, a tumour: tissue that is not the template's); a later
+  affine fit misses a 2-3 mm ribbon by about that much), with the same lesion check (oedema is as dark as cortex on
+  a T1, so the intensity guard alone lets it through); a later
   include click in another parcel, more than `grow_mm` past the shown ones, adds it (`grow`); `whole_after` parcels
   make the hemispheres' whole cortex.
 - Later clicks on that label: `band_region`, the geodesic competition of lib.session.classical_region (its tuned
@@ -79,7 +81,7 @@ class AtlasParams:
     grow_mm: float = 0.0  # > 0: a later include click in another parcel, this far past the shown ones, adds it
     snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
     whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
-    lesion_wm: float = 0.0  # > 0: no parcel where the template shows this much more white matter within 8 mm (a lesion)
+    lesion_wm: float = 0.3  # > 0: no answer where the template shows this much more white matter within 8 mm (a lesion)
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -107,8 +109,10 @@ class AtlasPrior:
         cortex = f" or cortical parcel{snap}" if p.cortex else ""
         whole = f", {p.whole_after} parcels make the whole cortex" if p.whole_after > 0 else ""
         grow = f"; a later click in another parcel over {p.grow_mm:g} mm away adds it{whole}" if p.grow_mm > 0 else ""
+        lesion = f", no answer where the template has {p.lesion_wm:g} more white matter within 8 mm" \
+            if p.lesion_wm > 0 else ""
         return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow} "
-                f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads, band {p.core_mm:g} / "
+                f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads{lesion}, band {p.core_mm:g} / "
                 f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
                                           "without waiting for the fit)"))
 
@@ -120,8 +124,7 @@ class AtlasPrior:
             return None
         ident = self._id_at(fit, volume, point)
         atlas = self.fits.atlas
-        if not (ident in atlas.deep or (self.params.cortex and ident in atlas.cortex and
-                                        not self._lesion(volume, fit, point))):
+        if not (ident in atlas.deep or (self.params.cortex and ident in atlas.cortex)) or self._lesion(volume, fit, point):
             return None
         return self._warp(volume, fit, (ident,), point, seen=1)
 
