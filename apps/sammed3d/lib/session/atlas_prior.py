@@ -234,13 +234,16 @@ class AtlasPrior:
             return _on_grid(nucleus, volume.shape), nucleus[1]
         key = lambda f, b: (tuple(map(tuple, f)), tuple(map(tuple, b)))  # noqa: E731
         previous, click = None, None
-        if int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE:  # large: solve the new click's box
+        large = int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE  # solve the new click's box only
+        if large:
             for before, new in (((fg[:-1], bg), fg[-1]), ((fg, bg[:-1]), bg[-1] if bg else None)):
                 hit = self._answers.get((nucleus.ids, key(*before)))
                 if new is not None and hit is not None and hit[0] is nucleus.piece and before[0]:
                     previous, click = hit[1:], new
                     break
         mask, box = band_region(volume, ct, nucleus, fg, bg, self.params, previous, click)
+        if not large:  # only a large structure's next click reads it
+            return mask, box
         with self._lock:
             self._answers[(nucleus.ids, key(fg, bg))] = (nucleus.piece, mask[box].copy(), box)
             while len(self._answers) > 4:

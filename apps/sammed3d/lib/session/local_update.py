@@ -29,6 +29,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .points import voxel_indices
+
 MODES = ("monotone", "piece")
 # --conf local_update / --local-update: "auto" serves what the model's config asks for (local_update)
 LOCAL_SWITCH = ("auto", "off") + MODES
@@ -50,7 +52,7 @@ class LocalUpdate:
         """shown, proposed: (Z, Y, X) bool; clicks: (voxel index, 1 include / 0 exclude) -> the mask to show."""
         out = shown.copy()
         for point, lab in clicks:
-            idx = tuple(int(np.floor(float(c) + 0.5)) for c in point)
+            idx = tuple(voxel_indices([point])[0])
             want = lab == 1
             if any(not 0 <= i < n for i, n in zip(idx, shown.shape)):  # beyond both masks: empty in each
                 if want:

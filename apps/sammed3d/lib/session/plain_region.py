@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from ..util import process_threads
-from .atlas_prior import AtlasParams, AtlasPrior
+from .atlas_prior import AtlasParams, AtlasPrior, Nucleus
 from .classical_region import TUNED, roi_box, segment_box
 from .margin_choice import FEATURES, MarginScorer, candidate_features, own_features, with_flood_columns
 from .points import voxel_indices
@@ -101,7 +101,7 @@ class PlainRegion:
         solve = self.answer if nucleus is None else lambda *a: self.atlas.answer(*a, nucleus)
         return process_threads("plain-region", 1).submit(solve, volume, ct, [list(p) for p in fg], [list(p) for p in bg])
 
-    def atlas_for(self, volume, ct: bool, state) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
+    def atlas_for(self, volume, ct: bool, state) -> Optional[Nucleus]:
         """The warped atlas structure that answers the label (lib.session.atlas_prior), decided once per first include
         click (a label whose first click came before its volume's atlas fit keeps the served answers) and grown by
         its later include clicks, or None."""

@@ -70,7 +70,8 @@ class LabelState:
     shown_for: Dict[tuple, "ShownMask"] = field(default_factory=dict)
     # whether the model's last decodes were all its plain box competition (lib.session.plain_region)
     plain: bool = False
-    # the warped atlas nucleus that answers this label (lib.session.atlas_prior), decided at its first include click
+    # the warped atlas structure that answers this label (lib.session.atlas_prior.Nucleus), decided at its first
+    # include click and grown by later ones
     atlas: Optional[tuple] = None
     atlas_click: Optional[Point] = None
 

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .errors import SessionError
 from .io import StoredGrid, read_image, sitk_affine_ras
+from .points import voxel_indices
 
 
 @dataclass
@@ -51,7 +52,7 @@ class LoadedVolume:
         """Median intensity of the (2 radius + 1)^3 voxels around stored index `point` (clipped to the
         volume): what tissue a click lies in, robust to a vessel or noise at its own voxel."""
         view = sitk.GetArrayViewFromImage(self.image)  # (nk, nj, ni), no copy
-        c = [int(np.floor(float(x) + 0.5)) for x in point]
+        c = voxel_indices([point])[0]
         lo = [max(x - radius, 0) for x in c]
         return float(np.median(view[lo[2]:c[2] + radius + 1, lo[1]:c[1] + radius + 1, lo[0]:c[0] + radius + 1]))
 
