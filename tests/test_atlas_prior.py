@@ -15,10 +15,8 @@ from lib.session.volume import load_volume
 L_THALAMUS, L_PUTAMEN = 35, 37
 
 
-@pytest.fixture(scope="module")
-def brain(tmp_path_factory):
-    """(path of a moved 2 mm copy of the template, its atlas ids (i, j, k), a shared AtlasFits)."""
-    atlas = BrainAtlas()
+def _moved(atlas: BrainAtlas, image, interpolator=sitk.sitkNearestNeighbor):
+    """An image on the template grid, moved by a known shift and rotation onto a 2 mm grid (the test brain's)."""
     t = atlas.template
     ref = sitk.Image([int(n) // 2 for n in t.GetSize()], sitk.sitkFloat32)
     ref.SetSpacing([2.0, 2.0, 2.0])
@@ -26,8 +24,15 @@ def brain(tmp_path_factory):
     ref.SetDirection(t.GetDirection())
     centre = t.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t.GetSize()])
     move = sitk.Euler3DTransform(centre, 0.0, 0.0, np.deg2rad(5.0), (6.0, -4.0, 3.0))  # subject -> template
-    image = sitk.Cast(sitk.Resample(t, ref, move, sitk.sitkLinear, 0.0), sitk.sitkInt16)
-    ids = sitk.GetArrayFromImage(sitk.Resample(atlas.ids, ref, move, sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0)
+    return sitk.Resample(image, ref, move, interpolator, 0.0)
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory):
+    """(path of a moved 2 mm copy of the template, its atlas ids (i, j, k), a shared AtlasFits)."""
+    atlas = BrainAtlas()
+    image = sitk.Cast(_moved(atlas, atlas.template, sitk.sitkLinear), sitk.sitkInt16)
+    ids = sitk.GetArrayFromImage(_moved(atlas, atlas.ids)).transpose(2, 1, 0)
     path = str(tmp_path_factory.mktemp("atlas") / "brain.nii.gz")
     sitk.WriteImage(image, path)
     return path, ids, AtlasFits()
@@ -333,3 +338,44 @@ def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(
                                                               "background": [edge]})
         after = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
         assert not after[tuple(edge)] and after[tuple(click)] and _dice(after, got) > 0.8
+
+
+def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemisphere_adds_that(brain, tmp_path):
+    """The white matter reading (off by default): the moved template's own cerebral white matter per side
+    (BrainAtlas.white, cerebellum and brainstem apart) is the ground truth; lesions by the click are not answered."""
+    from lib.session.state import LabelState
+    from lib.session.white_matter import WM_IDS
+
+    path, ids, fits = brain
+    atlas, volume = BrainAtlas(), load_volume(path)
+    white_image = sitk.GetImageFromArray(atlas.white)
+    white_image.CopyInformation(atlas.ids)
+    white = sitk.GetArrayFromImage(_moved(atlas, white_image)).transpose(2, 1, 0)
+    left, right = _deepest(white == 1), _deepest(white == 2)
+    assert AtlasPrior(AtlasParams(wait=True), fits).nucleus(volume, False, left) is None  # off by default
+    prior = AtlasPrior(AtlasParams(wait=True, white_matter=True), fits)
+    assert prior.nucleus(volume, True, left) is None  # CT
+    first = prior.nucleus(volume, False, left)
+    assert first.ids == (WM_IDS[1],) and first.seen == 1
+    shown = _full(first, ids.shape).astype(bool)
+    assert _dice(shown, white == 1) > 0.8 and (shown & (white == 2)).sum() < 0.01 * shown.sum()  # one side
+    nuclei = np.isin(ids, [L_THALAMUS, L_PUTAMEN])
+    assert (shown & nuclei).sum() < 0.1 * nuclei.sum()  # deep nuclei are not white matter (an affine fit's edge)
+    # a later include click inside changes nothing here (the band moves its edge); one in the other side adds it
+    region, state = PlainRegion(atlas=prior), LabelState((), "v", path)
+    inside = np.argwhere(shown & (white == 1))[len(np.argwhere(shown)) // 3].tolist()
+    state.fg = [left, inside]
+    np.testing.assert_array_equal(region.atlas_for(volume, False, state).piece, first.piece)
+    state.fg = [left, inside, right]
+    both = region.atlas_for(volume, False, state)
+    assert both.ids == (WM_IDS[1], WM_IDS[2]) and both.seen == 3
+    assert _dice(_full(both, ids.shape), white > 0) > 0.8
+    # a bright nodule (1.35 of the white matter) or dark oedema (0.72) under the click: no white matter answer
+    t1 = sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose(2, 1, 0).astype(np.float32)
+    ball = np.sqrt(((np.indices(t1.shape) - np.array(left)[:, None, None, None]) ** 2).sum(0)) <= 2  # 4 mm
+    level = np.median(t1[white == 1])
+    for name, factor in (("nodule", 1.35), ("oedema", 0.72)):
+        out = sitk.GetImageFromArray(np.where(ball, factor * level, t1).transpose(2, 1, 0).astype(np.int16))
+        out.CopyInformation(volume.image)
+        sitk.WriteImage(out, str(tmp_path / f"{name}.nii.gz"))
+        assert prior.nucleus(load_volume(str(tmp_path / f"{name}.nii.gz")), False, left) is None, name

@@ -1,5 +1,5 @@
 """Prototype of the atlas prior's cortical parcels (issue 14, twenty-second run; docs/default_model.md): the served
-lib.session.atlas_prior with its `cortex`, `grow_mm`, `snap_mm`, `whole_after` and `lesion_wm` parameters set from the environment, whatever the
+lib.session.atlas_prior with its `cortex`, `grow_mm`, `snap_mm`, `whole_after`, `lesion_wm`, `white_matter`, `wm_reach_mm` and `wm_depth_mm` parameters set from the environment, whatever the
 checkpoint's config says, in this process only; the rest is `python -m lib.evaluation` with its own arguments (from
 apps/sammed3d, on a checkpoint whose config has `atlas_prior`, default-v12):
 
@@ -21,7 +21,10 @@ def from_config(cls, config):
                                grow_mm=float(os.environ.get("GROW_MM", "0")),
                                snap_mm=float(os.environ.get("SNAP_MM", "0")),
                                whole_after=int(os.environ.get("WHOLE_AFTER", "0")),
-                               lesion_wm=float(os.environ.get("LESION_WM", "0")))
+                               lesion_wm=float(os.environ.get("LESION_WM", "0")),
+                               white_matter=os.environ.get("WHITE_MATTER", "0") == "1",
+                               wm_reach_mm=float(os.environ.get("WM_REACH_MM", "4")),
+                               wm_depth_mm=float(os.environ.get("WM_DEPTH_MM", "5")))
 
 
 if __name__ == "__main__":

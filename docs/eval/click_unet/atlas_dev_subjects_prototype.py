@@ -14,12 +14,17 @@ lesion model (scripts/prepare_test_table.py `paint_lesions`: a tumour with its o
 development side's check that the atlas does not answer a lesion (the test table's oedema lost to the cortical
 parcels' first prototype, twenty-second run). TARGETS=nuclei_lesions: the same lesion model with the tumour centred
 on the left thalamus, putamen or hippocampus (the template's centre of each; one case each per subject): a tumour
-in a deep nucleus, which default-v12 answered with the nucleus.
+in a deep nucleus, which default-v12 answered with the nucleus. TARGETS=white (twenty-third run): the same subjects'
+white matter as nilearn's MNI152 2009a white matter map defines it (probability over one half, carried through the
+same deformation): the whole white matter (`<case>_white`: both hemispheres, the cerebellum's and the brainstem's
+included) and its left half (`<case>_white_left`, the side of the template's midline); a definition the atlas prior's
+white matter reading (lib.session.white_matter) does not share.
 
     .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas [n_subjects 2] [seed 21]
     TARGETS=cortex .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_cortex
     TARGETS=lesions .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_atlas_lesions
     TARGETS=nuclei_lesions .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_nuclei_lesions
+    TARGETS=white .venv/bin/python docs/eval/click_unet/atlas_dev_subjects_prototype.py work_data/dev_white
 """
 import os, sys
 
@@ -41,7 +46,9 @@ PARCELS = {"left bankssts": (1,), "left inferiortemporal": (8,), "left parahippo
 WHOLE = {"left cerebral cortex": tuple(range(1, 35))}  # the 34 left cortical parcels (ids 1-34)
 LESIONS = {"SYNTHETIC tumour (necrotic core + enhancing rim)": (1,), "SYNTHETIC oedema": (2,),
            "SYNTHETIC nodule (4 mm)": (3,)}  # paint_lesions' own label values
-CASES = {"nuclei": {"": NUCLEI}, "cortex": {"": PARCELS, "_cortex": WHOLE}, "lesions": {"_lesions": LESIONS},
+WHITE, WHITE_LEFT = 1001, 1002  # label values past the atlas's ids: the white matter map, its left half
+CASES = {"white": {"_white": {"white matter": (WHITE, WHITE_LEFT)}, "_white_left": {"left white matter": (WHITE_LEFT,)}},
+         "nuclei": {"": NUCLEI}, "cortex": {"": PARCELS, "_cortex": WHOLE}, "lesions": {"_lesions": LESIONS},
          "nuclei_lesions": {f"_in_{n.split()[1]}": LESIONS for n in NUCLEI if "amygdala" not in n}}[TARGETS]
 TUMOUR_AT, NODULE_AT = (124.0, 124.0, 102.0), (63.0, 84.0, 112.0)  # template voxels: MNI (26, -10, 30), (-35, -50, 40)
 DISP = float(os.environ.get("DISP", "2.5"))
@@ -71,7 +78,7 @@ def subject(atlas: BrainAtlas, rng: np.random.Generator):
     affine.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
     tx = sitk.CompositeTransform([affine, deform])  # subject point -> affine -> deformation -> template point
     t1 = sitk.Resample(atlas.template, ref, tx, sitk.sitkLinear, 0.0)
-    ids = sitk.Resample(atlas.ids, ref, tx, sitk.sitkNearestNeighbor, 0)
+    ids = sitk.Resample(white_ids(atlas) if TARGETS == "white" else atlas.ids, ref, tx, sitk.sitkNearestNeighbor, 0)
     data = sitk.GetArrayFromImage(t1).astype(np.float64)
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in data.shape], indexing="ij")
     c = rng.uniform(-0.25, 0.25, 4)
@@ -81,6 +88,26 @@ def subject(atlas: BrainAtlas, rng: np.random.Generator):
     img = sitk.GetImageFromArray(np.clip(data, 0, None).astype(np.int16))
     img.CopyInformation(ref)
     return img, sitk.GetArrayFromImage(ids)
+
+
+def white_ids(atlas: BrainAtlas):
+    """The atlas's grid labelled WHITE / WHITE_LEFT where nilearn's white matter map (0-255) is over one half."""
+    import zipfile
+
+    whl = os.path.join(ROOT, "work_data", "downloads", "nilearn-0.14.1-py3-none-any.whl")
+    path = "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
+    tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "dev_white_wm.nii.gz")
+    with zipfile.ZipFile(whl) as z, open(tmp, "wb") as f:
+        f.write(z.read(path))
+    wm = sitk.Resample(sitk.ReadImage(tmp, sitk.sitkFloat32), atlas.ids, sitk.Transform(), sitk.sitkLinear, 0.0)
+    white = sitk.GetArrayFromImage(wm) > 127.5
+    x = np.arange(white.shape[2])
+    left = [np.argwhere(np.isin(atlas.id_array, [i for i, n in atlas.cortex.items() if n.startswith(s)]))[:, 2].mean()
+            for s in "LR"]
+    on_left = ((x < sum(left) / 2) == (left[0] < sum(left) / 2))[None, None, :]
+    out = sitk.GetImageFromArray(np.where(white, np.where(on_left, WHITE_LEFT, WHITE), 0).astype(np.int16))
+    out.CopyInformation(atlas.ids)
+    return out
 
 
 def label_map(ref, lab_arr, targets):

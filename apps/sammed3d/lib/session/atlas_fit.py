@@ -10,7 +10,8 @@ What:
 - `AtlasFits`: each volume's fit computed once on a background thread at nice 10, the newest `keep` kept;
   SHARED_FITS is the process's (the server's engines share each volume's fit).
 
-    register(BrainAtlas(), sitk_image) -> AtlasFit(transform: volume point -> template point, ncc, seconds, wm_level)
+    register(BrainAtlas(), sitk_image) -> AtlasFit(transform: volume point -> template point, ncc, seconds, wm_level,
+                                                   wm_threshold)
 """
 from __future__ import annotations
 
@@ -54,14 +55,45 @@ class BrainAtlas:
             rows = list(csv.DictReader(f))
         self.deep = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["label"] in DEEP}
         self.cortex = {int(r["id"]): f"{r['hemisphere']} {r['label']}" for r in rows if r["structure"] == "cortex"}
+        self.brainstem = tuple(int(r["id"]) for r in rows if r["label"] == "brainstem")
         self.id_array = sitk.GetArrayFromImage(self.ids)  # (z, y, x)
         self.boxes = ndimage.find_objects(self.id_array.astype(np.int32))  # id - 1 -> its box (z, y, x)
         brain = sitk.GetArrayFromImage(self.template)
         self.wm_level = float(np.percentile(brain[brain > 0], WM_PERCENTILE))  # the template's white matter is above
+        # grey/white boundary: halfway between the medians of the cortex and of the white matter (the white matter
+        # reading); as a quantile of the brain's intensities, so that a fit finds the same boundary on a volume
+        grey = float(np.median(brain[np.isin(self.id_array, list(self.cortex))]))
+        self.wm_threshold = (grey + float(np.median(brain[brain > self.wm_level]))) / 2
+        self.wm_quantile = float((brain[brain > 0] < self.wm_threshold).mean())
+        self._white, self._white_lock = None, threading.Lock()
         # the answers' own copy: a filter run on the template changes ITK state that the next registration with it
         # as its moving image reads (a lesion check's resampling moved a later fit: dev_atlas_cortex subject 1)
         self.lookup = sitk.GetImageFromArray(brain)
         self.lookup.CopyInformation(self.template)
+
+    @property
+    def white(self) -> np.ndarray:
+        """(z, y, x) uint8 on the template grid: each hemisphere's cerebral white matter (lib.session.white_matter),
+        made on first use (1-2 s; a fit makes it behind the clicks)."""
+        return self._white_and_depth()[0]
+
+    @property
+    def white_depth(self) -> np.ndarray:
+        """(z, y, x) uint8: whole mm from the white matter to the nearest cortical parcel (0 off it)."""
+        return self._white_and_depth()[1]
+
+    def _white_and_depth(self):
+        with self._white_lock:
+            if self._white is None:
+                from .white_matter import template_white
+
+                self._white = template_white(self)
+            return self._white
+
+    def index_of(self, point_in_template):
+        """The template voxel (x, y, z) at a physical point, or None outside the grid."""
+        at = self.ids.TransformPhysicalPointToIndex(point_in_template)
+        return at if all(0 <= a < n for a, n in zip(at, self.ids.GetSize())) else None
 
     def id_at(self, point_in_template) -> int:
         """The atlas id at a physical point of the template (0 outside it)."""
@@ -95,12 +127,25 @@ class BrainAtlas:
         return sitk.RegionOfInterest(self.ids, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
+def footprint(transform, image, crop) -> Tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) voxel indices (i, j, k) of `image` holding a template crop (a SimpleITK image on the template grid)
+    carried through `transform` (volume point -> template point), clipped to the image."""
+    back = transform.GetInverse()
+    corners = np.array([image.TransformPhysicalPointToContinuousIndex(back.TransformPoint(
+        crop.TransformIndexToPhysicalPoint([(0, n - 1)[(k >> d) & 1] for d, n in enumerate(crop.GetSize())])))
+        for k in range(8)])
+    lo = np.clip(np.floor(corners.min(0)).astype(int), 0, image.GetSize())
+    hi = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, image.GetSize())
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class AtlasFit:
     transform: object  # SimpleITK transform: a point of the volume -> the template (None: the fit failed)
     ncc: float
     seconds: float
     wm_level: float = 0.0  # the volume's white matter is above this (WM_PERCENTILE over the warped template's brain)
+    wm_threshold: float = 0.0  # the volume's grey/white boundary (BrainAtlas.wm_quantile of the warped brain)
 
 
 def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
@@ -120,18 +165,19 @@ def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
     return reg
 
 
-def _correlation(atlas: BrainAtlas, fixed, transform) -> Tuple[float, float]:
-    """The warped template's correlation with the volume where the warped template is brain, and the volume's white
-    matter level there (WM_PERCENTILE)."""
+def _correlation(atlas: BrainAtlas, fixed, transform) -> Tuple[float, float, float]:
+    """The warped template's correlation with the volume where the warped template is brain, the volume's white
+    matter level there (WM_PERCENTILE) and its grey/white boundary (the template's, as a quantile)."""
     import SimpleITK as sitk
 
     warped = sitk.GetArrayFromImage(sitk.Resample(atlas.lookup, fixed, transform, sitk.sitkLinear, 0.0))
     inside = warped > 0
     if inside.sum() <= 100:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     values = sitk.GetArrayViewFromImage(fixed)[inside]
     ncc = float(np.corrcoef(warped[inside], values)[0, 1])
-    return (ncc if np.isfinite(ncc) else 0.0), float(np.percentile(values, WM_PERCENTILE))
+    levels = np.percentile(values, [WM_PERCENTILE, 100 * atlas.wm_quantile])
+    return (ncc if np.isfinite(ncc) else 0.0), float(levels[0]), float(levels[1])
 
 
 def _affine(transform):
@@ -165,13 +211,13 @@ def register(atlas: BrainAtlas, image) -> AtlasFit:
     reg = _method([4, 2], 200)
     reg.SetInitialTransform(init, inPlace=False)
     best = _affine(reg.Execute(fixed, atlas.template))
-    ncc, level = _correlation(atlas, fixed, best)
+    ncc, *levels = _correlation(atlas, fixed, best)
     if ncc < DIRECT_OK and atlas.head is not None:
         head = _head_fit(atlas.head, fixed)
-        head_ncc, head_level = _correlation(atlas, fixed, head)
+        head_ncc, *head_levels = _correlation(atlas, fixed, head)
         if head_ncc > ncc:
-            best, ncc, level = head, head_ncc, head_level
-    return AtlasFit(best, ncc, time.perf_counter() - t, level)
+            best, ncc, levels = head, head_ncc, head_levels
+    return AtlasFit(best, ncc, time.perf_counter() - t, *levels)
 
 
 def _head_fit(head, fixed):
@@ -231,6 +277,7 @@ class AtlasFits:
         t = time.perf_counter()
         try:
             fit = register(self.atlas, image)
+            self.atlas.white  # the white matter reading's template part, made here behind the clicks, once
         except Exception as e:  # a volume the registration cannot take (a few voxels thick): no atlas for it, once
             logger.warning("atlas fit failed (%s): the volume is answered without the atlas", str(e).strip()[-200:])
             return AtlasFit(None, 0.0, time.perf_counter() - t)

@@ -48,10 +48,11 @@ import numpy as np
 from scipy import ndimage
 
 from ..util import process_threads
-from .atlas_fit import SHARED_FITS, AtlasFits
+from .atlas_fit import SHARED_FITS, AtlasFits, footprint
 from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
 from .points import voxel_indices
 from .volume import is_ct
+from .white_matter import WM_IDS, white_region
 
 LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
 LOCAL_ABOVE, LOCAL_MM = 1_000_000, 20.0  # a structure's box over this many voxels: a later click solves within 20 mm
@@ -82,6 +83,9 @@ class AtlasParams:
     snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
     whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
     lesion_wm: float = 0.3  # > 0: no answer where the template shows this much more white matter within 8 mm (a lesion)
+    white_matter: bool = False  # a click in cerebral white matter: its hemisphere's (lib.session.white_matter)
+    wm_reach_mm: float = 4.0  # ... the volume's white matter within this distance of the warped template's
+    wm_depth_mm: float = 5.0  # ... for a click this far under the template's cortex (a gyrus's white matter: the gyrus)
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -124,6 +128,8 @@ class AtlasPrior:
             return None
         ident = self._id_at(fit, volume, point)
         atlas = self.fits.atlas
+        if ident == 0 and self.params.white_matter:
+            return self._white(volume, fit, [point], seen=1)
         if not (ident in atlas.deep or (self.params.cortex and ident in atlas.cortex)) or self._lesion(volume, fit, point):
             return None
         return self._warp(volume, fit, (ident,), point, seen=1)
@@ -134,6 +140,15 @@ class AtlasPrior:
         that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are
         clicked."""
         atlas, fit = self.fits.atlas, self._fit(volume, ct)
+        if fit is not None and set(nucleus.ids) <= set(WM_IDS.values()):  # white matter: a click in the other side's
+            for n in range(nucleus.seen + 1, len(fg) + 1):
+                point = voxel_indices([fg[n - 1]])[0]
+                inside = all(b.start <= v < b.stop for v, b in zip(point, nucleus.box)) and \
+                    nucleus.piece[tuple(v - b.start for v, b in zip(point, nucleus.box))]
+                grown = None if inside else self._white(volume, fit, fg[:n], seen=n)  # ... or an unconnected piece
+                if grown is not None and grown.piece.sum() > nucleus.piece.sum():  # of it adds it
+                    nucleus = grown
+            return nucleus._replace(seen=len(fg))
         if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
             return nucleus._replace(seen=len(fg))
         spacing = np.array(volume.image.GetSpacing())
@@ -179,6 +194,22 @@ class AtlasPrior:
         missing = (template[ball] > self.fits.atlas.wm_level).mean() - (own > fit.wm_level).mean()
         return float(missing) > self.params.lesion_wm
 
+    def _white(self, volume, fit, points, seen: int) -> Optional[Nucleus]:
+        """The white matter of the include clicks `points` that lie in the atlas's cerebral white matter with the
+        volume's white matter intensity (lib.session.white_matter), or None (none does, or the lesion check)."""
+        atlas, image, seeds = self.fits.atlas, volume.image, []
+        for point in points:
+            at = atlas.index_of(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(
+                voxel_indices([point])[0])))
+            deep = at is not None and atlas.white_depth[at[::-1]] >= self.params.wm_depth_mm
+            side = int(atlas.white[at[::-1]]) if deep else 0
+            if side and volume.median_around(point) > fit.wm_threshold and not self._lesion(volume, fit, point):
+                seeds.append((voxel_indices([point])[0], side, volume.median_around(point, 1)))  # 3^3: a 3 mm nodule
+        found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm, self.params.guard) if seeds else None
+        if found is None:
+            return None
+        return Nucleus(found[0], found[1], tuple(sorted({WM_IDS[side] for _, side, _ in seeds})), seen)
+
     def _id_at(self, fit, volume, point) -> int:
         """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
         atlas, image = self.fits.atlas, volume.image
@@ -195,12 +226,7 @@ class AtlasPrior:
 
         atlas, image = self.fits.atlas, volume.image
         crop = atlas.crop(ids)
-        back = fit.transform.GetInverse()
-        corners = np.array([image.TransformPhysicalPointToContinuousIndex(back.TransformPoint(
-            crop.TransformIndexToPhysicalPoint([(0, n - 1)[(k >> d) & 1] for d, n in enumerate(crop.GetSize())])))
-            for k in range(8)])
-        lo = np.clip(np.floor(corners.min(0)).astype(int), 0, image.GetSize())
-        hi = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, image.GetSize())
+        lo, hi = footprint(fit.transform, image, crop)
         if all(i in atlas.deep for i in ids):  # a nucleus: within reach_mm of the click
             reach = np.ceil(self.params.reach_mm / np.array(image.GetSpacing())).astype(int)
             idx = np.array(voxel_indices([point])[0])
