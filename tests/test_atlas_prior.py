@@ -307,7 +307,7 @@ def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
 
 
 def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(brain, tmp_path):
-    """A real `monailabel start_server` with the default model (default-v12), driven by the Slicer plugin's client."""
+    """A real `monailabel start_server` with the default model (default-v14), driven by the Slicer plugin's client."""
     import os
     import shutil
     import sys
@@ -338,6 +338,16 @@ def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(
                                                               "background": [edge]})
         after = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
         assert not after[tuple(edge)] and after[tuple(click)] and _dice(after, got) > 0.8
+        # default-v14 reads a click deep in white matter as its hemisphere's white matter
+        assert "white matter" in weights["plain_region"]
+        atlas = BrainAtlas()
+        white_image = sitk.GetImageFromArray(atlas.white)
+        white_image.CopyInformation(atlas.ids)
+        white = sitk.GetArrayFromImage(_moved(atlas, white_image)).transpose(2, 1, 0)
+        label_file, _ = client.infer("sammed3d", "brain", {"label": "white matter",
+                                                            "foreground": [_deepest(white == 1)]})
+        got = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
+        assert _dice(got, white == 1) > 0.8
 
 
 def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemisphere_adds_that(brain, tmp_path):

@@ -38,6 +38,35 @@ def test_an_exclude_click_only_removes_and_in_piece_mode_only_its_piece():
 
 
 @pytest.mark.parametrize("mode", ["monotone", "piece"])
+def test_with_a_focus_a_click_by_the_edge_changes_the_mask_near_it_and_one_far_from_it_far(mode):
+    """focus (factor, minimum mm): the change is kept within factor x the click's distance to the nearest voxel
+    that already has its label (at least the minimum): a boundary click cannot flood the mask's surroundings."""
+    shown = _box(SHAPE, (5, 5, 5), (15, 15, 15))
+    leak = _box(SHAPE, (15, 0, 0), (40, 40, 40))  # the model's proposal after an include click by the edge
+    focused = LocalUpdate(mode, focus=(3.0, 3.0))
+    by_edge = focused(shown, shown | leak, [((15, 10, 10), 1)])  # 1 voxel out: within max(3, 3 x 1) = 3 voxels
+    added = by_edge & ~shown
+    assert added.any() and added.sum() < leak.sum() / 50
+    assert np.sqrt(((np.argwhere(added) - np.array([15, 10, 10])) ** 2).sum(1)).max() <= 3.0
+    np.testing.assert_array_equal(LocalUpdate(mode)(shown, shown | leak, [((15, 10, 10), 1)]), shown | leak)
+    # anisotropic voxels: distances and reach in mm (2 mm along the first axis: the click is 2 mm from the mask, so
+    # the change reaches 6 mm: 3 voxels along the first axis, 6 along the others)
+    added_mm = focused(shown, shown | leak, [((15, 10, 10), 1)], spacing=(2.0, 1.0, 1.0)) & ~shown
+    assert np.abs(np.argwhere(added_mm)[:, 0] - 15).max() == 3 and np.abs(np.argwhere(added_mm)[:, 1] - 10).max() == 6
+    # a click in the middle of a large missed part (15 voxels from the mask) takes that part whole
+    far = _box(SHAPE, (5, 5, 25), (15, 15, 40)) | _box(SHAPE, (5, 5, 15), (15, 15, 25))
+    np.testing.assert_array_equal(focused(shown, shown | far, [((10, 10, 30), 1)]), shown | far)
+    # an exclude click by the edge removes only near it
+    proposed = shown & ~_box(SHAPE, (5, 5, 5), (15, 15, 6)) & ~_box(SHAPE, (5, 5, 5), (15, 6, 15))
+    kept = focused(shown, proposed, [((10, 10, 5), 0)])
+    removed = shown & ~kept
+    assert removed[10, 10, 5] and not removed[5:15, 5, 14].any() and removed.sum() < (shown & ~proposed).sum()
+    with pytest.raises(ValueError, match="local_update_focus"):
+        LocalUpdate(mode, focus=(3.0,))
+    assert resolve_local("auto", {"local_update": mode, "local_update_focus": [2, 4]}).focus == (2.0, 4.0, 0.0)
+
+
+@pytest.mark.parametrize("mode", ["monotone", "piece"])
 def test_a_click_the_model_did_not_follow_takes_the_proposal_whole(mode):
     """Otherwise nothing would change and the user would click the same voxel for ever."""
     shown = _box(SHAPE, (5, 5, 5), (15, 15, 15))

@@ -1,6 +1,7 @@
 """Prototype of the atlas prior's cortical parcels (issue 14, twenty-second run; docs/default_model.md): the served
 lib.session.atlas_prior with its `cortex`, `grow_mm`, `snap_mm`, `whole_after`, `lesion_wm`, `white_matter`, `wm_reach_mm` and `wm_depth_mm` parameters set from the environment, whatever the
-checkpoint's config says, in this process only; the rest is `python -m lib.evaluation` with its own arguments (from
+checkpoint's config says, and with FOCUS="factor,minimum_mm" the click update's `local_update_focus`
+(lib.session.local_update), in this process only; the rest is `python -m lib.evaluation` with its own arguments (from
 apps/sammed3d, on a checkpoint whose config has `atlas_prior`, default-v12):
 
     CORTEX=1 GROW_MM=3 SNAP_MM=3 OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_cortex_prototype.py \\
@@ -27,7 +28,18 @@ def from_config(cls, config):
                                wm_depth_mm=float(os.environ.get("WM_DEPTH_MM", "5")))
 
 
+def _focused(resolve):
+    def resolve_local(mode, config):  # FOCUS="factor,minimum_mm" (twenty-third run): the click update's focus
+        focus = os.environ.get("FOCUS")
+        return resolve(mode, dict(config or {}, local_update_focus=[float(v) for v in focus.split(",")])
+                       if focus else config)
+    return resolve_local
+
+
 if __name__ == "__main__":
+    import lib.session.local_update as local_update
+
+    local_update.resolve_local = _focused(local_update.resolve_local)
     AtlasParams.from_config = classmethod(from_config)
     sys.argv = ["lib.evaluation"] + sys.argv[1:]
     runpy.run_module("lib.evaluation", run_name="__main__")

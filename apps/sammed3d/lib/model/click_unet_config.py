@@ -62,6 +62,10 @@ CLICK_UNET_CONFIG = {
     # how the server merges a later click's mask (lib.session.local_update; --conf local_update wins):
     # None (the model's proposal as is), "monotone" or "piece"
     "local_update": None,
+    # ... a later click's change kept within [factor, minimum mm, share]: factor times the click's distance to the
+    # shown mask's edge, at least the minimum, where the change is over share x the shown mask's voxels
+    # (lib.session.local_update.LocalUpdate); None: anywhere
+    "local_update_focus": None,
     # where a click's decodes are all the prior's plain box competition, the server answers with this region
     # on the stored grid (lib.session.plain_region; --conf plain_region wins): None or "geodesic"
     "plain_region": None,
@@ -165,6 +169,10 @@ def resolve_click_unet_config(config: Optional[dict]) -> dict:
         raise ValueError(f"plain_region_merge must be true or false, got {cfg['plain_region_merge']!r}")
     if cfg["local_update"] not in (None, "monotone", "piece"):
         raise ValueError(f"local_update must be None, 'monotone' or 'piece', got {cfg['local_update']!r}")
+    focus = cfg["local_update_focus"]
+    if focus is not None and not (isinstance(focus, (list, tuple)) and len(focus) in (2, 3) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in focus) and min(focus[:2]) > 0):
+        raise ValueError(f"local_update_focus must be None or [factor > 0, minimum mm > 0(, share >= 0)], got {focus!r}")
     margin = cfg["prior_margin_cells"]
     if margin and not cfg["geodesic_taus"]:
         raise ValueError("prior_margin_cells needs geodesic_taus (the prior reads the cell-intensity channel)")

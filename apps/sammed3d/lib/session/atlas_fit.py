@@ -7,6 +7,8 @@ What:
 - `register`: the affine fit of the template to a volume (SimpleITK, Mattes mutual information, moments
   initialisation, 4 and 2 voxel shrink levels; one thread, 2-3 s for a 1 mm brain on this project's CPU); where it
   correlates under DIRECT_OK, the head template from 15 starts too, the better kept.
+- `template_white`: the template's cerebral white matter per hemisphere and its depth under the cortex (the atlas
+  prior's white matter reading, lib.session.white_matter), made once per process on the fit thread.
 - `AtlasFits`: each volume's fit computed once on a background thread at nice 10, the newest `keep` kept;
   SHARED_FITS is the process's (the server's engines share each volume's fit).
 
@@ -38,6 +40,8 @@ DIRECT_OK = 0.7  # a direct fit correlating at least this well is kept without t
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                            "model", "atlas")
 WM_PERCENTILE = 60  # a T1 brain's white matter: its brightest ~40 % (the atlas prior's lesion check)
+BRAINSTEM_CUT_MM = 3.0  # the template white matter is cut this far around the brainstem (BrainAtlas.white)
+SIDES = {"L": 1, "R": 2}  # BrainAtlas.white's codes
 DEEP = ("thalamusproper", "caudate", "putamen", "pallidum", "hippocampus", "amygdala", "accumbensarea")
 
 
@@ -85,8 +89,6 @@ class BrainAtlas:
     def _white_and_depth(self):
         with self._white_lock:
             if self._white is None:
-                from .white_matter import template_white
-
                 self._white = template_white(self)
             return self._white
 
@@ -137,6 +139,42 @@ def footprint(transform, image, crop) -> Tuple[np.ndarray, np.ndarray]:
     lo = np.clip(np.floor(corners.min(0)).astype(int), 0, image.GetSize())
     hi = np.clip(np.ceil(corners.max(0)).astype(int) + 1, 0, image.GetSize())
     return lo, hi
+
+
+def mask_box(mask: np.ndarray, margin) -> Tuple[slice, ...]:
+    """The box (slices) of a mask's voxels plus `margin` voxels each side, clipped to the mask."""
+    at = np.argwhere(mask)
+    lo, hi = np.maximum(at.min(0) - margin, 0), np.minimum(at.max(0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def template_white(atlas) -> Tuple[np.ndarray, np.ndarray]:
+    """Each hemisphere's cerebral white matter on the template grid ((z, y, x) uint8: SIDES' codes) and its depth
+    (uint8 whole mm to the nearest cortical parcel; 0 off the white matter)."""
+    import SimpleITK as sitk
+
+    brain, ids = sitk.GetArrayViewFromImage(atlas.lookup), atlas.id_array
+    spacing = np.array(atlas.ids.GetSpacing())[::-1]
+    white = (brain > atlas.wm_threshold) & (ids == 0)
+    stem = np.isin(ids, atlas.brainstem)
+    if stem.any():
+        box = mask_box(stem, np.ceil(BRAINSTEM_CUT_MM / spacing).astype(int) + 1)
+        white[box] &= ndimage.distance_transform_edt(~stem[box], sampling=spacing) > BRAINSTEM_CUT_MM
+    x = np.arange(ids.shape[2])
+    centre = {side: np.argwhere(np.isin(ids, [i for i, n in atlas.cortex.items() if n.startswith(side)]))[:, 2].mean()
+              for side in SIDES}
+    mid = (centre["L"] + centre["R"]) / 2
+    out = np.zeros(ids.shape, dtype=np.uint8)
+    for side, code in SIDES.items():
+        pieces, n = ndimage.label(white & ((x < mid) == (centre[side] < mid))[None, None, :])
+        if n:
+            out[pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))] = code
+    depth = np.zeros(ids.shape, dtype=np.uint8)  # whole mm to the nearest cortical parcel, on the white matter
+    box = mask_box(out > 0, np.ceil(255 / spacing).astype(int))
+    cortex = np.isin(ids[box], list(atlas.cortex))
+    depth[box] = np.minimum(ndimage.distance_transform_edt(~cortex, sampling=spacing), 255).astype(np.uint8)
+    depth[out == 0] = 0
+    return out, depth
 
 
 @dataclass(frozen=True)

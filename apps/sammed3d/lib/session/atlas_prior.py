@@ -11,6 +11,8 @@ and later include clicks say which larger one is meant: a click in another parce
 clicked are read as the whole cortex of their hemispheres (docs/default_model.md, "Twenty-second run"). An option,
 off in default-v12: it lifts the test table's cortex but loses on another atlas's gyri (47 Harvard-Oxford parcels
 0.632 -> 0.405 after five clicks), where the image's own region answers better.
+With `white_matter` (twenty-third run), a click deep in cerebral white matter is answered by its hemisphere's white
+matter and a later include click in the other hemisphere's adds that (lib.session.white_matter).
 
 What:
 - The atlas and each volume's affine fit: lib.session.atlas_fit (`BrainAtlas`, `AtlasFits`, one background fit per
@@ -115,7 +117,9 @@ class AtlasPrior:
         grow = f"; a later click in another parcel over {p.grow_mm:g} mm away adds it{whole}" if p.grow_mm > 0 else ""
         lesion = f", no answer where the template has {p.lesion_wm:g} more white matter within 8 mm" \
             if p.lesion_wm > 0 else ""
-        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow} "
+        white = (f"; a click {p.wm_depth_mm:g} mm deep in cerebral white matter answered by its hemisphere's, a "
+                 f"click in the other's adds that") if p.white_matter else ""
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow}{white} "
                 f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads{lesion}, band {p.core_mm:g} / "
                 f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
                                           "without waiting for the fit)"))
@@ -138,7 +142,8 @@ class AtlasPrior:
         """The label's structure after its later include clicks (`grow_mm` > 0; cortical parcels only): a click in
         another cortical parcel, more than `grow_mm` past the shown parcels (nearer, it corrects their edge) and with
         that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are
-        clicked."""
+        clicked. White matter: an include click off the shown white matter that reads as white matter (the other
+        hemisphere's, or a piece the threshold cut off) adds its piece."""
         atlas, fit = self.fits.atlas, self._fit(volume, ct)
         if fit is not None and set(nucleus.ids) <= set(WM_IDS.values()):  # white matter: a click in the other side's
             for n in range(nucleus.seen + 1, len(fg) + 1):

@@ -402,7 +402,8 @@ class SegmentationEngine:
             boxes.append(slices)
         answer = pending.result() if pending is not None else None  # (region, its box); None: the model's mask
         merged = answer is not None and self.region.merge  # else the region replaces the model's shown mask
-        state.plain, mask = plain, state.show(*((answer[0], [answer[1]]) if merged else (mask, boxes)), self.local, new)
+        state.plain, mask = plain, state.show(*((answer[0], [answer[1]]) if merged else (mask, boxes)), self.local, new,
+                                              req.volume.image.GetSpacing())
         mask = apply_roi(answer[0] if answer is not None and not merged else mask, roi)  # clamped to an ROI
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0

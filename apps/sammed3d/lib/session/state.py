@@ -90,15 +90,17 @@ class LabelState:
             self.shown_for = {k: v for k, v in old.shown_for.items()
                               if tuple(fg[:len(k[0])]) == k[0] and tuple(bg[:len(k[1])]) == k[1]}
 
-    def show(self, proposed: np.ndarray, boxes, local: Optional["LocalUpdate"], new: Optional[List[Click]]) -> np.ndarray:
+    def show(self, proposed: np.ndarray, boxes, local: Optional["LocalUpdate"], new: Optional[List[Click]],
+             spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
         """The mask to return for `proposed` (uint8, the union of the crops pasted at `boxes`) after the
         clicks `new` (None: the label restarted): with `local`, the shown mask changed only as those clicks
-        ask (lib.session.local_update), written into `proposed` in place; the result is kept as shown."""
+        ask (lib.session.local_update; `spacing`: the stored grid's, mm), written into `proposed` in place; the
+        result is kept as shown."""
         if local is None:
             return proposed
         key = (tuple(self.fg), tuple(self.bg))
         if new is not None and self.shown is not None:
-            proposed, self.shown = local.update(self.shown, proposed, boxes, new)
+            proposed, self.shown = local.update(self.shown, proposed, boxes, new, spacing)
         elif new is None and key in self.shown_for:  # an undo: what these clicks showed before
             self.shown = self.shown_for[key]
             proposed[...] = 0

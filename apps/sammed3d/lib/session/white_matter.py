@@ -8,19 +8,20 @@ table default-v12: 0.11 / 0.41 / 0.59 after 1 / 3 / 5 clicks; the development MN
 matter is (an affine fit misses a gyrus's white matter by more than the gyrus is wide).
 
 What:
-- `template_white`: each hemisphere's cerebral white matter on the template grid: template voxels over the atlas's
-  grey/white boundary (BrainAtlas.wm_threshold) on no atlas structure, the brainstem's surroundings (BRAINSTEM_CUT_MM)
-  cut away (the cerebellum's white matter joins the cerebrum's only through it), the largest connected piece per side
-  of the midline; and its depth under the cortex. Only a click `wm_depth_mm` deep is read as the white matter: the
-  white matter of a gyrus is labelled with the gyrus by atlases such as Harvard-Oxford (its gyri's centres lie 1-3.5
-  mm under the Desikan-Killiany cortex, the development white matter targets' 9-10 mm: twenty-third run).
+- The template side (lib.session.atlas_fit: `template_white`, BrainAtlas.white and .white_depth): each hemisphere's
+  cerebral white matter on the template grid: template voxels over the atlas's grey/white boundary
+  (BrainAtlas.wm_threshold) on no atlas structure, the brainstem's surroundings (BRAINSTEM_CUT_MM) cut away (the
+  cerebellum's white matter joins the cerebrum's only through it), the largest connected piece per side of the
+  midline; and its depth under the cortex. Only a click `wm_depth_mm` deep is read as the white matter: atlases such
+  as Harvard-Oxford label a gyrus's white matter with the gyrus (the centres of its gyri that lie in white matter are
+  1-3.5 mm under the Desikan-Killiany cortex, the development white matter targets' 9-10 mm: twenty-third run).
 - `white_region`: on a volume, the connected pieces holding the seed clicks of: voxels over the fit's grey/white
-  boundary (AtlasFit.wm_threshold), within `reach_mm` of the warped template white matter of the clicked sides, on no
-  warped deep nucleus, brainstem or other side's white matter. A click whose voxel is not in it, or brighter than the white matter (`guard`
-  robust spreads over its median), gets nothing (None: the served answer).
+  boundary (AtlasFit.wm_threshold), within `reach_mm` of the warped template white matter of the clicked sides, on
+  no warped deep nucleus, brainstem or other side's white matter. A click whose voxel is not in it, or brighter than
+  the white matter (`guard` robust spreads over its median), gets nothing (None: the served answer).
 
-    template_white(atlas) -> ((z, y, x) uint8 on the template grid: 1 left, 2 right hemisphere; its depth in mm)
-    white_region(atlas, fit, image, seeds [(voxel (i, j, k), side, 3^3 median)], reach_mm, guard) -> (uint8 piece, box) or None
+    white_region(atlas, fit, image, seeds [(voxel (i, j, k), side, 3^3 median)], reach_mm, guard)
+        -> (uint8 piece, box on the stored grid) or None
 """
 from __future__ import annotations
 
@@ -29,46 +30,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .atlas_fit import footprint
+from .atlas_fit import footprint, mask_box
 
-BRAINSTEM_CUT_MM = 3.0
-SIDES = {"L": 1, "R": 2}
 WM_IDS = {1: 101, 2: 102}  # the ids of a white matter answer (lib.session.atlas_prior.Nucleus), past the atlas's 1-83
-
-
-def _box(mask: np.ndarray, margin) -> Tuple[slice, ...]:
-    at = np.argwhere(mask)
-    lo, hi = np.maximum(at.min(0) - margin, 0), np.minimum(at.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def template_white(atlas) -> Tuple[np.ndarray, np.ndarray]:
-    """Each hemisphere's cerebral white matter on the template grid ((z, y, x) uint8: SIDES' codes) and its depth
-    (uint8 whole mm to the nearest cortical parcel; 0 off the white matter)."""
-    import SimpleITK as sitk
-
-    brain, ids = sitk.GetArrayViewFromImage(atlas.lookup), atlas.id_array
-    spacing = np.array(atlas.ids.GetSpacing())[::-1]
-    white = (brain > atlas.wm_threshold) & (ids == 0)
-    stem = np.isin(ids, atlas.brainstem)
-    if stem.any():
-        box = _box(stem, np.ceil(BRAINSTEM_CUT_MM / spacing).astype(int) + 1)
-        white[box] &= ndimage.distance_transform_edt(~stem[box], sampling=spacing) > BRAINSTEM_CUT_MM
-    x = np.arange(ids.shape[2])
-    centre = {side: np.argwhere(np.isin(ids, [i for i, n in atlas.cortex.items() if n.startswith(side)]))[:, 2].mean()
-              for side in SIDES}
-    mid = (centre["L"] + centre["R"]) / 2
-    out = np.zeros(ids.shape, dtype=np.uint8)
-    for side, code in SIDES.items():
-        pieces, n = ndimage.label(white & ((x < mid) == (centre[side] < mid))[None, None, :])
-        if n:
-            out[pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))] = code
-    depth = np.zeros(ids.shape, dtype=np.uint8)  # whole mm to the nearest cortical parcel, on the white matter
-    box = _box(out > 0, np.ceil(255 / spacing).astype(int))
-    cortex = np.isin(ids[box], list(atlas.cortex))
-    depth[box] = np.minimum(ndimage.distance_transform_edt(~cortex, sampling=spacing), 255).astype(np.uint8)
-    depth[out == 0] = 0
-    return out, depth
 
 
 def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, float]], reach_mm: float,
@@ -81,7 +45,7 @@ def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, fl
 
     sides = sorted({side for _, side, _ in seeds})
     spacing = np.array(atlas.ids.GetSpacing())[::-1]
-    box = _box(np.isin(atlas.white, sides), np.ceil(reach_mm / spacing).astype(int) + 1)  # template (z, y, x)
+    box = mask_box(np.isin(atlas.white, sides), np.ceil(reach_mm / spacing).astype(int) + 1)  # template (z, y, x)
     start = [int(b.start) for b in box][::-1]
     size = [int(b.stop - b.start) for b in box][::-1]
     crop = sitk.RegionOfInterest(atlas.ids, size, start)
