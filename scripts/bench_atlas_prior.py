@@ -6,7 +6,8 @@ Measures, on one thread (OMP_NUM_THREADS=1, SimpleITK's registration on one thre
   * with the fit ready, through SegmentationEngine.segment with the served checkpoint's config: a label's first
     click in a deep nucleus (the atlas answers) and a repeat click on it (the band region), each beside the same
     click with `atlas_prior off` (the default-v11 path: the learned first-click margin, the 25 mm plain region).
-Wall seconds, medians over --repeats fresh labels (the volume and its crops' embeddings cached, as on a second label).
+Wall seconds, medians over --repeats fresh labels (the volume and its crops' embeddings cached, as on a second label);
+--pause S between a label's clicks (untimed).
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_atlas_prior.py \\
         --image work_data/dev_brain/images/dev_mni6_brain.nii.gz --click 115,123,53 --second 112,122,49
@@ -47,6 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--click", default="115,123,53", help="a first include click in a deep nucleus or a parcel (i,j,k)")
     p.add_argument("--later", default="112,122,49", help="the label's later include clicks, 'i,j,k;i,j,k;...'")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="seconds between a label's clicks, not timed: an annotator looking at the mask, while the "
+                        "server's background work (a large piece's band seeds) runs")
     args = p.parse_args(argv)
     import SimpleITK as sitk
 
@@ -67,6 +71,7 @@ def main(argv=None) -> int:
         for n in range(args.repeats):
             label = f"label-{n}"
             for k in range(1 + len(later)):
+                time.sleep(args.pause if k else 0.0)  # the annotator looks at the mask (background work runs)
                 t = time.perf_counter()
                 res = engine.segment("bench", args.image, label, [first] + later[:k], [], modality="MR")
                 times[k].append(time.perf_counter() - t)

@@ -378,8 +378,10 @@ def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemis
     np.testing.assert_array_equal(region.atlas_for(volume, False, state).piece, first.piece)
     state.fg = [left, inside, right]
     both = region.atlas_for(volume, False, state)
-    assert both.ids == (WM_IDS[1], WM_IDS[2]) and both.seen == 3
+    assert both.ids == (WM_IDS[1], WM_IDS[2]) and both.seen == 3 and both.as_is == (3, 0)
     assert _dice(_full(both, ids.shape), white > 0) > 0.8
+    mask, _ = prior.answer(volume, False, state.fg, [], both)  # the growing click: the grown piece itself (no band)
+    np.testing.assert_array_equal(mask, _full(both, ids.shape))
     # a bright nodule (1.35 of the white matter) or dark oedema (0.72) under the click: no white matter answer
     t1 = sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose(2, 1, 0).astype(np.float32)
     ball = np.sqrt(((np.indices(t1.shape) - np.array(left)[:, None, None, None]) ** 2).sum(0)) <= 2  # 4 mm

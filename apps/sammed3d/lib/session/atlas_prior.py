@@ -68,6 +68,8 @@ class Nucleus(NamedTuple):
     box: Tuple[slice, ...]  # on the stored grid
     ids: Tuple[int, ...]  # the atlas ids it is made of
     seen: int  # how many of the label's include clicks decided it
+    as_is: Tuple[int, int] = (1, 0)  # at these (include, exclude) click counts the piece itself answers: its first
+    # click, or the include click that grew a white matter piece (merged by the click update: it adds the new piece)
 
 
 @dataclass(frozen=True)
@@ -138,21 +140,18 @@ class AtlasPrior:
             return None
         return self._warp(volume, fit, (ident,), point, seen=1)
 
-    def grow(self, volume, ct: bool, nucleus: Nucleus, fg) -> Nucleus:
+    def grow(self, volume, ct: bool, nucleus: Nucleus, fg, bg=()) -> Nucleus:
         """The label's structure after its later include clicks (`grow_mm` > 0; cortical parcels only): a click in
         another cortical parcel, more than `grow_mm` past the shown parcels (nearer, it corrects their edge) and with
         that parcel's intensity, adds the parcel: a click in cortex means a parcel first, then as many as are
-        clicked. White matter: an include click off the shown white matter that reads as white matter (the other
-        hemisphere's, or a piece the threshold cut off) adds its piece."""
+        clicked. White matter: an include click that reads as the other hemisphere's white matter adds that."""
         atlas, fit = self.fits.atlas, self._fit(volume, ct)
-        if fit is not None and set(nucleus.ids) <= set(WM_IDS.values()):  # white matter: a click in the other side's
-            for n in range(nucleus.seen + 1, len(fg) + 1):
-                point = voxel_indices([fg[n - 1]])[0]
-                inside = all(b.start <= v < b.stop for v, b in zip(point, nucleus.box)) and \
-                    nucleus.piece[tuple(v - b.start for v, b in zip(point, nucleus.box))]
-                grown = None if inside else self._white(volume, fit, fg[:n], seen=n)  # ... or an unconnected piece
-                if grown is not None and grown.piece.sum() > nucleus.piece.sum():  # of it adds it
-                    nucleus = grown
+        if fit is not None and set(nucleus.ids) <= set(WM_IDS.values()):  # white matter: a click that reads as the
+            for n in range(nucleus.seen + 1, len(fg) + 1):  # other hemisphere's adds that hemisphere's
+                side = self._white_side(volume, fit, fg[n - 1])
+                grown = self._white(volume, fit, fg[:n], seen=n) if side and WM_IDS[side] not in nucleus.ids else None
+                if grown is not None and grown.piece.sum() > nucleus.piece.sum():
+                    nucleus = grown._replace(as_is=(n, len(bg)))  # the whole band again: 1.7 s on a hemisphere
             return nucleus._replace(seen=len(fg))
         if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
             return nucleus._replace(seen=len(fg))
@@ -204,16 +203,22 @@ class AtlasPrior:
         volume's white matter intensity (lib.session.white_matter), or None (none does, or the lesion check)."""
         atlas, image, seeds = self.fits.atlas, volume.image, []
         for point in points:
-            at = atlas.index_of(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(
-                voxel_indices([point])[0])))
-            deep = at is not None and atlas.white_depth[at[::-1]] >= self.params.wm_depth_mm
-            side = int(atlas.white[at[::-1]]) if deep else 0
+            side = self._white_side(volume, fit, point)
             if side and volume.median_around(point) > fit.wm_threshold and not self._lesion(volume, fit, point):
                 seeds.append((voxel_indices([point])[0], side, volume.median_around(point, 1)))  # 3^3: a 3 mm nodule
         found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm, self.params.guard) if seeds else None
         if found is None:
             return None
         return Nucleus(found[0], found[1], tuple(sorted({WM_IDS[side] for _, side, _ in seeds})), seen)
+
+    def _white_side(self, volume, fit, point) -> int:
+        """The hemisphere (white_matter.SIDES' code) whose cerebral white matter the click maps into at least
+        `wm_depth_mm` under the template's cortex, else 0."""
+        atlas = self.fits.atlas
+        at = atlas.index_of(fit.transform.TransformPoint(volume.image.TransformIndexToPhysicalPoint(
+            voxel_indices([point])[0])))
+        deep = at is not None and atlas.white_depth[at[::-1]] >= self.params.wm_depth_mm
+        return int(atlas.white[at[::-1]]) if deep else 0
 
     def _id_at(self, fit, volume, point) -> int:
         """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
@@ -260,19 +265,21 @@ class AtlasPrior:
 
     def answer(self, volume, ct: bool, fg, bg, nucleus: Nucleus) -> Answer:
         """The label's mask for its clicks (uint8 on the stored grid, its box): the nucleus itself for the first click
-        alone, else `band_region`."""
-        if len(fg) == 1 and not bg:
-            return _on_grid(nucleus, volume.shape), nucleus[1]
+        alone (and the include click that grew white matter: `as_is`), else `band_region`."""
         key = lambda f, b: (tuple(map(tuple, f)), tuple(map(tuple, b)))  # noqa: E731
-        previous, click = None, None
         large = int(np.prod([b.stop - b.start for b in nucleus.box])) > LOCAL_ABOVE  # solve the new click's box only
-        if large:
-            for before, new in (((fg[:-1], bg), fg[-1]), ((fg, bg[:-1]), bg[-1] if bg else None)):
+        if (len(fg), len(bg)) == nucleus.as_is:  # (a hemisphere's white matter: its next click solves near it)
+            mask, box = _on_grid(nucleus, volume.shape), nucleus.box
+            if large:
+                _prefetch_seeds(volume, ct, nucleus, fg, bg, self.params)
+        else:
+            previous, click = None, None
+            for before, new in (((fg[:-1], bg), fg[-1]), ((fg, bg[:-1]), bg[-1] if bg else None)) if large else ():
                 hit = self._answers.get((nucleus.ids, key(*before)))
                 if new is not None and hit is not None and hit[0] is nucleus.piece and before[0]:
                     previous, click = hit[1:], new
                     break
-        mask, box = band_region(volume, ct, nucleus, fg, bg, self.params, previous, click)
+            mask, box = band_region(volume, ct, nucleus, fg, bg, self.params, previous, click)
         if not large:  # only a large structure's next click reads it
             return mask, box
         with self._lock:
@@ -296,25 +303,55 @@ def _band_seeds(nucleus: Nucleus, box, spacing, params: AtlasParams, image, ct: 
     """(prior, core, shell, data) on `box`: the nucleus there, eroded by core_mm, the outside of it dilated by
     shell_mm (bool), and the box's intensities normalised as the geodesic reads them. Two distance transforms of the
     box: 1.1 s of a whole cortex's 1.5 s click (dev_atlas_cortex), the same for every click whose box is the same, so
-    the newest two are kept (copies of core and shell handed out: callers edit them)."""
+    the newest two are kept (copies of core and shell handed out: callers edit them), as futures: a caller finds
+    them made, or being made (by AtlasPrior.answer's prefetch after a large piece's first answer), or makes them."""
     key = (nucleus.ids, tuple((b.start, b.stop) for b in nucleus.box), tuple((b.start, b.stop) for b in box),
            spacing, params.core_mm, params.shell_mm)
     with _SEEDS_LOCK:
         hit = _SEEDS.get(key)
-    if hit is None or hit[0] is not nucleus.piece:  # a refit of the volume warps a new piece
-        prior = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
-        inner = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(nucleus.box, box))
-        if all(s.stop > s.start for s in inner):
-            prior[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inner, box))] = \
-                nucleus.piece[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(inner, nucleus.box))]
-        core = ndimage.distance_transform_edt(prior, sampling=spacing) > params.core_mm
-        shell = ndimage.distance_transform_edt(~prior, sampling=spacing) > params.shell_mm
-        hit = (nucleus.piece, prior, core, shell, normalise_roi(image[box], ct, spacing, sigma_mm))
-        with _SEEDS_LOCK:
-            _SEEDS[key] = hit
+        mine = hit is None or hit[0] is not nucleus.piece  # a refit of the volume warps a new piece
+        if mine:
+            hit = _SEEDS[key] = (nucleus.piece, Future())
             while len(_SEEDS) > 2:
                 _SEEDS.popitem(last=False)
-    return hit[1], hit[2].copy(), hit[3].copy(), hit[4]
+    if mine:
+        try:
+            prior = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+            inner = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(nucleus.box, box))
+            if all(s.stop > s.start for s in inner):
+                prior[tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inner, box))] = \
+                    nucleus.piece[tuple(slice(s.start - a.start, s.stop - a.start) for s, a in zip(inner, nucleus.box))]
+            core = ndimage.distance_transform_edt(prior, sampling=spacing) > params.core_mm
+            shell = ndimage.distance_transform_edt(~prior, sampling=spacing) > params.shell_mm
+            hit[1].set_result((prior, core, shell, normalise_roi(image[box], ct, spacing, sigma_mm)))
+        except BaseException as e:
+            hit[1].set_exception(e)
+            with _SEEDS_LOCK:
+                if _SEEDS.get(key) is hit:
+                    del _SEEDS[key]
+            raise
+    prior, core, shell, data = hit[1].result()
+    return prior, core.copy(), shell.copy(), data
+
+
+def _band_box(volume, nucleus: Nucleus, fg, bg, params: AtlasParams):
+    """(box, faces) of the band for these clicks: the clicks and the nucleus's extent plus margin_mm."""
+    spacing = tuple(float(s) for s in volume.image.GetSpacing())
+    inside = np.argwhere(nucleus[0]) + np.array([b.start for b in nucleus[1]])
+    return roi_box(voxel_indices(fg) + voxel_indices(bg) + [inside.min(0).tolist(), inside.max(0).tolist()],
+                   volume.shape, spacing, params.margin_mm)
+
+
+def _prefetch_seeds(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams) -> Future:
+    """The band seeds a large piece's next click (inside its extent) needs, made on a background thread while the
+    annotator looks at the piece (a hemisphere's white matter: 1.1 s, the next click then 0.06 s)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)
+    spacing = tuple(float(s) for s in volume.image.GetSpacing())
+    box = _band_box(volume, nucleus, fg, bg, params)[0]
+    return process_threads("atlas-band", 1).submit(_band_seeds, nucleus, box, spacing, params, image, ct,
+                                                   TUNED["geodesic"].sigma_mm)
 
 
 def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams, previous=None, click=None) -> Answer:
@@ -328,9 +365,7 @@ def band_region(volume, ct: bool, nucleus: Nucleus, fg, bg, params: AtlasParams,
     solver = TUNED["geodesic"]
     image = sitk.GetArrayViewFromImage(volume.image).transpose(2, 1, 0)  # stored (i, j, k), no copy
     spacing = tuple(float(s) for s in volume.image.GetSpacing())
-    inside = np.argwhere(nucleus[0]) + np.array([b.start for b in nucleus[1]])
-    box, faces = roi_box(voxel_indices(fg) + voxel_indices(bg) + [inside.min(0).tolist(), inside.max(0).tolist()],
-                         image.shape, spacing, params.margin_mm)
+    box, faces = _band_box(volume, nucleus, fg, bg, params)
     lo = np.array([b.start for b in box])
     local = lambda pts: [tuple(int(v) for v in np.asarray(p) - lo) for p in voxel_indices(pts)]  # noqa: E731
     prior, core, shell, data = _band_seeds(nucleus, box, spacing, params, image, ct, solver.sigma_mm)

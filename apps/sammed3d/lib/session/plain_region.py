@@ -110,7 +110,7 @@ class PlainRegion:
         if state.atlas_click != state.fg[0] or (state.atlas is not None and state.atlas.seen > len(state.fg)):
             state.atlas_click, state.atlas = state.fg[0], self.atlas.nucleus(volume, ct, state.fg[0])
         if state.atlas is not None and state.atlas.seen < len(state.fg):
-            state.atlas = self.atlas.grow(volume, ct, state.atlas, state.fg)
+            state.atlas = self.atlas.grow(volume, ct, state.atlas, state.fg, state.bg)
         return state.atlas
 
     def describe(self) -> str:
