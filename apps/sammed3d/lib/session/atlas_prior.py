@@ -54,7 +54,7 @@ from .atlas_fit import SHARED_FITS, AtlasFits, footprint
 from .classical_region import TUNED, _ball_offsets, normalise_roi, region_score, roi_box, seed_labels
 from .points import voxel_indices
 from .volume import is_ct
-from .white_matter import WM_IDS, white_region
+from .white_matter import WM_IDS, white_region, white_side
 
 LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
 LOCAL_ABOVE, LOCAL_MM = 1_000_000, 20.0  # a structure's box over this many voxels: a later click solves within 20 mm
@@ -212,13 +212,7 @@ class AtlasPrior:
         return Nucleus(found[0], found[1], tuple(sorted({WM_IDS[side] for _, side, _ in seeds})), seen)
 
     def _white_side(self, volume, fit, point) -> int:
-        """The hemisphere (white_matter.SIDES' code) whose cerebral white matter the click maps into at least
-        `wm_depth_mm` under the template's cortex, else 0."""
-        atlas = self.fits.atlas
-        at = atlas.index_of(fit.transform.TransformPoint(volume.image.TransformIndexToPhysicalPoint(
-            voxel_indices([point])[0])))
-        deep = at is not None and atlas.white_depth[at[::-1]] >= self.params.wm_depth_mm
-        return int(atlas.white[at[::-1]]) if deep else 0
+        return white_side(self.fits.atlas, fit, volume.image, voxel_indices([point])[0], self.params.wm_depth_mm)
 
     def _id_at(self, fit, volume, point) -> int:
         """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""

@@ -20,6 +20,7 @@ What:
   no warped deep nucleus, brainstem or other side's white matter. A click whose voxel is not in it, or brighter than
   the white matter (`guard` robust spreads over its median), gets nothing (None: the served answer).
 
+    white_side(atlas, fit, image, voxel (i, j, k), depth_mm) -> the side code a click reads as (0: none)
     white_region(atlas, fit, image, seeds [(voxel (i, j, k), side, 3^3 median)], reach_mm, guard)
         -> (uint8 piece, box on the stored grid) or None
 """
@@ -33,6 +34,14 @@ from scipy import ndimage
 from .atlas_fit import footprint, mask_box
 
 WM_IDS = {1: 101, 2: 102}  # the ids of a white matter answer (lib.session.atlas_prior.Nucleus), past the atlas's 1-83
+
+
+def white_side(atlas, fit, image, voxel: Sequence[int], depth_mm: float) -> int:
+    """The hemisphere (atlas_fit.SIDES' code) whose cerebral white matter a click (its voxel index) maps into at
+    least `depth_mm` under the template's cortex, else 0."""
+    at = atlas.index_of(fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint([int(v) for v in voxel])))
+    deep = at is not None and atlas.white_depth[at[::-1]] >= depth_mm
+    return int(atlas.white[at[::-1]]) if deep else 0
 
 
 def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, float]], reach_mm: float,
