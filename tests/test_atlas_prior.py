@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from lib.session.atlas_fit import AtlasFits, BrainAtlas
-from lib.session.atlas_prior import AtlasParams, AtlasPrior, Nucleus, band_region
+from lib.session.atlas_band import LOCAL_MM, band_region
+from lib.session.atlas_prior import AtlasParams, AtlasPrior, Nucleus
 from lib.session.plain_region import PlainRegion, resolve_region
 from lib.session.volume import load_volume
 
@@ -215,7 +216,7 @@ def test_a_large_structures_later_click_is_solved_near_it_and_agrees_with_the_wh
         local, box = prior.answer(volume, False, clicks_fg, clicks_bg, cortex)
         whole, _ = band_region(volume, False, cortex, clicks_fg, clicks_bg, prior.params)
         near = np.zeros(ids.shape, bool)
-        reach = int(np.ceil(ap.LOCAL_MM / 2.0))  # 2 mm voxels
+        reach = int(np.ceil(LOCAL_MM / 2.0))  # 2 mm voxels
         near[tuple(slice(max(c - reach, 0), c + reach + 1) for c in click)] = True
         np.testing.assert_array_equal(local[~near], before[~near])  # only the click's box is solved again
         assert _dice(local[near], whole[near]) > 0.95  # and there it is the whole solve's answer
