@@ -392,3 +392,35 @@ def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemis
         out.CopyInformation(volume.image)
         sitk.WriteImage(out, str(tmp_path / f"{name}.nii.gz"))
         assert prior.nucleus(load_volume(str(tmp_path / f"{name}.nii.gz")), False, left) is None, name
+
+
+def test_a_large_white_matter_answer_makes_its_band_seeds_ahead_and_its_next_click_is_solved_near_it(brain, monkeypatch):
+    """After a large piece's first answer (the hemisphere's white matter), the band's seeds for its next click are made
+    on a background thread, and that click is solved within LOCAL_MM of it, the rest kept as first shown."""
+    from scipy import ndimage
+
+    import lib.session.atlas_band as band
+    import lib.session.atlas_prior as ap
+    from lib.util import process_threads
+
+    path, ids, fits = brain
+    atlas, volume = BrainAtlas(), load_volume(path)
+    monkeypatch.setattr(ap, "LOCAL_ABOVE", 0)  # the 2 mm test brain's hemisphere is under the served 1e6-voxel bar
+    white_image = sitk.GetImageFromArray(atlas.white)
+    white_image.CopyInformation(atlas.ids)
+    white = sitk.GetArrayFromImage(_moved(atlas, white_image)).transpose(2, 1, 0)
+    left = _deepest(white == 1)
+    prior = AtlasPrior(AtlasParams(wait=True, white_matter=True), fits)
+    piece = prior.nucleus(volume, False, left)
+    first, _ = prior.answer(volume, False, [left], [], piece)
+    np.testing.assert_array_equal(first, _full(piece, ids.shape))
+    process_threads("atlas-band", 1).submit(lambda: None).result()  # the prefetch has run
+    assert any(hit[0] is piece.piece and hit[1].done() for hit in band._SEEDS.values())
+    shown = first.astype(bool)
+    edge = np.argwhere(shown & ~ndimage.binary_erosion(shown))[0].tolist()  # an exclude click on its edge
+    second, _ = prior.answer(volume, False, [left], [edge], piece)
+    near = np.zeros(ids.shape, bool)
+    reach = int(np.ceil(LOCAL_MM / 2.0))  # 2 mm voxels
+    near[tuple(slice(max(c - reach, 0), c + reach + 1) for c in edge)] = True
+    np.testing.assert_array_equal(second[~near], first[~near])
+    assert not second[tuple(edge)] and not np.array_equal(second, first)
