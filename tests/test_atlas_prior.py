@@ -383,15 +383,20 @@ def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemis
     assert _dice(_full(both, ids.shape), white > 0) > 0.8
     mask, _ = prior.answer(volume, False, state.fg, [], both)  # the growing click: the grown piece itself (no band)
     np.testing.assert_array_equal(mask, _full(both, ids.shape))
-    # a bright nodule (1.35 of the white matter) or dark oedema (0.72) under the click: no white matter answer
+    # a bright nodule (1.35 of the white matter) or dark oedema (0.72) under the click: no white matter answer; the
+    # white matter's own brightest voxels (its 99.5th percentile, over 2 robust spreads above its median) are answered
     t1 = sitk.GetArrayFromImage(sitk.ReadImage(path)).transpose(2, 1, 0).astype(np.float32)
     ball = np.sqrt(((np.indices(t1.shape) - np.array(left)[:, None, None, None]) ** 2).sum(0)) <= 2  # 4 mm
-    level = np.median(t1[white == 1])
-    for name, factor in (("nodule", 1.35), ("oedema", 0.72)):
-        out = sitk.GetImageFromArray(np.where(ball, factor * level, t1).transpose(2, 1, 0).astype(np.int16))
+    values = t1[white == 1]
+    level = np.median(values)
+    bright = np.percentile(values, 99.5)
+    assert bright > level + 2 * 1.4826 * np.median(np.abs(values - level))
+    for name, value, answered in (("nodule", 1.35 * level, False), ("oedema", 0.72 * level, False),
+                                  ("bright_white", bright, True)):
+        out = sitk.GetImageFromArray(np.where(ball, value, t1).transpose(2, 1, 0).astype(np.int16))
         out.CopyInformation(volume.image)
         sitk.WriteImage(out, str(tmp_path / f"{name}.nii.gz"))
-        assert prior.nucleus(load_volume(str(tmp_path / f"{name}.nii.gz")), False, left) is None, name
+        assert (prior.nucleus(load_volume(str(tmp_path / f"{name}.nii.gz")), False, left) is not None) == answered, name
 
 
 def test_a_large_white_matter_answer_makes_its_band_seeds_ahead_and_its_next_click_is_solved_near_it(brain, monkeypatch):

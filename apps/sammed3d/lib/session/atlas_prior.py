@@ -208,7 +208,7 @@ class AtlasPrior:
             side = self._white_side(volume, fit, point)
             if side and volume.median_around(point) > fit.wm_threshold and not self._lesion(volume, fit, point):
                 seeds.append((voxel_indices([point])[0], side, volume.median_around(point, 1)))  # 3^3: a 3 mm nodule
-        found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm, self.params.guard) if seeds else None
+        found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm) if seeds else None
         if found is None:
             return None
         return Nucleus(found[0], found[1], tuple(sorted({WM_IDS[side] for _, side, _ in seeds})), seen)
