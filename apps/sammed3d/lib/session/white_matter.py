@@ -19,9 +19,9 @@ What:
   boundary (AtlasFit.wm_threshold), within `reach_mm` of the warped template white matter of the clicked sides, on
   no warped deep nucleus, brainstem or other side's white matter. A click whose voxel is not in it, or brighter than
   the white matter (its 3^3 median over TOP_PERCENTILE of the warped white matter farther than AWAY_MM from the
-  clicks: a bright nodule or an enhancing rim), gets nothing (None: the served answer). Not robust spreads over the median: a real head's deep white matter
-  is its brightest (the pydeface T1's deepest clicks 12-14 % over the median, over 2 spreads; its 99.9th percentile
-  13-23 % over; the test lesion model's nodule 35 %).
+  clicks: a bright nodule or an enhancing rim), gets nothing (None: the served answer). Not robust spreads over the
+  median: a real head's deep white matter is its brightest (the pydeface T1's deepest clicks 12-14 % over the
+  median, over 2 spreads; its 99.9th percentile 22 % over; the test lesion model's nodule 35 %).
 
     white_side(atlas, fit, image, voxel (i, j, k), depth_mm) -> the side code a click reads as (0: none)
     white_region(atlas, fit, image, seeds [(voxel (i, j, k), side, 3^3 median)], reach_mm)
