@@ -53,7 +53,7 @@ from ..util import process_threads
 from .atlas_band import band_region, prefetch_seeds
 from .atlas_fit import SHARED_FITS, AtlasFits, footprint
 from .local_update import union_box
-from .points import voxel_indices
+from .points import ball_mask, voxel_indices
 from .volume import is_ct
 from .white_matter import WM_IDS, white_region, white_side
 
@@ -194,8 +194,7 @@ class AtlasPrior:
         ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
         template = sitk.GetArrayFromImage(sitk.Resample(self.fits.atlas.lookup, ref, fit.transform, sitk.sitkLinear,
                                                         0.0)).transpose(2, 1, 0)
-        offsets = (np.indices(template.shape).reshape(3, -1).T + lo - idx) * np.array(image.GetSpacing())
-        ball = ((offsets ** 2).sum(1) <= LESION_BALL_MM ** 2).reshape(template.shape)
+        ball = ball_mask(template.shape, idx - lo, LESION_BALL_MM, image.GetSpacing())
         own = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)[ball]
         missing = (template[ball] > self.fits.atlas.wm_level).mean() - (own > fit.wm_level).mean()
         return float(missing) > self.params.lesion_wm

@@ -35,7 +35,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .points import voxel_indices
+from .points import ball_mask, voxel_indices
 
 MODES = ("monotone", "piece")
 # --conf local_update / --local-update: "auto" serves what the model's config asks for (local_update)
@@ -75,7 +75,7 @@ class LocalUpdate:
                 return proposed.copy()  # the model did not follow the click at its voxel
             change = (proposed & ~shown) if want else (shown & ~proposed)
             if self.focus is not None and change.sum() > self.focus[2] * shown.sum():  # a large change only
-                change &= _ball(shown.shape, idx, self._reach(shown, idx, want, spacing), spacing)
+                change &= ball_mask(shown.shape, idx, self._reach(shown, idx, want, spacing), spacing)
             if self.mode == "monotone":
                 out[change] = want
             elif change[idx]:  # "piece"; a click on a voxel that already had its label asks for nothing here
@@ -167,21 +167,6 @@ def union_box(boxes: Sequence[Box]) -> Optional[Box]:
     if not boxes:
         return None
     return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
-
-
-def _ball(shape, centre, radius_mm: float, spacing) -> np.ndarray:
-    """A bool mask of the voxels within `radius_mm` of voxel `centre` (all of them for inf)."""
-    out = np.zeros(shape, dtype=bool)
-    if not np.isfinite(radius_mm):
-        out[...] = True
-        return out
-    spacing = np.asarray(spacing, dtype=np.float64)
-    half = np.floor(radius_mm / spacing).astype(int)
-    lo, hi = np.maximum(np.asarray(centre) - half, 0), np.minimum(np.asarray(centre) + half + 1, shape)
-    axes = [(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)]
-    dist2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
-    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = dist2 <= radius_mm ** 2
-    return out
 
 
 def _component_at(mask: np.ndarray, point: Tuple[int, ...]) -> np.ndarray:

@@ -85,3 +85,19 @@ def voxel_indices(points: Sequence[Sequence[float]]) -> List[List[int]]:
     """Click positions (stored indices, maybe fractional) -> the voxel indices they round to (as the click update
     reads them: half up)."""
     return [[int(np.floor(float(c) + 0.5)) for c in p] for p in points]
+
+
+def ball_mask(shape: Sequence[int], centre: Sequence[int], radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
+    """A bool mask of `shape` holding the voxels within `radius_mm` of voxel `centre` (all of them for inf); the
+    distances are worked out only in the ball's box."""
+    out = np.zeros(tuple(shape), dtype=bool)
+    if not np.isfinite(radius_mm):
+        out[...] = True
+        return out
+    spacing = np.asarray(spacing, dtype=np.float64)
+    half = np.floor(radius_mm / spacing).astype(int)
+    lo, hi = np.maximum(np.asarray(centre) - half, 0), np.minimum(np.asarray(centre) + half + 1, shape)
+    axes = [(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)]
+    dist2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = dist2 <= radius_mm ** 2
+    return out

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from .atlas_fit import footprint, mask_box
+from .points import ball_mask
 
 TOP_PERCENTILE = 99.9  # a click brighter than this percentile of the white matter is not white matter
 AWAY_MM = 10.0  # ... of the white matter farther than this from the clicks (a lesion under a click is not counted)
@@ -79,9 +80,8 @@ def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, fl
     white = warp(np.isin(atlas.white[box], sides))
     inside = [tuple(int(v) for v in np.asarray(p) - lo) for p, *_ in seeds]
     elsewhere = np.ones(data.shape, dtype=bool)  # the white matter away from the clicks: a lesion there is not in it
-    grid = np.indices(data.shape, sparse=True)
     for p in inside:
-        elsewhere &= sum(((g - c) * s) ** 2 for g, c, s in zip(grid, p, vox)) > AWAY_MM ** 2
+        elsewhere &= ~ball_mask(data.shape, p, AWAY_MM, vox)
     values = data[white & elsewhere & (data > fit.wm_threshold)].astype(np.float64)
     if not values.size:
         return None
