@@ -9,6 +9,10 @@
     OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py contrast
         a development subject with its intensities inverted inside the brain (a crude T2-like contrast): the fit's
         correlation and the nuclei's Dice, against the T1 itself
+    OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py white OUT.png
+        the white matter reading (lib.session.white_matter, twenty-third run) on the pydeface T1: a click at each
+        hemisphere's deepest template white matter, mapped through the served fit; the answer's ml and seconds, and
+        three slices through the left click with the answer over them
 """
 import sys
 import time
@@ -64,6 +68,57 @@ def nuclei_dice(img, gt, transform, mapping):
     return out
 
 
+def pydeface_t1(root: str) -> str:
+    """The pydeface sdist's real T1 (a head with its neck), extracted to a temporary folder."""
+    import tarfile
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    with tarfile.open(f"{root}/downloads/pydeface-2.1.0.tar.gz") as tar:
+        member = [m for m in tar.getmembers() if m.name.endswith("_T1w.nii.gz")][0]
+        tar.extract(member, tmp)
+    return f"{tmp}/{member.name}"
+
+
+def white_check(root: str, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lib.session.atlas_fit import AtlasFits
+    from lib.session.atlas_prior import AtlasParams, AtlasPrior
+    from lib.session.volume import load_volume
+
+    volume, fits = load_volume(pydeface_t1(root)), AtlasFits()
+    fit = fits.fit(volume, wait=True)
+    prior, atlas = AtlasPrior(AtlasParams(wait=True, white_matter=True), fits), fits.atlas
+    data = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
+    print("fit correlation", round(fit.ncc, 3))
+    shown, first = np.zeros(data.shape, np.uint8), None
+    for side in (1, 2):
+        deepest = np.unravel_index(np.argmax(np.where(atlas.white == side, atlas.white_depth, 0)), atlas.white.shape)
+        at = fit.transform.GetInverse().TransformPoint(atlas.ids.TransformIndexToPhysicalPoint(
+            [int(v) for v in deepest[::-1]]))
+        click = list(volume.image.TransformPhysicalPointToIndex(at))
+        t = time.time()
+        answer = prior.nucleus(volume, False, click)
+        ml = 0.0 if answer is None else float(answer.piece.sum()) * float(np.prod(volume.image.GetSpacing())) / 1000
+        print("side", side, "click", click, "answered" if answer is not None else "not answered",
+              f"{ml:.0f} ml", f"{time.time() - t:.2f} s")
+        if side == 1:
+            first = click
+            if answer is not None:
+                shown[answer.box] = answer.piece
+    fig, ax = plt.subplots(1, 3, figsize=(15, 5))
+    i, j, k = first
+    for x, (img, mask) in enumerate([(data[i], shown[i]), (data[:, j], shown[:, j]), (data[:, :, k], shown[:, :, k])]):
+        ax[x].imshow(img.T, cmap="gray", origin="lower")
+        ax[x].imshow(np.ma.masked_equal(mask.T, 0), alpha=0.35, origin="lower", cmap="autumn")
+    plt.tight_layout()
+    plt.savefig(out, dpi=50)
+    print("wrote", out)
+
+
 def main(mode, *rest):
     root = "../../work_data"
     if mode == "bspline":
@@ -93,21 +148,17 @@ def main(mode, *rest):
                   f"{fit.seconds:.1f} s")
     elif mode == "fits":
         import glob
-        import tarfile
-        import tempfile
 
         paths = sorted(glob.glob(f"{root}/dev_atlas/images/*.nii.gz") + glob.glob(f"{root}/dev_brain/images/*.nii.gz")
                        + glob.glob(f"{root}/dev_table/images/*mni*.nii.gz") + glob.glob(f"{root}/dev_table/images/*_mr.nii.gz"))
-        tmp = tempfile.mkdtemp()
-        with tarfile.open(f"{root}/downloads/pydeface-2.1.0.tar.gz") as tar:
-            member = [m for m in tar.getmembers() if m.name.endswith("_T1w.nii.gz")][0]
-            tar.extract(member, tmp)
-        paths.append(f"{tmp}/{member.name}")
+        paths.append(pydeface_t1(root))
         for path in paths:
             fit = ap.register(A, sitk.ReadImage(path))
             print(path.split("/")[-1], "correlation", round(fit.ncc, 3), f"{fit.seconds:.1f} s")
+    elif mode == "white":
+        white_check(root, rest[0] if rest else "white_matter_real_head.png")
     else:
-        raise SystemExit("mode: bspline [mesh mm] | contrast | fits")
+        raise SystemExit("mode: bspline [mesh mm] | contrast | fits | white [OUT.png]")
 
 
 if __name__ == "__main__":
