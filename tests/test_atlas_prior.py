@@ -429,3 +429,66 @@ def test_a_large_white_matter_answer_makes_its_band_seeds_ahead_and_its_next_cli
     near[tuple(slice(max(c - reach, 0), c + reach + 1) for c in edge)] = True
     np.testing.assert_array_equal(second[~near], first[~near])
     assert not second[tuple(edge)] and not np.array_equal(second, first)
+
+
+def test_include_clicks_in_parcels_that_do_not_touch_mean_the_whole_cortex_of_their_hemispheres(brain, tmp_path):
+    """The whole cortex reading (`whole_cortex_mm`): a label whose first click the atlas did not answer (a click in
+    cortex may mean a gyrus) becomes its hemisphere's cortex, the volume's own grey matter, when a later include click
+    lies in a parcel that does not touch the earlier ones'; a click in the other hemisphere's cortex adds that one."""
+    from lib.session.state import LabelState
+
+    path, ids, fits = brain
+    volume = load_volume(path)
+    names = {name: i for i, name in BrainAtlas().cortex.items()}
+    first, touching, far, right = (_deepest(ids == names[n]) for n in (
+        "L superiortemporal", "L insula", "L inferiortemporal", "R superiortemporal"))
+    prior = AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), fits)
+    region, state = PlainRegion(atlas=prior), LabelState((), "v", path)
+    for fg in ([first], [first, touching]):  # one click, or clicks in touching parcels: a gyrus's, the image answers
+        state.fg = fg
+        assert region.atlas_for(volume, False, state) is None
+    state.fg, state.bg = [first, touching, far], [[0, 0, 0]]
+    whole = region.atlas_for(volume, False, state)
+    left = [i for n, i in names.items() if n.startswith("L")]
+    assert sorted(whole.ids) == sorted(left) and whole.seen == 3 and whole.as_is == (3, 1)
+    got = _full(whole, ids.shape).astype(bool)
+    assert _dice(got, np.isin(ids, left)) > 0.7 and all(got[tuple(p)] for p in (first, far))
+    assert (got & np.isin(ids, [i for i in names.values() if i not in left])).sum() < 0.01 * got.sum()  # not the right
+    state.fg = [first, touching, far, right]
+    both = region.atlas_for(volume, False, state)
+    assert sorted(both.ids) == sorted(names.values()) and both.as_is == (4, 1)
+    assert _dice(_full(both, ids.shape), np.isin(ids, list(names.values()))) > 0.7
+    state.fg = [first, touching]  # an undo: the reading goes with the click that made it
+    assert region.atlas_for(volume, False, state) is None
+    assert PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, snap_mm=3.0), fits)).atlas_for(
+        volume, False, LabelState((), "v", path, fg=[first, touching, far])) is None  # off by default
+    # a dark lesion (necrosis) under the far click: not grey matter, no reading
+    image = sitk.ReadImage(path)
+    t1 = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)
+    ball = np.sqrt(((np.indices(t1.shape) - np.array(far)[:, None, None, None]) ** 2).sum(0)) <= 4
+    out = sitk.GetImageFromArray(np.where(ball, 0.3 * np.percentile(t1[t1 > 0], 80), t1).transpose(2, 1, 0).astype(
+        np.int16))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(tmp_path / "necrosis.nii.gz"))
+    assert PlainRegion(atlas=prior).atlas_for(load_volume(str(tmp_path / "necrosis.nii.gz")), False, LabelState(
+        (), "v", path, fg=[first, touching, far])) is None
+
+
+def test_the_engine_adds_the_whole_cortex_to_the_shown_mask_at_the_click_that_asks_for_it(brain):
+    from lib.session import SegmentationEngine
+    from lib.session.local_update import LocalUpdate
+    from lib.session.state import LabelState
+    from test_flood_region import _prior_only_model
+
+    path, ids, fits = brain
+    names = {name: i for i, name in BrainAtlas().cortex.items()}
+    first, far = (_deepest(ids == names[n]) for n in ("L superiortemporal", "L inferiortemporal"))
+    prior = AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), fits)
+    engine = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
+                                region=PlainRegion(atlas=prior, merge=True), local=LocalUpdate("piece"))
+    one = engine.segment("b", path, "cortex", [first], [], modality="MR").mask.astype(bool)
+    two = engine.segment("b", path, "cortex", [first, far], [], modality="MR").mask.astype(bool)
+    whole = _full(PlainRegion(atlas=prior).atlas_for(load_volume(path), False, LabelState(
+        (), "v", path, fg=[first, far])), ids.shape).astype(bool)
+    assert two[one].all()  # an include click only adds: the first answer stays
+    assert (two & whole).sum() > 0.9 * whole.sum() and two.sum() > 5 * one.sum()  # the cortex's piece at the click

@@ -1,5 +1,5 @@
 """Prototype of the atlas prior's cortical parcels (issue 14, twenty-second run; docs/default_model.md): the served
-lib.session.atlas_prior with its `cortex`, `grow_mm`, `snap_mm`, `whole_after`, `lesion_wm`, `white_matter`, `wm_reach_mm` and `wm_depth_mm` parameters set from the environment, whatever the
+lib.session.atlas_prior with its `cortex`, `grow_mm`, `snap_mm`, `whole_after`, `lesion_wm`, `white_matter`, `wm_reach_mm`, `wm_depth_mm` and `whole_cortex_mm` parameters set from the environment, whatever the
 checkpoint's config says, and with FOCUS="factor,minimum_mm" the click update's `local_update_focus`
 (lib.session.local_update), in this process only; the rest is `python -m lib.evaluation` with its own arguments (from
 apps/sammed3d, on a checkpoint whose config has `atlas_prior`, default-v12):
@@ -25,7 +25,8 @@ def from_config(cls, config):
                                lesion_wm=float(os.environ.get("LESION_WM", "0")),
                                white_matter=os.environ.get("WHITE_MATTER", "0") == "1",
                                wm_reach_mm=float(os.environ.get("WM_REACH_MM", "4")),
-                               wm_depth_mm=float(os.environ.get("WM_DEPTH_MM", "5")))
+                               wm_depth_mm=float(os.environ.get("WM_DEPTH_MM", "5")),
+                               whole_cortex_mm=float(os.environ.get("WHOLE_CORTEX_MM", "0")))
 
 
 def _focused(resolve):

@@ -13,7 +13,7 @@ What:
   SHARED_FITS is the process's (the server's engines share each volume's fit).
 
     register(BrainAtlas(), sitk_image) -> AtlasFit(transform: volume point -> template point, ncc, seconds, wm_level,
-                                                   wm_threshold)
+                                                   wm_threshold, gm_threshold)
 """
 from __future__ import annotations
 
@@ -69,7 +69,11 @@ class BrainAtlas:
         grey = float(np.median(brain[np.isin(self.id_array, list(self.cortex))]))
         self.wm_threshold = (grey + float(np.median(brain[brain > self.wm_level]))) / 2
         self.wm_quantile = float((brain[brain > 0] < self.wm_threshold).mean())
+        # the grey matter's lower edge (CSF below): as far under the cortex's median as the white matter is over it
+        # (the whole cortex reading, lib.session.grey_matter); a quantile too
+        self.gm_quantile = float((brain[brain > 0] < 3 * grey - 2 * self.wm_threshold).mean())
         self._white, self._white_lock = None, threading.Lock()
+        self._apart = {}  # parcels_apart's answers
         # the answers' own copy: a filter run on the template changes ITK state that the next registration with it
         # as its moving image reads (a lesion check's resampling moved a later fit: dev_atlas_cortex subject 1)
         self.lookup = sitk.GetImageFromArray(brain)
@@ -118,6 +122,17 @@ class BrainAtlas:
         dist = np.sqrt((offset ** 2).sum(1))
         k = int(np.argmin(dist))
         return int(near[tuple(found[k])]) if dist[k] <= reach_mm else 0
+
+    def parcels_apart(self, a: int, b: int, mm: float) -> bool:
+        """Whether no voxel of atlas id `b` lies within `mm` of id `a`'s on the template (touching parcels: 1 mm)."""
+        key = (min(a, b), max(a, b), mm)
+        if key not in self._apart:
+            spacing = np.array(self.ids.GetSpacing())[::-1]
+            box = tuple(slice(max(s.start - m, 0), s.stop + m) for s, m in
+                        zip(self.boxes[a - 1], np.ceil(mm / spacing).astype(int) + 1))
+            near = ndimage.distance_transform_edt(self.id_array[box] != a, sampling=spacing) <= mm
+            self._apart[key] = not (near & (self.id_array[box] == b)).any()
+        return self._apart[key]
 
     def crop(self, ids: Sequence[int]):
         """The atlas ids on the box around `ids` (one voxel more each side), a SimpleITK image."""
@@ -184,6 +199,7 @@ class AtlasFit:
     seconds: float
     wm_level: float = 0.0  # the volume's white matter is above this (WM_PERCENTILE over the warped template's brain)
     wm_threshold: float = 0.0  # the volume's grey/white boundary (BrainAtlas.wm_quantile of the warped brain)
+    gm_threshold: float = 0.0  # the volume's CSF/grey boundary (BrainAtlas.gm_quantile of the warped brain)
 
 
 def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
@@ -205,17 +221,17 @@ def _method(shrink: Sequence[int], iterations: int, percentage: float = 0.02):
 
 def _correlation(atlas: BrainAtlas, fixed, transform) -> Tuple[float, float, float]:
     """The warped template's correlation with the volume where the warped template is brain, the volume's white
-    matter level there (WM_PERCENTILE) and its grey/white boundary (the template's, as a quantile)."""
+    matter level there (WM_PERCENTILE), its grey/white and its CSF/grey boundaries (the template's, as quantiles)."""
     import SimpleITK as sitk
 
     warped = sitk.GetArrayFromImage(sitk.Resample(atlas.lookup, fixed, transform, sitk.sitkLinear, 0.0))
     inside = warped > 0
     if inside.sum() <= 100:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     values = sitk.GetArrayViewFromImage(fixed)[inside]
     ncc = float(np.corrcoef(warped[inside], values)[0, 1])
-    levels = np.percentile(values, [WM_PERCENTILE, 100 * atlas.wm_quantile])
-    return (ncc if np.isfinite(ncc) else 0.0), float(levels[0]), float(levels[1])
+    levels = np.percentile(values, [WM_PERCENTILE, 100 * atlas.wm_quantile, 100 * atlas.gm_quantile])
+    return (ncc if np.isfinite(ncc) else 0.0), float(levels[0]), float(levels[1]), float(levels[2])
 
 
 def _affine(transform):

@@ -52,11 +52,13 @@ import numpy as np
 from ..util import process_threads
 from .atlas_band import band_region, prefetch_seeds
 from .atlas_fit import SHARED_FITS, AtlasFits, footprint
+from .grey_matter import cortex_region
 from .local_update import union_box
 from .points import ball_mask, voxel_indices
 from .volume import is_ct
 from .white_matter import WM_IDS, white_region, white_side
 
+GREY_REACH_MM = 2.0  # the whole cortex: the volume's grey matter this near the warped parcels (development: 1-3 best)
 LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
 LOCAL_ABOVE = 1_000_000  # a structure's box over this many voxels: a later click is solved near it (atlas_band)
 Answer = Tuple[np.ndarray, Tuple[slice, ...]]  # (uint8 mask, box): on the stored grid, or the box's piece (Nucleus)
@@ -85,12 +87,14 @@ class AtlasParams:
     wait: bool = False  # a first click waits for the volume's fit (the evaluation, the trainer) or goes on without
     cortex: bool = False  # a first click in a cortical parcel is answered by the parcel too
     grow_mm: float = 0.0  # > 0: a later include click in another parcel, this far past the shown ones, adds it
-    snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex only)
+    snap_mm: float = 0.0  # a click on no atlas structure takes the cortical parcel within this distance (cortex and
+    # the whole cortex reading)
     whole_after: int = 0  # > 0: a label grown to this many parcels is answered by its hemispheres' whole cortex
     lesion_wm: float = 0.3  # > 0: no answer where the template shows this much more white matter within 8 mm (a lesion)
     white_matter: bool = False  # a click in cerebral white matter: its hemisphere's (lib.session.white_matter)
     wm_reach_mm: float = 4.0  # ... the volume's white matter within this distance of the warped template's
     wm_depth_mm: float = 5.0  # ... for a click this far under the template's cortex (a gyrus's white matter: the gyrus)
+    whole_cortex_mm: float = 0.0  # > 0: include clicks in parcels this far apart mean the whole cortex (whole_cortex)
 
     @classmethod
     def from_config(cls, config) -> "AtlasParams":
@@ -122,7 +126,9 @@ class AtlasPrior:
             if p.lesion_wm > 0 else ""
         white = (f"; a click {p.wm_depth_mm:g} mm deep in cerebral white matter answered by its hemisphere's, a "
                  f"click in the other's adds that") if p.white_matter else ""
-        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow}{white} "
+        whole = (f"; include clicks in parcels over {p.whole_cortex_mm:g} mm apart answered by their hemispheres' "
+                 f"cortex") if p.whole_cortex_mm > 0 else ""
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow}{white}{whole} "
                 f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads{lesion}, band {p.core_mm:g} / "
                 f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
                                           "without waiting for the fit)"))
@@ -155,7 +161,15 @@ class AtlasPrior:
                 if added is not None:
                     nucleus = _joined(nucleus, added)._replace(as_is=(n, len(bg)))  # answered as is: no band solve
             return nucleus._replace(seen=len(fg))
-        if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
+        sides = self._whole_sides(nucleus.ids) if fit is not None and self.params.whole_cortex_mm > 0 else set()
+        for n in range(nucleus.seen + 1, len(fg) + 1) if sides else ():  # the whole cortex: an include click in
+            parcel = self._parcel_at(fit, volume, fg[n - 1])  # the other hemisphere's cortex adds that one's
+            side = atlas.cortex[parcel].split()[0] if parcel else None
+            if side and side not in sides and not self._lesion(volume, fit, fg[n - 1]):
+                added = self._grey(volume, fit, {side}, fg[n - 1], seen=n)
+                if added is not None:
+                    nucleus, sides = _joined(nucleus, added)._replace(as_is=(n, len(bg))), sides | {side}
+        if sides or fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
             return nucleus._replace(seen=len(fg))
         spacing = np.array(volume.image.GetSpacing())
         for n, point in enumerate(fg[nucleus.seen:], start=nucleus.seen + 1):
@@ -173,6 +187,47 @@ class AtlasPrior:
                 grown = self._warp(volume, fit, ids, point, seen=n)
                 nucleus = grown if grown is not None else nucleus
         return nucleus._replace(seen=len(fg))
+
+    def whole_cortex(self, volume, ct: bool, fg, bg, start: int = 1) -> Optional[Nucleus]:
+        """The whole cortex reading (`whole_cortex_mm` > 0) of a label the atlas did not answer at its first click, or
+        None: when the first include click lies in a cortical parcel and a later one, fg[start:], in a parcel more than
+        `whole_cortex_mm` from every parcel of the earlier include clicks (on the template), the label is not a gyrus
+        (a gyrus's clicks lie in parcels that touch: 47 Harvard-Oxford gyri, docs/default_model.md, "Twenty-fourth
+        run") but the cortex: the whole cortex of those clicks' hemispheres, answered as is at that click."""
+        fit = None if self.params.whole_cortex_mm <= 0 or len(fg) < 2 else self._fit(volume, ct)
+        if fit is None:
+            return None
+        atlas = self.fits.atlas
+        parcels = [self._parcel_at(fit, volume, point) for point in fg]
+        if not parcels[0] or self._lesion(volume, fit, fg[0]):
+            return None
+        for n in range(max(start, 1), len(fg)):
+            new, earlier = parcels[n], [q for q in parcels[:n] if q]
+            if new and all(atlas.parcels_apart(q, new, self.params.whole_cortex_mm) for q in earlier) \
+                    and not self._lesion(volume, fit, fg[n]):
+                sides = {atlas.cortex[parcels[0]].split()[0], atlas.cortex[new].split()[0]}
+                found = self._grey(volume, fit, sides, fg[n], n + 1)
+                if found is not None:
+                    return found._replace(as_is=(n + 1, len(bg)))
+        return None
+
+    def _grey(self, volume, fit, sides, point, seen: int) -> Optional[Nucleus]:
+        """The volume's cortex of the hemispheres `sides` ("L", "R"; lib.session.grey_matter), or None where the click
+        that asks for it is not grey matter (its 3^3 median between the fit's CSF/grey and grey/white boundaries; a
+        label's first click may lie deeper: a thick atlas label's centre lies in white matter, development dev_ho_cortex)."""
+        cortex = self.fits.atlas.cortex
+        if not fit.gm_threshold < volume.median_around(point, 1) <= fit.wm_threshold:
+            return None
+        ids = tuple(i for i, name in cortex.items() if name.split()[0] in sides)
+        found = cortex_region(self.fits.atlas, fit, volume.image, ids, [i for i in cortex if i not in ids],
+                              GREY_REACH_MM)
+        return None if found is None else Nucleus(found[0], found[1], ids, seen)
+
+    def _whole_sides(self, ids) -> set:
+        """The hemispheres all of whose cortical parcels are among `ids`."""
+        cortex = self.fits.atlas.cortex
+        return {side for side in {name.split()[0] for name in cortex.values()}
+                if all(i in ids for i, name in cortex.items() if name.split()[0] == side)}
 
     def _fit(self, volume, ct: bool):
         fit = None if ct else self.fits.fit(volume, self.params.wait)
@@ -215,14 +270,19 @@ class AtlasPrior:
     def _white_side(self, volume, fit, point) -> int:
         return white_side(self.fits.atlas, fit, volume.image, voxel_indices([point])[0], self.params.wm_depth_mm)
 
-    def _id_at(self, fit, volume, point) -> int:
-        """The atlas id under a click; on none, with `cortex`, the parcel within `snap_mm` (0: none)."""
+    def _id_at(self, fit, volume, point, snap: Optional[bool] = None) -> int:
+        """The atlas id under a click; on none, with `snap` (default: `cortex`), the parcel within `snap_mm` (0: none)."""
         atlas, image = self.fits.atlas, volume.image
         at = fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(voxel_indices([point])[0]))
         ident = atlas.id_at(at)
-        if ident == 0 and self.params.cortex and self.params.snap_mm > 0:
+        if ident == 0 and (self.params.cortex if snap is None else snap) and self.params.snap_mm > 0:
             ident = atlas.parcel_near(at, self.params.snap_mm)
         return ident
+
+    def _parcel_at(self, fit, volume, point) -> int:
+        """The cortical parcel under a click or within `snap_mm` of it (0: none)."""
+        ident = self._id_at(fit, volume, point, snap=True)
+        return ident if ident in self.fits.atlas.cortex else 0
 
     def _warp(self, volume, fit, ids: Tuple[int, ...], point, seen: int) -> Optional[Nucleus]:
         """The atlas ids `ids` warped onto the volume (linear, >= 0.5) in the box of their extent, or None where they

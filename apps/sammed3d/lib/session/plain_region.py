@@ -107,10 +107,14 @@ class PlainRegion:
         its later include clicks, or None."""
         if self.atlas is None or not state.fg:
             return None
-        if state.atlas_click != state.fg[0] or (state.atlas is not None and state.atlas.seen > len(state.fg)):
+        if state.atlas_click != state.fg[0] or state.atlas_seen > len(state.fg):  # a new first click, or an undo
             state.atlas_click, state.atlas = state.fg[0], self.atlas.nucleus(volume, ct, state.fg[0])
+            state.atlas_seen = 1
+        if state.atlas is None and state.atlas_seen < len(state.fg):  # later include clicks may say "the cortex"
+            state.atlas = self.atlas.whole_cortex(volume, ct, state.fg, state.bg, state.atlas_seen)
         if state.atlas is not None and state.atlas.seen < len(state.fg):
             state.atlas = self.atlas.grow(volume, ct, state.atlas, state.fg, state.bg)
+        state.atlas_seen = len(state.fg)
         return state.atlas
 
     def describe(self) -> str:

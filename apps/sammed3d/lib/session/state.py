@@ -74,6 +74,7 @@ class LabelState:
     # include click and grown by later ones
     atlas: Optional[tuple] = None
     atlas_click: Optional[Point] = None
+    atlas_seen: int = 0  # how many of its include clicks the atlas has read
 
     def checkpoint(self) -> tuple:
         """Everything mutable, for rolling a failed request back (see `restore`)."""
