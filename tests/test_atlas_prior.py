@@ -487,7 +487,10 @@ def test_the_engine_adds_the_whole_cortex_to_the_shown_mask_at_the_click_that_as
     engine = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
                                 region=PlainRegion(atlas=prior, merge=True), local=LocalUpdate("piece"))
     one = engine.segment("b", path, "cortex", [first], [], modality="MR").mask.astype(bool)
+    jobs = list(prior._cortex._jobs.values())  # the first click's hemisphere's cortex, begun behind its answer
+    assert len(jobs) == 1 and jobs[0][1].result() is not None
     two = engine.segment("b", path, "cortex", [first, far], [], modality="MR").mask.astype(bool)
+    assert list(prior._cortex._jobs.values()) == jobs  # the click asking for it found it made
     whole = _full(PlainRegion(atlas=prior).atlas_for(load_volume(path), False, LabelState(
         (), "v", path, fg=[first, far])), ids.shape).astype(bool)
     assert two[one].all()  # an include click only adds: the first answer stays

@@ -52,7 +52,7 @@ import numpy as np
 from ..util import process_threads
 from .atlas_band import band_region, prefetch_seeds
 from .atlas_fit import SHARED_FITS, AtlasFits, footprint
-from .grey_matter import cortex_region
+from .grey_matter import CortexPieces
 from .local_update import union_box
 from .points import ball_mask, voxel_indices
 from .volume import is_ct
@@ -114,6 +114,7 @@ class AtlasPrior:
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
         self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
         self._answers: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last band answers (a large one's next click)
+        self._cortex = CortexPieces()  # the hemispheres' cortex of the last volumes (the whole cortex reading)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -215,13 +216,27 @@ class AtlasPrior:
         """The volume's cortex of the hemispheres `sides` ("L", "R"; lib.session.grey_matter), or None where the click
         that asks for it is not grey matter (its 3^3 median between the fit's CSF/grey and grey/white boundaries; a
         label's first click may lie deeper: a thick atlas label's centre lies in white matter, development dev_ho_cortex)."""
-        cortex = self.fits.atlas.cortex
         if not fit.gm_threshold < volume.median_around(point, 1) <= fit.wm_threshold:
             return None
-        ids = tuple(i for i, name in cortex.items() if name.split()[0] in sides)
-        found = cortex_region(self.fits.atlas, fit, volume.image, ids, [i for i in cortex if i not in ids],
-                              GREY_REACH_MM)
-        return None if found is None else Nucleus(found[0], found[1], ids, seen)
+        found = self._cortex_job(volume, fit, sides).result()
+        return None if found is None else Nucleus(found[0], found[1], self._sides_ids(sides), seen)
+
+    def prefetch_cortex(self, volume, ct: bool, point) -> Optional[Future]:
+        """The cortex of the hemisphere a label's first click's parcel lies in, made on a background thread while the
+        annotator looks at the answer (`whole_cortex_mm` > 0): the whole cortex reading's answer, should a later click
+        ask for it (0.75 s of that click on a 1 mm brain otherwise). None: no fit, or no parcel there."""
+        fit = None if self.params.whole_cortex_mm <= 0 else self._fit(volume, ct)
+        parcel = self._parcel_at(fit, volume, point) if fit is not None else 0
+        return self._cortex_job(volume, fit, {self.fits.atlas.cortex[parcel].split()[0]}, True) if parcel else None
+
+    def _cortex_job(self, volume, fit, sides, background: bool = False) -> Future:
+        ids = self._sides_ids(sides)
+        return self._cortex.get(self.fits.atlas, fit, volume.image, ids,
+                                [i for i in self.fits.atlas.cortex if i not in ids], GREY_REACH_MM, background)
+
+    def _sides_ids(self, sides) -> Tuple[int, ...]:
+        """Every cortical parcel of the hemispheres `sides` ("L", "R")."""
+        return tuple(i for i, name in self.fits.atlas.cortex.items() if name.split()[0] in sides)
 
     def _whole_sides(self, ids) -> set:
         """The hemispheres all of whose cortical parcels are among `ids`."""

@@ -84,9 +84,7 @@ class SegmentationEngine:
         self.runner = ModelRunner(model, device, precision)
         self.model_version = str(model_version)
         self.encoder_version = self.model_version  # embeddings stay valid while this is unchanged
-        self.modality = modality
-        self.click_mode = click_mode
-        self.max_crops = int(max_crops)
+        self.modality, self.click_mode, self.max_crops = modality, click_mode, int(max_crops)
         self.refine, self.fine, self.local, self.region = refine, fine, local, region
         self.volumes = volumes if volumes is not None else VolumeCache(LRUCache(cache_bytes))
         self.cache = self.volumes.lru  # volumes, model grids and embeddings: one byte bound
@@ -405,6 +403,8 @@ class SegmentationEngine:
         state.plain, mask = plain, state.show(*((answer[0], [answer[1]]) if merged else (mask, boxes)), self.local, new,
                                               req.volume.image.GetSpacing())
         mask = apply_roi(answer[0] if answer is not None and not merged else mask, roi)  # clamped to an ROI
+        if self.region is not None:  # work the label's next click may need, begun as the answer goes out
+            self.region.ahead(req.volume, req.ct, state)
         req.timings["paste"] += time.perf_counter() - t
         req.timings["total"] = time.perf_counter() - t0
         return SegmentationResult(

@@ -117,6 +117,12 @@ class PlainRegion:
         state.atlas_seen = len(state.fg)
         return state.atlas
 
+    def ahead(self, volume, ct: bool, state) -> None:
+        """After a label's first click the atlas did not answer: its hemisphere's cortex made on a background thread,
+        should a later click ask for the whole cortex (AtlasPrior.prefetch_cortex)."""
+        if self.atlas is not None and len(state.fg) == 1 and state.atlas is None:
+            self.atlas.prefetch_cortex(volume, ct, state.fg[0])
+
     def describe(self) -> str:
         p = self.params
         rule = "a learned score" if self.scorer else "contrast"
