@@ -308,7 +308,7 @@ def test_the_next_images_fit_is_started_ahead_for_mr_only(brain):
 
 
 def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(brain, tmp_path):
-    """A real `monailabel start_server` with the default model (default-v14), driven by the Slicer plugin's client."""
+    """A real `monailabel start_server` with the default model (default-v15), driven by the Slicer plugin's client."""
     import os
     import shutil
     import sys
@@ -349,6 +349,16 @@ def test_through_the_server_a_thalamus_click_gets_the_thalamus_and_info_says_so(
                                                             "foreground": [_deepest(white == 1)]})
         got = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
         assert _dice(got, white == 1) > 0.8
+        # default-v15: a second include click in a cortical parcel apart from the first's gets the hemisphere's cortex
+        assert "hemispheres' cortex" in weights["plain_region"]
+        names = {name: i for i, name in atlas.cortex.items()}
+        first, far = (_deepest(ids == names[n]) for n in ("L superiortemporal", "L inferiortemporal"))
+        label_file, _ = client.infer("sammed3d", "brain", {"label": "cortex", "foreground": [first]})
+        one = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
+        label_file, _ = client.infer("sammed3d", "brain", {"label": "cortex", "foreground": [first, far]})
+        got = sitk.GetArrayFromImage(sitk.ReadImage(label_file)).transpose(2, 1, 0) > 0
+        left = np.isin(ids, [i for n, i in names.items() if n.startswith("L")])
+        assert got[one].all() and _dice(got, left) > 0.6 > _dice(one, left)
 
 
 def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemisphere_adds_that(brain, tmp_path):
