@@ -13,6 +13,11 @@
         the white matter reading (lib.session.white_matter, twenty-third run) on the pydeface T1: a click at each
         hemisphere's deepest template white matter, mapped through the served fit; the answer's ml and seconds, and
         three slices through the left click with the answer over them
+    OMP_NUM_THREADS=1 ../../.venv/bin/python ../../docs/eval/click_unet/atlas_fit_checks_prototype.py cortex OUT.png
+        the whole cortex reading (lib.session.grey_matter, twenty-fourth run) on the pydeface T1: a label's clicks at
+        the deepest voxels of two left parcels that do not touch (superior temporal, then superior frontal), mapped
+        through the served fit; the answer's ml, seconds, its share outside the warped template's brain, and three
+        slices through the second click
 """
 import sys
 import time
@@ -81,10 +86,6 @@ def pydeface_t1(root: str) -> str:
 
 
 def white_check(root: str, out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from lib.session.atlas_fit import AtlasFits
     from lib.session.atlas_prior import AtlasParams, AtlasPrior
     from lib.session.volume import load_volume
@@ -109,14 +110,64 @@ def white_check(root: str, out: str) -> None:
             first = click
             if answer is not None:
                 shown[answer.box] = answer.piece
+    slices(out, data, shown, first)
+
+
+def slices(out, data, shown, click):
+    """Three slices through `click` with the mask `shown` over the image, written to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 3, figsize=(15, 5))
-    i, j, k = first
+    i, j, k = click
     for x, (img, mask) in enumerate([(data[i], shown[i]), (data[:, j], shown[:, j]), (data[:, :, k], shown[:, :, k])]):
         ax[x].imshow(img.T, cmap="gray", origin="lower")
         ax[x].imshow(np.ma.masked_equal(mask.T, 0), alpha=0.35, origin="lower", cmap="autumn")
     plt.tight_layout()
     plt.savefig(out, dpi=50)
     print("wrote", out)
+
+
+def cortex_check(root: str, out: str) -> None:
+    from lib.session.atlas_fit import AtlasFits
+    from lib.session.atlas_prior import AtlasParams, AtlasPrior
+    from lib.session.plain_region import PlainRegion
+    from lib.session.state import LabelState
+    from lib.session.volume import load_volume
+    from scipy import ndimage
+
+    path = pydeface_t1(root)
+    volume, fits = load_volume(path), AtlasFits()
+    fit = fits.fit(volume, wait=True)
+    atlas = fits.atlas
+    region = PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), fits))
+    names = {name: i for i, name in atlas.cortex.items()}
+    clicks = []
+    for name in ("L superiortemporal", "L superiorfrontal"):
+        inside = np.pad(atlas.id_array == names[name], 1)
+        deepest = np.array(np.unravel_index(np.argmax(ndimage.distance_transform_edt(inside)), inside.shape)) - 1
+        at = fit.transform.GetInverse().TransformPoint(atlas.ids.TransformIndexToPhysicalPoint(
+            [int(v) for v in deepest[::-1]]))
+        clicks.append(list(volume.image.TransformPhysicalPointToIndex(at)))
+    print("fit correlation", round(fit.ncc, 3), "clicks", clicks, "parcels apart",
+          atlas.parcels_apart(names["L superiortemporal"], names["L superiorfrontal"], 2.0))
+    t = time.time()
+    answer = region.atlas_for(volume, False, LabelState((), "v", path, fg=clicks))
+    seconds = time.time() - t
+    data = sitk.GetArrayFromImage(volume.image).transpose(2, 1, 0)
+    shown = np.zeros(data.shape, np.uint8)
+    if answer is None:
+        print("not answered", f"{seconds:.2f} s")
+        return
+    shown[answer.box] = answer.piece
+    brain = sitk.GetArrayFromImage(sitk.Resample(atlas.lookup, volume.image, fit.transform, sitk.sitkLinear,
+                                                 0.0)).transpose(2, 1, 0) > 0
+    ml = float(shown.sum()) * float(np.prod(volume.image.GetSpacing())) / 1000
+    print(f"answered {ml:.0f} ml in {seconds:.2f} s; outside the warped template's brain "
+          f"{(shown.astype(bool) & ~brain).sum() / max(1, shown.sum()):.3f}")
+    slices(out, data, shown, clicks[1])
 
 
 def main(mode, *rest):
@@ -157,8 +208,10 @@ def main(mode, *rest):
             print(path.split("/")[-1], "correlation", round(fit.ncc, 3), f"{fit.seconds:.1f} s")
     elif mode == "white":
         white_check(root, rest[0] if rest else "white_matter_real_head.png")
+    elif mode == "cortex":
+        cortex_check(root, rest[0] if rest else "cortex_real_head.png")
     else:
-        raise SystemExit("mode: bspline [mesh mm] | contrast | fits | white [OUT.png]")
+        raise SystemExit("mode: bspline [mesh mm] | contrast | fits | white [OUT.png] | cortex [OUT.png]")
 
 
 if __name__ == "__main__":
