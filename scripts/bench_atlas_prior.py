@@ -25,7 +25,7 @@ from lib.session import SegmentationEngine  # noqa: E402
 from lib.session.atlas_fit import AtlasFits  # noqa: E402
 from lib.session.atlas_prior import AtlasPrior  # noqa: E402
 from lib.session.fine_region import resolve_fine  # noqa: E402
-from lib.session.grey_matter import CortexPieces  # noqa: E402
+from lib.session.fit_pieces import FitPieces  # noqa: E402
 from lib.session.local_update import resolve_local  # noqa: E402
 from lib.session.plain_region import resolve_region  # noqa: E402
 from lib.session.refine import resolve_refine  # noqa: E402
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         for n in range(args.repeats):
             label = f"label-{n}"
             if engine.region is not None and engine.region.atlas is not None:  # each label makes its own
-                engine.region.atlas._cortex = CortexPieces()  # hemisphere's cortex (the warm-up's is dropped)
+                engine.region.atlas._pieces = FitPieces()  # pieces made ahead (the warm-up's dropped)
             for k in range(1 + len(later)):
                 time.sleep(args.pause if k else 0.0)  # the annotator looks at the mask (background work runs)
                 t = time.perf_counter()

@@ -387,9 +387,15 @@ def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemis
     inside = np.argwhere(shown & (white == 1))[len(np.argwhere(shown)) // 3].tolist()
     state.fg = [left, inside]
     np.testing.assert_array_equal(region.atlas_for(volume, False, state).piece, first.piece)
+    job = prior.prefetch_white(volume, False, state.atlas)  # what PlainRegion.ahead starts once an answer is out
+    assert job is not None and job.result() is not None  # the other hemisphere's white matter pieces, made ahead
     state.fg = [left, inside, right]
     both = region.atlas_for(volume, False, state)
     assert both.ids == (WM_IDS[1], WM_IDS[2]) and both.seen == 3 and both.as_is == (3, 0)
+    assert prior.prefetch_white(volume, False, both) is None  # both sides: nothing more to make
+    alone = PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, white_matter=True), fits)).atlas_for(
+        volume, False, LabelState((), "v", path, fg=[left, inside, right]))  # nothing made ahead: the same answer
+    np.testing.assert_array_equal(alone.piece, both.piece)
     assert _dice(_full(both, ids.shape), white > 0) > 0.8
     mask, _ = prior.answer(volume, False, state.fg, [], both)  # the growing click: the grown piece itself (no band)
     np.testing.assert_array_equal(mask, _full(both, ids.shape))
@@ -497,10 +503,10 @@ def test_the_engine_adds_the_whole_cortex_to_the_shown_mask_at_the_click_that_as
     engine = SegmentationEngine(_prior_only_model(margin=7), "v", click_mode="all", max_crops=2,
                                 region=PlainRegion(atlas=prior, merge=True), local=LocalUpdate("piece"))
     one = engine.segment("b", path, "cortex", [first], [], modality="MR").mask.astype(bool)
-    jobs = list(prior._cortex._jobs.values())  # the first click's hemisphere's cortex, begun behind its answer
+    jobs = list(prior._pieces._jobs.values())  # the first click's hemisphere's cortex, begun behind its answer
     assert len(jobs) == 1 and jobs[0][1].result() is not None
     two = engine.segment("b", path, "cortex", [first, far], [], modality="MR").mask.astype(bool)
-    assert list(prior._cortex._jobs.values()) == jobs  # the click asking for it found it made
+    assert list(prior._pieces._jobs.values()) == jobs  # the click asking for it found it made
     whole = _full(PlainRegion(atlas=prior).atlas_for(load_volume(path), False, LabelState(
         (), "v", path, fg=[first, far])), ids.shape).astype(bool)
     assert two[one].all()  # an include click only adds: the first answer stays

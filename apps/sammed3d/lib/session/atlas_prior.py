@@ -52,11 +52,12 @@ import numpy as np
 from ..util import process_threads
 from .atlas_band import band_region, prefetch_seeds
 from .atlas_fit import SHARED_FITS, AtlasFits, footprint
-from .grey_matter import CortexPieces
+from .fit_pieces import FitPieces
+from .grey_matter import cortex_region
 from .local_update import union_box
 from .points import ball_mask, voxel_indices
 from .volume import is_ct
-from .white_matter import WM_IDS, white_region, white_side
+from .white_matter import WM_IDS, white_pieces, white_region, white_side
 
 GREY_REACH_MM = 2.0  # the whole cortex: the volume's grey matter this near the warped parcels (development: 1-3 best)
 LESION_BALL_MM = 8.0  # the lesion check's ball (AtlasPrior._lesion)
@@ -114,7 +115,7 @@ class AtlasPrior:
     def __init__(self, params: Optional[AtlasParams] = None, fits: Optional[AtlasFits] = None):
         self.params, self.fits = params or AtlasParams(), fits or SHARED_FITS  # one fit per volume per process
         self._answers: "OrderedDict[tuple, tuple]" = OrderedDict()  # the last band answers (a large one's next click)
-        self._cortex = CortexPieces()  # the hemispheres' cortex of the last volumes (the whole cortex reading)
+        self._pieces = FitPieces()  # hemispheres' cortex and white matter of the last volumes, made once (ahead)
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -230,9 +231,22 @@ class AtlasPrior:
         return self._cortex_job(volume, fit, {self.fits.atlas.cortex[parcel].split()[0]}, True) if parcel else None
 
     def _cortex_job(self, volume, fit, sides, background: bool = False) -> Future:
-        ids = self._sides_ids(sides)
-        return self._cortex.get(self.fits.atlas, fit, volume.image, ids,
-                                [i for i in self.fits.atlas.cortex if i not in ids], GREY_REACH_MM, background)
+        ids, atlas = self._sides_ids(sides), self.fits.atlas
+        others = [i for i in atlas.cortex if i not in ids]
+        return self._pieces.get(fit, ("cortex", ids), lambda: cortex_region(atlas, fit, volume.image, ids, others,
+                                                                            GREY_REACH_MM), background)
+
+    def _white_job(self, volume, fit, sides, background: bool = False) -> Future:
+        sides = tuple(sorted(sides))
+        return self._pieces.get(fit, ("white", sides), lambda: white_pieces(self.fits.atlas, fit, volume.image, sides,
+                                                                            self.params.wm_reach_mm), background)
+
+    def prefetch_white(self, volume, ct: bool, nucleus: Nucleus) -> Optional[Future]:
+        """After a label's white matter answer of one hemisphere: the other hemisphere's white matter pieces, made on
+        the atlas band's background thread, should a later click add it (0.5 s of that click on a 1 mm brain)."""
+        sides = {side for side, ident in WM_IDS.items() if ident in nucleus.ids}
+        fit = self._fit(volume, ct) if len(sides) == 1 and set(nucleus.ids) <= set(WM_IDS.values()) else None
+        return None if fit is None else self._white_job(volume, fit, set(WM_IDS) - sides, True)
 
     def _sides_ids(self, sides) -> Tuple[int, ...]:
         """Every cortical parcel of the hemispheres `sides` ("L", "R")."""
@@ -277,7 +291,9 @@ class AtlasPrior:
             side = self._white_side(volume, fit, point)
             if side and volume.median_around(point) > fit.wm_threshold and not self._lesion(volume, fit, point):
                 seeds.append((voxel_indices([point])[0], side, volume.median_around(point, 1)))  # 3^3: a 3 mm nodule
-        found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm) if seeds else None
+        sides = {side for _, side, _ in seeds}
+        found = white_region(atlas, fit, image, seeds, self.params.wm_reach_mm,
+                             self._white_job(volume, fit, sides).result()) if seeds else None
         if found is None:
             return None
         return Nucleus(found[0], found[1], tuple(sorted({WM_IDS[side] for _, side, _ in seeds})), seen)

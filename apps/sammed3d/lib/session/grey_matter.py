@@ -11,20 +11,14 @@ What: `cortex_region`: voxels between the fit's CSF/grey and grey/white boundari
 warped deep nucleus or brainstem, and not in another hemisphere's warped cortex that is not the clicked one's.
 
     cortex_region(atlas, fit, image, ids, others, reach_mm) -> (uint8 piece, box on the stored grid) or None
-    CortexPieces().get(atlas, fit, image, ids, others, reach_mm, background) -> Future of cortex_region's answer,
-        computed once per fit and parcels (the newest four kept), here or on a background thread
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from ..util import process_threads
 from .atlas_fit import footprint
 
 
@@ -58,35 +52,3 @@ def cortex_region(atlas, fit, image, ids: Sequence[int], others: Sequence[int],
     grey = near & ~stop & (data > fit.gm_threshold) & (data <= fit.wm_threshold)
     return grey.astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
-
-class CortexPieces:
-    """cortex_region's answers for the last volumes' fits, each computed once: here, or (`background`) on the atlas
-    band's thread while the annotator looks at a first answer (AtlasPrior.prefetch_cortex), so that the click asking
-    for the cortex finds it made."""
-
-    def __init__(self, keep: int = 4):
-        self.keep, self._jobs, self._lock = keep, OrderedDict(), threading.Lock()
-
-    def get(self, atlas, fit, image, ids: Sequence[int], others: Sequence[int], reach_mm: float,
-            background: bool = False) -> Future:
-        key = (id(fit), tuple(ids), reach_mm)
-        with self._lock:
-            hit = self._jobs.get(key)
-            mine = hit is None or hit[0] is not fit  # a refit of the volume is a new fit
-            if mine:
-                hit = self._jobs[key] = (fit, Future())
-                while len(self._jobs) > self.keep:
-                    self._jobs.popitem(last=False)
-        job = hit[1]
-
-        def run():
-            try:
-                job.set_result(cortex_region(atlas, fit, image, ids, others, reach_mm))
-            except BaseException as e:  # the caller's .result() raises it
-                job.set_exception(e)
-
-        if mine and background:
-            process_threads("atlas-band", 1).submit(run)
-        elif mine:
-            run()
-        return job

@@ -118,10 +118,13 @@ class PlainRegion:
         return state.atlas
 
     def ahead(self, volume, ct: bool, state) -> None:
-        """After a label's first click the atlas did not answer: its hemisphere's cortex made on a background thread,
-        should a later click ask for the whole cortex (AtlasPrior.prefetch_cortex)."""
+        """Once a label's answer is out, what its next click may need, made on a background thread: after a first click
+        the atlas did not answer, its hemisphere's cortex (AtlasPrior.prefetch_cortex); after one hemisphere's white
+        matter, the other's (AtlasPrior.prefetch_white)."""
         if self.atlas is not None and len(state.fg) == 1 and state.atlas is None:
             self.atlas.prefetch_cortex(volume, ct, state.fg[0])
+        elif self.atlas is not None and state.atlas is not None:
+            self.atlas.prefetch_white(volume, ct, state.atlas)
 
     def describe(self) -> str:
         p = self.params

@@ -29,7 +29,7 @@ What:
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -50,14 +50,22 @@ def white_side(atlas, fit, image, voxel: Sequence[int], depth_mm: float) -> int:
     return int(atlas.white[at[::-1]]) if deep else 0
 
 
-def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, float]],
-                 reach_mm: float) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
-    """The volume's white matter connected to the seed clicks (see the module doc): (uint8 piece, box on the stored
-    grid (i, j, k)), or None where no seed lies in it. `seeds`: (voxel index, side code, the click's 3^3 median) of
-    each include click; one brighter than the warped white matter's TOP_PERCENTILE is no white matter click."""
+class WhitePieces(NamedTuple):
+    """The click-independent part of a white matter answer on a volume (`white_pieces`)."""
+    lo: np.ndarray  # the box's first voxel (i, j, k) on the stored grid
+    hi: np.ndarray  # ... and one past its last
+    white: np.ndarray  # (bool) the warped template white matter of the sides, on the box
+    data: np.ndarray  # the box's intensities
+    labels: np.ndarray  # the connected pieces of the volume's white matter there (ndimage.label)
+
+
+def white_pieces(atlas, fit, image, sides: Sequence[int], reach_mm: float) -> Optional[WhitePieces]:
+    """The connected pieces of the volume's voxels over the fit's grey/white boundary within `reach_mm` of the warped
+    template white matter of `sides`, on no warped deep nucleus, brainstem or other side's white matter (0.5 s of a
+    hemisphere's answer on a 1 mm brain: made ahead, AtlasPrior.prefetch_white); None where it misses the volume."""
     import SimpleITK as sitk
 
-    sides = sorted({side for _, side, _ in seeds})
+    sides = sorted(sides)
     spacing = np.array(atlas.ids.GetSpacing())[::-1]
     box = mask_box(np.isin(atlas.white, sides), np.ceil(reach_mm / spacing).astype(int) + 1)  # template (z, y, x)
     start = [int(b.start) for b in box][::-1]
@@ -75,9 +83,27 @@ def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, fl
     ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
     warp = lambda a: sitk.GetArrayFromImage(  # noqa: E731
         sitk.Resample(on_template(a), ref, fit.transform, sitk.sitkLinear, 0.0)).transpose(2, 1, 0) >= 0.5
-    vox = np.array(image.GetSpacing())
-    data = sitk.GetArrayViewFromImage(ref).transpose(2, 1, 0)
+    data = sitk.GetArrayFromImage(ref).transpose(2, 1, 0)
     white = warp(np.isin(atlas.white[box], sides))
+    near = ndimage.distance_transform_edt(~white, sampling=np.array(image.GetSpacing())) <= reach_mm
+    stop = warp(np.isin(atlas.id_array[box], list(atlas.deep) + list(atlas.brainstem))  # and the other side's
+                | ((atlas.white[box] > 0) & ~np.isin(atlas.white[box], sides)))  # (the reach crosses the midline)
+    labels, _ = ndimage.label((data > fit.wm_threshold) & near & ~stop)
+    return WhitePieces(lo, hi, white, data, labels)
+
+
+def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, float]], reach_mm: float,
+                 pieces: Optional[WhitePieces] = None) -> Optional[Tuple[np.ndarray, Tuple[slice, ...]]]:
+    """The volume's white matter connected to the seed clicks (see the module doc): (uint8 piece, box on the stored
+    grid (i, j, k)), or None where no seed lies in it. `seeds`: (voxel index, side code, the click's 3^3 median) of
+    each include click; one brighter than the warped white matter's TOP_PERCENTILE is no white matter click.
+    `pieces`: white_pieces of the seeds' sides, made before (else made here)."""
+    found = pieces if pieces is not None else \
+        white_pieces(atlas, fit, image, {side for _, side, _ in seeds}, reach_mm)
+    if found is None:
+        return None
+    lo, hi, white, data, labels = found
+    vox = np.array(image.GetSpacing())
     inside = [tuple(int(v) for v in np.asarray(p) - lo) for p, *_ in seeds]
     elsewhere = np.ones(data.shape, dtype=bool)  # the white matter away from the clicks: a lesion there is not in it
     for p in inside:
@@ -87,11 +113,7 @@ def white_region(atlas, fit, image, seeds: Sequence[Tuple[Sequence[int], int, fl
         return None
     top = np.percentile(values, TOP_PERCENTILE)
     inside = [p for p, seed in zip(inside, seeds) if seed[2] <= top]
-    near = ndimage.distance_transform_edt(~white, sampling=vox) <= reach_mm
-    stop = warp(np.isin(atlas.id_array[box], list(atlas.deep) + list(atlas.brainstem))  # and the other side's
-                | ((atlas.white[box] > 0) & ~np.isin(atlas.white[box], sides)))  # (the reach crosses the midline)
-    pieces, _ = ndimage.label((data > fit.wm_threshold) & near & ~stop)
-    keep = {int(pieces[p]) for p in inside if all(0 <= v < n for v, n in zip(p, pieces.shape))} - {0}
+    keep = {int(labels[p]) for p in inside if all(0 <= v < n for v, n in zip(p, labels.shape))} - {0}
     if not keep:
         return None
-    return np.isin(pieces, list(keep)).astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    return np.isin(labels, list(keep)).astype(np.uint8), tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
