@@ -12,7 +12,11 @@ clicked are read as the whole cortex of their hemispheres (docs/default_model.md
 off in default-v12: it lifts the test table's cortex but loses on another atlas's gyri (47 Harvard-Oxford parcels
 0.632 -> 0.405 after five clicks), where the image's own region answers better.
 With `white_matter` (twenty-third run), a click deep in cerebral white matter is answered by its hemisphere's white
-matter and a later include click in the other hemisphere's adds that (lib.session.white_matter).
+matter and a later include click in the other hemisphere's adds that (lib.session.white_matter). With
+`whole_cortex_mm` (twenty-fourth run), a label the atlas did not answer becomes its hemisphere's cortex (the volume's
+grey matter, lib.session.grey_matter) once a later include click lies in a parcel that touches none clicked before:
+a gyrus's clicks stay in touching parcels, the cortex's do not (`whole_cortex`). The pieces such a later click may need
+are made ahead on a background thread (lib.session.fit_pieces).
 
 What:
 - The atlas and each volume's affine fit: lib.session.atlas_fit (`BrainAtlas`, `AtlasFits`, one background fit per
@@ -164,14 +168,16 @@ class AtlasPrior:
                     nucleus = _joined(nucleus, added)._replace(as_is=(n, len(bg)))  # answered as is: no band solve
             return nucleus._replace(seen=len(fg))
         sides = self._whole_sides(nucleus.ids) if fit is not None and self.params.whole_cortex_mm > 0 else set()
-        for n in range(nucleus.seen + 1, len(fg) + 1) if sides else ():  # the whole cortex: an include click in
-            parcel = self._parcel_at(fit, volume, fg[n - 1])  # the other hemisphere's cortex adds that one's
-            side = atlas.cortex[parcel].split()[0] if parcel else None
-            if side and side not in sides and not self._lesion(volume, fit, fg[n - 1]):
-                added = self._grey(volume, fit, {side}, fg[n - 1], seen=n)
-                if added is not None:
-                    nucleus, sides = _joined(nucleus, added)._replace(as_is=(n, len(bg))), sides | {side}
-        if sides or fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
+        if sides:  # the whole cortex: an include click in the other hemisphere's cortex adds that one's
+            for n in range(nucleus.seen + 1, len(fg) + 1):
+                parcel = self._parcel_at(fit, volume, fg[n - 1])
+                side = atlas.cortex[parcel].split()[0] if parcel else None
+                if side and side not in sides and not self._lesion(volume, fit, fg[n - 1]):
+                    added = self._grey(volume, fit, {side}, fg[n - 1], seen=n)
+                    if added is not None:
+                        nucleus, sides = _joined(nucleus, added)._replace(as_is=(n, len(bg))), sides | {side}
+            return nucleus._replace(seen=len(fg))
+        if fit is None or self.params.grow_mm <= 0 or not set(nucleus.ids) <= set(atlas.cortex):
             return nucleus._replace(seen=len(fg))
         spacing = np.array(volume.image.GetSpacing())
         for n, point in enumerate(fg[nucleus.seen:], start=nucleus.seen + 1):
