@@ -478,6 +478,17 @@ def test_include_clicks_in_parcels_that_do_not_touch_mean_the_whole_cortex_of_th
     assert region.atlas_for(volume, False, state) is None
     assert PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, snap_mm=3.0), fits)).atlas_for(
         volume, False, LabelState((), "v", path, fg=[first, touching, far])) is None  # off by default
+    # a fit that correlates negatively (a contrast unlike the template's T1): the grey matter's boundaries do not hold
+    import dataclasses
+
+    class Inverted(AtlasFits):
+        def fit(self, volume, wait):
+            found = fits.fit(volume, wait)
+            return dataclasses.replace(found, ncc=-found.ncc)
+
+    inverted = AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), Inverted())
+    assert inverted.whole_cortex(volume, False, [first, far], []) is None and inverted.prefetch_cortex(
+        volume, False, first) is None
     # a dark lesion (necrosis) under the far click: not grey matter, no reading
     image = sitk.ReadImage(path)
     t1 = sitk.GetArrayFromImage(image).transpose(2, 1, 0).astype(np.float32)

@@ -202,7 +202,7 @@ class AtlasPrior:
         `whole_cortex_mm` from every parcel of the earlier include clicks (on the template), the label is not a gyrus
         (a gyrus's clicks lie in parcels that touch: 47 Harvard-Oxford gyri, docs/default_model.md, "Twenty-fourth
         run") but the cortex: the whole cortex of those clicks' hemispheres, answered as is at that click."""
-        fit = None if self.params.whole_cortex_mm <= 0 or len(fg) < 2 else self._fit(volume, ct)
+        fit = None if self.params.whole_cortex_mm <= 0 or len(fg) < 2 else self._t1_fit(volume, ct)
         if fit is None:
             return None
         atlas = self.fits.atlas
@@ -232,7 +232,7 @@ class AtlasPrior:
         """The cortex of the hemisphere a label's first click's parcel lies in, made on a background thread while the
         annotator looks at the answer (`whole_cortex_mm` > 0): the whole cortex reading's answer, should a later click
         ask for it (0.75 s of that click on a 1 mm brain otherwise). None: no fit, or no parcel there."""
-        fit = None if self.params.whole_cortex_mm <= 0 else self._fit(volume, ct)
+        fit = None if self.params.whole_cortex_mm <= 0 else self._t1_fit(volume, ct)
         parcel = self._parcel_at(fit, volume, point) if fit is not None else 0
         return self._cortex_job(volume, fit, {self.fits.atlas.cortex[parcel].split()[0]}, True) if parcel else None
 
@@ -267,6 +267,12 @@ class AtlasPrior:
     def _fit(self, volume, ct: bool):
         fit = None if ct else self.fits.fit(volume, self.params.wait)
         return fit if fit is not None and abs(fit.ncc) >= self.params.min_ncc else None
+
+    def _t1_fit(self, volume, ct: bool):
+        """The fit where the volume's contrast is the template's (a T1: correlation over `min_ncc`, not under its
+        negative), which the grey matter's boundaries (CSF < grey < white) assume."""
+        fit = self._fit(volume, ct)
+        return fit if fit is not None and fit.ncc > 0 else None
 
     def _lesion(self, volume, fit, point) -> bool:
         """Whether, within LESION_BALL_MM of the click, the warped template's white matter (over its WM level) fills
