@@ -57,6 +57,18 @@ def _dice(a, b) -> float:
     return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
+def _negated(fits: AtlasFits) -> AtlasFits:
+    """`fits` whose fits correlate negatively with the template (as a T2 may, which `min_ncc`'s absolute value keeps)."""
+    import dataclasses
+
+    class Negated(AtlasFits):
+        def fit(self, volume, wait):
+            found = fits.fit(volume, wait)
+            return None if found is None else dataclasses.replace(found, ncc=-found.ncc)
+
+    return Negated()
+
+
 def test_a_click_in_a_nucleus_gets_that_nucleus(brain):
     path, ids, fits = brain
     volume, prior = load_volume(path), AtlasPrior(AtlasParams(wait=True), fits)
@@ -376,6 +388,8 @@ def test_a_click_in_white_matter_gets_its_hemispheres_and_one_in_the_other_hemis
     assert AtlasPrior(AtlasParams(wait=True), fits).nucleus(volume, False, left) is None  # off by default
     prior = AtlasPrior(AtlasParams(wait=True, white_matter=True), fits)
     assert prior.nucleus(volume, True, left) is None  # CT
+    assert AtlasPrior(AtlasParams(wait=True, white_matter=True), _negated(fits)).nucleus(
+        volume, False, left) is None  # not a T1's contrast: the white matter is not the brightest tissue
     first = prior.nucleus(volume, False, left)
     assert first.ids == (WM_IDS[1],) and first.seen == 1
     shown = _full(first, ids.shape).astype(bool)
@@ -479,14 +493,7 @@ def test_include_clicks_in_parcels_that_do_not_touch_mean_the_whole_cortex_of_th
     assert PlainRegion(atlas=AtlasPrior(AtlasParams(wait=True, snap_mm=3.0), fits)).atlas_for(
         volume, False, LabelState((), "v", path, fg=[first, touching, far])) is None  # off by default
     # a fit that correlates negatively (a contrast unlike the template's T1): the grey matter's boundaries do not hold
-    import dataclasses
-
-    class Inverted(AtlasFits):
-        def fit(self, volume, wait):
-            found = fits.fit(volume, wait)
-            return dataclasses.replace(found, ncc=-found.ncc)
-
-    inverted = AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), Inverted())
+    inverted = AtlasPrior(AtlasParams(wait=True, whole_cortex_mm=2.0, snap_mm=3.0), _negated(fits))
     assert inverted.whole_cortex(volume, False, [first, far], []) is None and inverted.prefetch_cortex(
         volume, False, first) is None
     # a dark lesion (necrosis) under the far click: not grey matter, no reading

@@ -111,8 +111,6 @@ class AtlasParams:
         return cls(**config)
 
 
-
-
 class AtlasPrior:
     """What the atlas answers on a volume (see the module doc)."""
 
@@ -297,9 +295,10 @@ class AtlasPrior:
 
     def _white(self, volume, fit, points, seen: int) -> Optional[Nucleus]:
         """The white matter of the include clicks `points` that lie in the atlas's cerebral white matter with the
-        volume's white matter intensity (lib.session.white_matter), or None (none does, or the lesion check)."""
+        volume's white matter intensity (lib.session.white_matter), or None (none does, the lesion check, or a fit
+        whose contrast is not a T1's: the white matter is the brightest tissue only there)."""
         atlas, image, seeds = self.fits.atlas, volume.image, []
-        for point in points:
+        for point in points if fit.ncc > 0 else ():
             side = self._white_side(volume, fit, point)
             if side and volume.median_around(point) > fit.wm_threshold and not self._lesion(volume, fit, point):
                 seeds.append((voxel_indices([point])[0], side, volume.median_around(point, 1)))  # 3^3: a 3 mm nodule
