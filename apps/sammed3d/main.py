@@ -30,8 +30,9 @@
   plain_region_merge auto|on|off  that region merged into the shown mask by the click update (on) or replacing
                            it (off; default auto: the model's config; default-v10 on)
   atlas_prior auto|off     a brain MR click in a deep grey nucleus, or deep in cerebral white matter, answered by
-                           the registered atlas (default auto: the model's config; default-v12 nuclei, default-v14
-                           nuclei and white matter)
+                           the registered atlas, and include clicks in cortical parcels that do not touch by their
+                           hemisphere's cortex (default auto: the model's config; default-v12 nuclei, default-v14
+                           nuclei and white matter, default-v15 also the cortex)
   atlas_wait true|false    a first click waits for its volume's atlas fit (about 5 s once per volume) instead of
                            answering without it (default false)
   ohif_labels "a,b,c"      segment names /info offers (OHIF lists only these for include clicks;

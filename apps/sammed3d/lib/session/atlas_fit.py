@@ -156,6 +156,18 @@ def footprint(transform, image, crop) -> Tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+def warped_mask(mask: np.ndarray, crop, ref, transform) -> np.ndarray:
+    """A mask on a template crop ((z, y, x) on `crop`'s grid) carried onto `ref` (a region of the volume) through a
+    fit's `transform`: linear interpolation, >= 0.5; (i, j, k) bool on `ref`. The atlas prior's one warp of a
+    structure (nuclei, parcels, white matter, cortex)."""
+    import SimpleITK as sitk
+
+    indicator = sitk.GetImageFromArray(np.asarray(mask).astype(np.float32))
+    indicator.CopyInformation(crop)
+    moved = sitk.Resample(indicator, ref, transform, sitk.sitkLinear, 0.0)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0) >= 0.5
+
+
 def mask_box(mask: np.ndarray, margin) -> Tuple[slice, ...]:
     """The box (slices) of a mask's voxels plus `margin` voxels each side, clipped to the mask."""
     at = np.argwhere(mask)

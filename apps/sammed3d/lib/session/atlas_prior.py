@@ -55,7 +55,7 @@ import numpy as np
 
 from ..util import process_threads
 from .atlas_band import band_region, prefetch_seeds
-from .atlas_fit import SHARED_FITS, AtlasFits, footprint
+from .atlas_fit import SHARED_FITS, AtlasFits, footprint, warped_mask
 from .fit_pieces import FitPieces
 from .grey_matter import cortex_region
 from .local_update import union_box
@@ -132,7 +132,8 @@ class AtlasPrior:
                  f"click in the other's adds that") if p.white_matter else ""
         whole = (f"; include clicks in parcels over {p.whole_cortex_mm:g} mm apart answered by their hemispheres' "
                  f"cortex") if p.whole_cortex_mm > 0 else ""
-        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by it{grow}{white}{whole} "
+        return (f"atlas prior: a brain MR click in a Desikan-Killiany deep grey nucleus{cortex} answered by "
+                f"it{grow}{white}{whole} "
                 f"(fit correlation >= {p.min_ncc:g}, click within {p.guard:g} spreads{lesion}, band {p.core_mm:g} / "
                 f"{p.shell_mm:g} mm, " + ("the first click waits for its volume's fit)" if p.wait else
                                           "without waiting for the fit)"))
@@ -220,7 +221,7 @@ class AtlasPrior:
     def _grey(self, volume, fit, sides, point, seen: int) -> Optional[Nucleus]:
         """The volume's cortex of the hemispheres `sides` ("L", "R"; lib.session.grey_matter), or None where the click
         that asks for it is not grey matter (its 3^3 median between the fit's CSF/grey and grey/white boundaries; a
-        label's first click may lie deeper: a thick atlas label's centre lies in white matter, development dev_ho_cortex)."""
+        label's first click may lie deeper: a thick atlas label's centre lies in white matter, dev_ho_cortex)."""
         if not fit.gm_threshold < volume.median_around(point, 1) <= fit.wm_threshold:
             return None
         found = self._cortex_job(volume, fit, sides).result()
@@ -313,7 +314,8 @@ class AtlasPrior:
         return white_side(self.fits.atlas, fit, volume.image, voxel_indices([point])[0], self.params.wm_depth_mm)
 
     def _id_at(self, fit, volume, point, snap: Optional[bool] = None) -> int:
-        """The atlas id under a click; on none, with `snap` (default: `cortex`), the parcel within `snap_mm` (0: none)."""
+        """The atlas id under a click; on none, with `snap` (default: `cortex`), the parcel within `snap_mm` (0:
+        none)."""
         atlas, image = self.fits.atlas, volume.image
         at = fit.transform.TransformPoint(image.TransformIndexToPhysicalPoint(voxel_indices([point])[0]))
         ident = atlas.id_at(at)
@@ -342,13 +344,7 @@ class AtlasPrior:
             return None
         ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
         crop_ids = sitk.GetArrayViewFromImage(crop)
-
-        def warp(select) -> np.ndarray:
-            indicator = sitk.GetImageFromArray(np.isin(crop_ids, select).astype(np.float32))
-            indicator.CopyInformation(crop)
-            return sitk.GetArrayFromImage(sitk.Resample(indicator, ref, fit.transform, sitk.sitkLinear,
-                                                        0.0)).transpose(2, 1, 0) >= 0.5
-
+        warp = lambda select: warped_mask(np.isin(crop_ids, select), crop, ref, fit.transform)  # noqa: E731
         warped = warp(ids)
         own = warp(ids[-1:]) if len(ids) > 1 else warped  # the guard reads the structure just clicked
         if not own.any():

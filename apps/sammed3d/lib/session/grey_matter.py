@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .atlas_fit import footprint
+from .atlas_fit import footprint, warped_mask
 
 
 def cortex_region(atlas, fit, image, ids: Sequence[int], others: Sequence[int],
@@ -36,12 +36,7 @@ def cortex_region(atlas, fit, image, ids: Sequence[int], others: Sequence[int],
         return None
     ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
     crop_ids = sitk.GetArrayViewFromImage(crop)
-
-    def warp(select) -> np.ndarray:
-        indicator = sitk.GetImageFromArray(np.isin(crop_ids, list(select)).astype(np.float32))
-        indicator.CopyInformation(crop)
-        return sitk.GetArrayFromImage(sitk.Resample(indicator, ref, fit.transform, sitk.sitkLinear,
-                                                    0.0)).transpose(2, 1, 0) >= 0.5
+    warp = lambda select: warped_mask(np.isin(crop_ids, list(select)), crop, ref, fit.transform)  # noqa: E731
 
     cortex = warp(ids)
     if not cortex.any():

@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .atlas_fit import footprint, mask_box
+from .atlas_fit import footprint, mask_box, warped_mask
 from .points import ball_mask
 
 TOP_PERCENTILE = 99.9  # a click brighter than this percentile of the white matter is not white matter
@@ -71,18 +71,11 @@ def white_pieces(atlas, fit, image, sides: Sequence[int], reach_mm: float) -> Op
     start = [int(b.start) for b in box][::-1]
     size = [int(b.stop - b.start) for b in box][::-1]
     crop = sitk.RegionOfInterest(atlas.ids, size, start)
-
-    def on_template(array: np.ndarray):
-        out = sitk.GetImageFromArray(array.astype(np.float32))
-        out.CopyInformation(crop)
-        return out
-
     lo, hi = footprint(fit.transform, image, crop)
     if (hi <= lo).any():
         return None
     ref = sitk.RegionOfInterest(image, [int(v) for v in hi - lo], [int(v) for v in lo])
-    warp = lambda a: sitk.GetArrayFromImage(  # noqa: E731
-        sitk.Resample(on_template(a), ref, fit.transform, sitk.sitkLinear, 0.0)).transpose(2, 1, 0) >= 0.5
+    warp = lambda a: warped_mask(a, crop, ref, fit.transform)  # noqa: E731
     data = sitk.GetArrayFromImage(ref).transpose(2, 1, 0)
     white = warp(np.isin(atlas.white[box], sides))
     near = ndimage.distance_transform_edt(~white, sampling=np.array(image.GetSpacing())) <= reach_mm
